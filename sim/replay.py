@@ -1,0 +1,52 @@
+"""Run a replay scenario on a backend and print JSON Lines (the replay contract)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TextIO
+
+from model.physmem import PhysicalMemory
+from model.walk import Translation
+
+from .backend import make_backend
+from .scenario import Scenario
+
+__all__ = ["replay"]
+
+
+def translate_line(t: Translation, cycles: int | None) -> dict:
+    d = t.to_json()
+    if cycles is not None:
+        d["cycles"] = cycles
+    return d
+
+
+def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.stdout,
+           **backend_kw) -> list[dict]:
+    """Execute every op in order, each finished before the next; return the lines."""
+    memory = PhysicalMemory(scenario.config.maxphyaddr)
+    for addr, value in scenario.memory:
+        memory.write(addr, value, source="init")
+    backend = make_backend(backend_name, memory, scenario.config, **backend_kw)
+    lines = []
+    try:
+        backend.load_eptp(scenario.eptp)
+        for op in scenario.ops:
+            line = None
+            if op.kind == "write":
+                backend.write(op.addr, op.value)
+            elif op.kind == "read":
+                line = {"op": "read", "addr": f"{op.addr:#x}", "value": f"{backend.read(op.addr):#x}"}
+            elif op.kind == "invept":
+                backend.invept(op.invept)
+            else:
+                t, cycles = backend.translate(op.gpa, op.access)
+                line = translate_line(t, cycles)
+            if line is not None:
+                lines.append(line)
+                out.write(json.dumps(line) + "\n")
+    finally:
+        backend.close()
+    out.flush()
+    return lines

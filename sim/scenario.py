@@ -1,0 +1,176 @@
+"""Replay scenarios: strict parsing of the JSON contract into checked objects.
+
+A scenario is validated completely before anything runs, so a bad one is
+refused with a single :class:`ScenarioError` line and never half-executed.
+See README "Replay contract" for the format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.formats import GPA_BITS, Access, EptConfig, Eptp, EptpError
+
+__all__ = ["ScenarioError", "Scenario", "Op", "parse_number", "load_scenario", "parse_scenario"]
+
+U64_MAX = (1 << 64) - 1
+
+
+class ScenarioError(ValueError):
+    """A malformed scenario; the message names the file, field and value."""
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str                    # write | read | invept | translate
+    addr: int | None = None
+    value: int | None = None
+    gpa: int | None = None
+    access: Access | None = None
+    invept: str | None = None    # single | global
+
+
+@dataclass
+class Scenario:
+    eptp: int
+    config: EptConfig
+    memory: list[tuple[int, int]] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+
+    @property
+    def eptp_fields(self) -> Eptp:
+        return Eptp.decode(self.eptp, self.config)
+
+
+def parse_number(v: Any, where: str, limit: int = U64_MAX) -> int:
+    """A JSON integer or a string "0x..."/decimal, in 0..limit."""
+    if isinstance(v, bool):
+        raise ScenarioError(f"{where}: {json.dumps(v)} is not a number")
+    if isinstance(v, int):
+        n = v
+    elif isinstance(v, str):
+        text = v.strip()
+        try:
+            if text.lower().startswith("0x"):
+                if not text[2:] or not all(c in "0123456789abcdefABCDEF_" for c in text[2:]):
+                    raise ValueError
+                n = int(text, 16)
+            else:
+                if not text.isdigit():
+                    raise ValueError
+                n = int(text, 10)
+        except ValueError:
+            raise ScenarioError(f"{where}: {json.dumps(v)} is not a number "
+                                f"(use an integer, \"0x...\" or a decimal string)") from None
+    else:
+        raise ScenarioError(f"{where}: {json.dumps(v)} is not a number")
+    if n < 0:
+        raise ScenarioError(f"{where}: {n} is negative")
+    if n > limit:
+        raise ScenarioError(f"{where}: {n:#x} is out of range (maximum {limit:#x})")
+    return n
+
+
+def _obj(v: Any, where: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+    if not isinstance(v, dict):
+        raise ScenarioError(f"{where}: expected an object, got {type(v).__name__}")
+    for k in v:
+        if k not in required and k not in optional:
+            raise ScenarioError(f"{where}: unknown field {k!r}")
+    for k in sorted(required):
+        if k not in v:
+            raise ScenarioError(f"{where}: missing field {k!r}")
+    return v
+
+
+def _addr(v: Any, where: str, config: EptConfig) -> int:
+    a = parse_number(v, where)
+    if a >= 1 << config.maxphyaddr:
+        raise ScenarioError(f"{where}: address {a:#x} is beyond MAXPHYADDR {config.maxphyaddr}")
+    if a & 7:
+        raise ScenarioError(f"{where}: address {a:#x} is not 8-byte aligned")
+    return a
+
+
+_OP_FIELDS = {
+    "write": {"op", "addr", "value"},
+    "read": {"op", "addr"},
+    "invept": {"op", "kind"},
+    "translate": {"op", "gpa", "access"},
+}
+
+
+def _op(v: Any, where: str, config: EptConfig) -> Op:
+    if not isinstance(v, dict):
+        raise ScenarioError(f"{where}: expected an object, got {type(v).__name__}")
+    if "op" not in v:
+        raise ScenarioError(f"{where}: missing field 'op'")
+    kind = v["op"]
+    if kind not in _OP_FIELDS:
+        raise ScenarioError(f"{where}.op: unknown op {json.dumps(kind)} "
+                            f"(expected one of {', '.join(_OP_FIELDS)})")
+    _obj(v, where, _OP_FIELDS[kind])
+    if kind == "write":
+        return Op(kind, addr=_addr(v["addr"], f"{where}.addr", config),
+                  value=parse_number(v["value"], f"{where}.value"))
+    if kind == "read":
+        return Op(kind, addr=_addr(v["addr"], f"{where}.addr", config))
+    if kind == "invept":
+        if v["kind"] not in ("single", "global"):
+            raise ScenarioError(f"{where}.kind: {json.dumps(v['kind'])} is not \"single\" or \"global\"")
+        return Op(kind, invept=v["kind"])
+    gpa = parse_number(v["gpa"], f"{where}.gpa", (1 << GPA_BITS) - 1)
+    if v["access"] not in ("read", "write", "fetch"):
+        raise ScenarioError(f"{where}.access: {json.dumps(v['access'])} is not "
+                            f"\"read\", \"write\" or \"fetch\"")
+    return Op(kind, gpa=gpa, access=Access.parse(v["access"]))
+
+
+def parse_scenario(data: Any, name: str = "scenario") -> Scenario:
+    top = _obj(data, name, {"eptp", "memory", "ops"}, {"config"})
+    cfg = _obj(top.get("config", {}), f"{name}: config", set(), {"maxphyaddr", "execute_only"})
+    mpa = cfg.get("maxphyaddr", 46)
+    if isinstance(mpa, bool) or not isinstance(mpa, int):
+        raise ScenarioError(f"{name}: config.maxphyaddr: {json.dumps(mpa)} is not an integer")
+    xo = cfg.get("execute_only", True)
+    if not isinstance(xo, bool):
+        raise ScenarioError(f"{name}: config.execute_only: {json.dumps(xo)} is not true or false")
+    try:
+        config = EptConfig(maxphyaddr=mpa, execute_only=xo)
+    except ValueError as e:
+        raise ScenarioError(f"{name}: config: {e}") from None
+    eptp = parse_number(top["eptp"], f"{name}: eptp")
+    try:
+        Eptp.decode(eptp, config)
+    except EptpError as e:
+        raise ScenarioError(f"{name}: eptp: invalid EPTP refused: {e}") from None
+    if not isinstance(top["memory"], list):
+        raise ScenarioError(f"{name}: memory: expected a list, got {type(top['memory']).__name__}")
+    memory = []
+    for i, m in enumerate(top["memory"]):
+        where = f"{name}: memory[{i}]"
+        _obj(m, where, {"addr", "value"})
+        memory.append((_addr(m["addr"], f"{where}.addr", config),
+                       parse_number(m["value"], f"{where}.value")))
+    if not isinstance(top["ops"], list):
+        raise ScenarioError(f"{name}: ops: expected a list, got {type(top['ops']).__name__}")
+    ops = [_op(o, f"{name}: ops[{i}]", config) for i, o in enumerate(top["ops"])]
+    return Scenario(eptp=eptp, config=config, memory=memory, ops=ops)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ScenarioError(f"{path}: bad JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    return parse_scenario(data, str(path))
