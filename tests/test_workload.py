@@ -1,0 +1,90 @@
+"""The pageable-guest workload on the golden model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.formats import EPT_A, Access, Outcome
+from sim.run import run_workload
+from sim.workload import GuestLayout, Host, WorkloadOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_shape_has_memory_pressure():
+    s = run_workload(WorkloadOptions(accesses=6000, seed=3))
+    assert s["mismatches"] == 0, s["mismatch_details"]
+    assert s["faults"] > s["options"]["host_frames"]          # paging really happened
+    assert s["evictions"] > 0 and s["writebacks"] > 0 and s["swapins"] > 0
+    assert s["second_chances"] > 0                             # A bits steered the clock
+    assert s["outcomes"]["ok"] == 6000
+    assert s["outcomes"]["violation"] == s["faults"]
+    assert s["outcomes"]["misconfig"] == 0
+    assert s["translations"] == 6000 + s["faults"]
+    assert s["pmap_resident_count"] == s["resident_pages"] + s["ptp_pages"]
+
+
+def test_no_pressure_no_evictions():
+    s = run_workload(WorkloadOptions(accesses=3000, guest_pages=64, host_frames=64, hot_pages=8))
+    assert s["mismatches"] == 0
+    assert s["evictions"] == 0 and s["faults"] <= 64
+
+
+def test_ad_disabled_runs_clean():
+    s = run_workload(WorkloadOptions(accesses=2000, ad=False))
+    assert s["mismatches"] == 0
+    assert s["memory_cases"] == 0
+
+
+def test_wrong_translation_is_caught(monkeypatch):
+    """A backend that returns a wrong HPA must produce mismatches (the check can fail)."""
+    from dataclasses import replace
+    from sim import backend as b
+
+    real = b.ModelBackend.translate
+
+    def lying(self, gpa, access):
+        t, c = real(self, gpa, access)
+        if t.outcome is Outcome.OK and gpa % 7 == 0:
+            t = replace(t, hpa=t.hpa ^ 0x1000)
+        return t, c
+
+    monkeypatch.setattr(b.ModelBackend, "translate", lying)
+    s = run_workload(WorkloadOptions(accesses=1000))
+    assert s["mismatches"] > 0
+
+
+def test_page_daemon_uses_hardware_accessed_bits():
+    """A page the walker just referenced survives the next clock sweep."""
+    from model.physmem import PhysicalMemory
+    from model.walk import translate
+    opts = WorkloadOptions(guest_pages=64, host_frames=8, hot_pages=4)
+    mem = PhysicalMemory()
+    layout = GuestLayout(opts.guest_pages)
+    host = Host(mem, layout, opts)
+    pages = layout.data_pages[:8]
+    for p in pages:
+        host.fault(p, Access.READ)
+    for p in pages:                       # clear every A, as a first sweep would
+        host.pages.clear_reference(host.resident[p])
+    t = translate(mem, host.eptp, pages[3], Access.READ)   # hardware sets A again
+    assert t.outcome is Outcome.OK and host.pmap.lookup(pages[3]) & EPT_A
+    host.hand = 0
+    host.page_daemon(target=4)
+    assert pages[3] in host.resident
+    assert sum(p in host.resident for p in pages) == 4
+
+
+def test_make_sim_style_cli_writes_summary(tmp_path):
+    out = tmp_path / "summary.json"
+    res = subprocess.run([sys.executable, "-m", "sim", "run", "--accesses", "3000", "--quiet",
+                          "--summary", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    s = json.loads(out.read_text())
+    for key in ("backend", "translations", "mismatches", "cycles", "cas_retries"):
+        assert key in s
+    assert s["backend"] == "model" and s["mismatches"] == 0
+    assert "PASS" in res.stdout and "pageable-guest summary" in res.stdout
