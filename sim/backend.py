@@ -75,8 +75,8 @@ class ModelBackend(Backend):
 
 
 def _rtl_backend(memory, config, **kw):
-    raise BackendUnavailable("backend 'rtl' is not available yet: the RTL page-walk unit "
-                             "is not built (use --backend model)")
+    from .rtl_backend import RtlBackend     # imports Amaranth only when asked for
+    return RtlBackend(memory, config, **kw)
 
 
 BACKENDS = {"model": ModelBackend, "rtl": _rtl_backend}

@@ -9,68 +9,89 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from model.formats import Access, EptConfig, Outcome, PAGE_SIZE
+from model.formats import EPT_D, EPT_R, Access, EptConfig, Outcome, PAGE_SIZE
+from model.pmap import PG_FRAME
 from model.physmem import PhysicalMemory
 
 from .backend import make_backend
-from .workload import Guest, GuestLayout, Host, WorkloadOptions
+from .workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
 
 __all__ = ["run_workload", "format_summary", "write_summary"]
 
 
-def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=None) -> dict:
+def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=None,
+                 **backend_kw) -> dict:
     """Run the guest to completion; return the summary dict.
 
-    Every translation is checked against the pmap (``pmap_extract``) and every
-    guest load against the last value stored to that GPA.
+    On the model backend every translation is checked against the pmap
+    (``pmap_extract``); on the RTL every response goes through the
+    scoreboard.  On both, every guest load is checked against the last value
+    stored to that GPA.  An access whose translation was overtaken by a host
+    change (the entry no longer maps that frame, or lacks D for a write) is
+    re-executed, as the shootdown's wait would force on real hardware.
     """
     opts.validate()
     memory = PhysicalMemory()
     config = EptConfig(memory.maxphyaddr)
-    backend = make_backend(backend_name, memory, config)
+    backend = make_backend(backend_name, memory, config, **backend_kw)
     layout = GuestLayout(opts.guest_pages)
     host = Host(memory, layout, opts, invept=backend.invept)
     backend.load_eptp(host.eptp.encode())
     guest = Guest(layout, opts)
+    agent = HostAgent(host, opts.race_rate, opts.seed)
+    harness = getattr(backend, "harness", None)
+    current = {"gpa": None}
+    if harness is not None:
+        harness.hooks.append(lambda cycle: harness.inflight and agent.maybe_act(current["gpa"]))
     outcomes = {o.value: 0 for o in Outcome}
     by_access = {a.name.lower(): 0 for a in Access}
     mismatches: list[str] = []
-    translations = cycles_total = cas_retries = 0
-    walk_reads = memory.reads
-    walk_cases = memory.cases
+    translations = latency_total = cas_retries = raced = 0
     started = time.monotonic()
     step = max(opts.accesses // 10, 1)
 
-    def check(gpa, access, t):
+    def pmap_check(gpa, access, t):
         if t.outcome is Outcome.OK:
             want = host.pmap.extract(gpa & ~(PAGE_SIZE - 1))
             if want is None or t.hpa != want | (gpa & (PAGE_SIZE - 1)):
                 mismatches.append(f"GPA {gpa:#x} {access.name.lower()}: got HPA {t.hpa:#x}, "
                                   f"pmap maps {want and hex(want)}")
-                return False
         elif t.outcome is not Outcome.VIOLATION:
             mismatches.append(f"GPA {gpa:#x} {access.name.lower()}: {t.outcome.value} ({t.reason}) "
                               f"on tables the pmap built")
-            return False
-        return True
+
+    def still_valid(gpa, access, t):
+        pte = host.pmap.lookup(gpa)
+        need = EPT_R | (access.perm_bit if access is not Access.READ else 0)
+        if opts.ad and access is Access.WRITE:
+            need |= EPT_D
+        return pte & (PG_FRAME | need) == (t.hpa & PG_FRAME) | need
 
     try:
         for n in range(opts.accesses):
             gpa, access = guest.next()
+            current["gpa"] = gpa
             by_access[access.name.lower()] += 1
-            for attempt in range(2):
+            if harness is None:
+                agent.maybe_act(gpa)
+            for attempt in range(16):
                 t, cycles = backend.translate(gpa, access)
                 translations += 1
-                cycles_total += cycles or 0
+                latency_total += cycles or 0
                 cas_retries += t.retries
                 outcomes[t.outcome.value] += 1
-                if not check(gpa, access, t) or t.outcome is Outcome.OK:
+                if harness is None:
+                    pmap_check(gpa, access, t)
+                if t.outcome is Outcome.OK:
+                    if still_valid(gpa, access, t):
+                        break
+                    raced += 1
+                elif t.outcome is Outcome.VIOLATION:
+                    host.fault(gpa, access)
+                else:
                     break
-                if attempt:
-                    mismatches.append(f"GPA {gpa:#x} {access.name.lower()}: still a violation "
-                                      f"after the host mapped it")
-                    break
-                host.fault(gpa, access)
+            else:
+                mismatches.append(f"GPA {gpa:#x} {access.name.lower()}: no translation after 16 tries")
             if t.outcome is Outcome.OK:
                 word = t.hpa & ~7
                 if access is Access.WRITE:
@@ -81,40 +102,58 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
                         mismatches.append(f"GPA {gpa:#x} {access.name.lower()}: data {got:#x} "
                                           f"at HPA {word:#x}, guest stored {want:#x}")
             if progress and (n + 1) % step == 0 and n + 1 < opts.accesses:
+                bad = len(mismatches) + len(getattr(backend, "mismatches", []))
                 progress(f"  [{100 * (n + 1) // opts.accesses:3d}%] {n + 1}/{opts.accesses} "
                          f"accesses, {host.stats.faults} faults, {host.stats.evictions} evictions, "
-                         f"{len(mismatches)} mismatches")
+                         f"{bad} mismatches")
     finally:
         backend.close()
     elapsed = time.monotonic() - started
+    rtl_mismatches = list(getattr(backend, "mismatches", []))
+    failed = len(mismatches) + (backend.scoreboard.failed + len(backend.dram.corruptions)
+                                if harness is not None else 0)
     walks = translations + cas_retries
     s = host.stats
-    return {
+    cycles = harness.cycle if harness is not None else None
+    summary = {
         "backend": backend_name,
         "accesses": opts.accesses,
         "translations": translations,
         "outcomes": outcomes,
         "accesses_by_type": by_access,
         "walks": walks,
-        "memory_reads": getattr(backend, "walk_reads", None),
-        "memory_cases": getattr(backend, "walk_cases", None),
+        "memory_reads": backend.walk_reads,
+        "memory_cases": backend.walk_cases,
         "cas_retries": cas_retries,
-        "cycles": cycles_total if backend_name != "model" else None,
-        "cycles_per_walk": (cycles_total / walks) if backend_name != "model" and walks else None,
+        "cycles": cycles,
+        "cycles_per_translation": round(latency_total / translations, 2) if harness is not None else None,
+        "cycles_per_walk": round(latency_total / walks, 2) if harness is not None else None,
         "faults": s.faults,
         "evictions": s.evictions,
         "writebacks": s.writebacks,
         "swapins": s.swapins,
         "second_chances": s.second_chances,
         "shootdowns": s.shootdowns,
+        "raced_accesses": raced,
+        "host_agent": asdict(agent.stats),
         "resident_pages": len(host.resident),
         "pmap_resident_count": host.pmap.resident_count,
         "ptp_pages": host.pmap.ptp_count,
-        "mismatches": len(mismatches),
-        "mismatch_details": mismatches[:20],
+        "mismatches": failed,
+        "mismatch_details": (mismatches + rtl_mismatches)[:20],
         "elapsed_seconds": round(elapsed, 3),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
     }
+    if harness is not None:
+        d = harness.dram
+        summary["cycles_per_second"] = round(cycles / elapsed) if elapsed else None
+        summary["scoreboard_checked"] = backend.scoreboard.checked
+        summary["scoreboard_alternative_states"] = backend.scoreboard.alternatives_used
+        summary["dram"] = {"reads": d.reads, "cases": d.cases, "cas_failures": d.cas_failures,
+                           "row_hits": d.row_hits, "row_misses": d.row_misses,
+                           "stall_cycles": d.stall_cycles, "bus_errors": d.errors,
+                           "config": asdict(d.config) | {"error_addrs": sorted(d.config.error_addrs)}}
+    return summary
 
 
 def format_summary(s: dict) -> str:
@@ -129,13 +168,17 @@ def format_summary(s: dict) -> str:
         ("walker CASes", s["memory_cases"]),
         ("CAS retries", s["cas_retries"]),
         ("cycles", s["cycles"] if s["cycles"] is not None else "n/a (untimed model)"),
-        ("cycles per walk", f"{s['cycles_per_walk']:.1f}" if s["cycles_per_walk"] else "n/a"),
+        ("cycles per translation", s["cycles_per_translation"] if s["cycles_per_translation"] else "n/a"),
+        ("cycles per walk", s["cycles_per_walk"] if s["cycles_per_walk"] else "n/a"),
         ("EPT faults (pmap_enter)", s["faults"]),
         ("evictions (page daemon)", s["evictions"]),
         ("write-backs (D set)", s["writebacks"]),
         ("page-ins from swap", s["swapins"]),
         ("clock second chances (A set)", s["second_chances"]),
         ("shootdowns (INVEPT)", s["shootdowns"]),
+        ("host-agent races (clear_ref/clear_mod/protect/evict)",
+         "/".join(str(v) for v in s["host_agent"].values())),
+        ("accesses re-run after a race", s["raced_accesses"]),
         ("mismatches", s["mismatches"]),
     ]
     w = max(len(k) for k, _ in rows)

@@ -29,7 +29,7 @@ from model.pmap import (
     PageDB, Pmap, Shootdown,
 )
 
-__all__ = ["WorkloadOptions", "GuestLayout", "Guest", "Host"]
+__all__ = ["WorkloadOptions", "GuestLayout", "Guest", "Host", "HostAgent"]
 
 PTP_POOL_BASE = 0x0010_0000
 GUEST_FRAMES_BASE = 0x1_0000_0000
@@ -48,6 +48,7 @@ class WorkloadOptions:
     phase: int = 4000              # accesses before the hot set moves
     ad: bool = True                # EPTP bit 6
     ptp_frames: int = 4096
+    race_rate: float = 0.02        # chance per cycle (rtl) / per access (model) of a racing pmap op
 
     def validate(self) -> None:
         def need(cond, msg):
@@ -63,6 +64,7 @@ class WorkloadOptions:
         need(1 <= self.hot_pages <= self.guest_pages,
              f"hot-pages must be in 1..guest-pages, not {self.hot_pages}")
         need(self.phase > 0, f"phase must be positive, not {self.phase}")
+        need(0 <= self.race_rate <= 1, f"race-rate must be in 0..1, not {self.race_rate}")
 
 
 @dataclass(frozen=True)
@@ -236,14 +238,68 @@ class Host:
                 continue
             self.evict(frame)
 
+    def save(self, page: int, frame: int) -> None:
+        """Write a dirty page back to swap."""
+        self.swap[page] = self.memory.read_frame(frame)
+        self.stats.writebacks += 1
+
     def evict(self, frame: int) -> None:
         page = self.owner.pop(frame)
         self.pages.page_protect(frame, VM_PROT_NONE)
         if self.pages.clear_modify(frame):
-            self.swap[page] = self.memory.read_frame(frame)
-            self.stats.writebacks += 1
+            self.save(page, frame)
         self.pages.page(frame).attrs = 0       # the freed page starts clean
         del self.resident[page]
         self.clock.remove(frame)
         self.frames.free(frame)
         self.stats.evictions += 1
+
+
+@dataclass
+class AgentStats:
+    clear_reference: int = 0
+    clear_modify: int = 0
+    protect: int = 0
+    evict: int = 0
+
+
+class HostAgent:
+    """The host acting on its own: pmap operations aimed at the page being walked.
+
+    On the RTL it runs between cycles while a translation is in flight, so its
+    CASes and swaps land between the walker's reads and its A/D CASes: this is
+    where lost CAS races come from.  Operations: ``clear_reference`` (as a
+    page daemon sweep does), ``clear_modify`` (after a write-back),
+    ``protect`` to read-only (as for copy-on-write) and eviction
+    (``page_protect(NONE)``).
+    """
+
+    OPS = (("clear_reference", 0.55), ("clear_modify", 0.2), ("protect", 0.15), ("evict", 0.1))
+
+    def __init__(self, host: Host, rate: float, seed: int):
+        self.host = host
+        self.rate = rate
+        self.rng = random.Random(seed ^ 0xA6E27)
+        self.stats = AgentStats()
+
+    def maybe_act(self, gpa: int) -> None:
+        if self.rate and self.rng.random() < self.rate:
+            self.act(gpa)
+
+    def act(self, gpa: int) -> None:
+        host = self.host
+        page = gpa & ~(PAGE_SIZE - 1)
+        frame = host.resident.get(page)
+        if frame is None:
+            return
+        op = self.rng.choices([o for o, _ in self.OPS], weights=[w for _, w in self.OPS])[0]
+        if op == "clear_reference":
+            host.pages.clear_reference(frame)
+        elif op == "clear_modify":
+            if host.pages.clear_modify(frame):
+                host.save(page, frame)
+        elif op == "protect":
+            host.pmap.protect(page, page + PAGE_SIZE, VM_PROT_READ | (host.layout.prot(page) & VM_PROT_EXECUTE))
+        else:
+            host.evict(frame)
+        setattr(self.stats, op, getattr(self.stats, op) + 1)

@@ -1,0 +1,109 @@
+"""Layouts and enums shared by the page-walk unit's blocks.
+
+Every enum has a shape, so waveforms show names; every bundle crossing a port
+is a ``data.Struct`` layout.  Bit positions of :data:`EptEntry` are the
+architectural ones (Intel SDM vol. 3C, table 29-x; ``ept-reference.md``).
+"""
+
+from amaranth.lib import data, enum
+
+__all__ = [
+    "GPA_BITS", "PA_BITS", "Access", "Outcome", "PageSize", "Level", "MemOp", "InveptKind",
+    "EptEntry", "TranslateRequest", "TranslateResponse", "MemRequest", "MemResponse",
+    "InveptRequest", "check_maxphyaddr",
+]
+
+GPA_BITS = 48
+PA_BITS = 52          # widest physical address; MAXPHYADDR masks it further
+
+
+def check_maxphyaddr(maxphyaddr) -> int:
+    if isinstance(maxphyaddr, bool) or not isinstance(maxphyaddr, int) or not 36 <= maxphyaddr <= 52:
+        raise ValueError(f"maxphyaddr must be an integer in 36..52, not {maxphyaddr!r}")
+    return maxphyaddr
+
+
+class Access(enum.Enum, shape=2):
+    """The guest access being translated; its value is the qualification bit index."""
+    READ = 0
+    WRITE = 1
+    FETCH = 2
+
+
+class Outcome(enum.Enum, shape=3):
+    OK = 0
+    VIOLATION = 1
+    MISCONFIG = 2
+    BUS_ERROR = 3
+    REFUSED = 4      # no valid EPTP loaded: nothing was walked
+
+
+class PageSize(enum.Enum, shape=2):
+    SIZE_4K = 0
+    SIZE_2M = 1
+    SIZE_1G = 2
+
+
+class Level(enum.Enum, shape=2):
+    """Paging-structure level, numbered from the leaf (PTE = 0)."""
+    PTE = 0
+    PDE = 1
+    PDPTE = 2
+    PML4E = 3
+
+
+class MemOp(enum.Enum, shape=1):
+    READ = 0
+    CAS = 1
+
+
+class InveptKind(enum.Enum, shape=1):
+    SINGLE = 0
+    GLOBAL = 1
+
+
+EptEntry = data.StructLayout({
+    "r": 1, "w": 1, "x": 1,
+    "memtype": 3,
+    "ipat": 1,
+    "leaf": 1,          # bit 7: large page in a PDPTE/PDE
+    "a": 1,
+    "d": 1,
+    "ux": 1,
+    "ign11": 1,
+    "addr": 40,         # bits 51:12
+    "ign_hi": 11,       # bits 62:52 (NetBSD keeps PVLIST/WIRED here)
+    "sve": 1,
+})
+
+TranslateRequest = data.StructLayout({
+    "gpa": GPA_BITS,
+    "access": Access,
+})
+
+TranslateResponse = data.StructLayout({
+    "outcome": Outcome,
+    "hpa": PA_BITS,
+    "page_size": PageSize,
+    "memtype": 3,
+    "qual": 7,          # exit qualification bits 6:0 (violations only)
+    "level": Level,     # where the walk stopped
+    "retries": 4,       # walks restarted by a lost A/D CAS (saturating)
+})
+
+MemRequest = data.StructLayout({
+    "op": MemOp,
+    "addr": PA_BITS,    # 8-byte aligned
+    "compare": 64,      # CAS: expected old value
+    "data": 64,         # CAS: new value
+})
+
+MemResponse = data.StructLayout({
+    "data": 64,         # READ: the word; CAS: the value found (swapped iff == compare)
+    "error": 1,         # bus error: data is meaningless
+})
+
+InveptRequest = data.StructLayout({
+    "kind": InveptKind,
+    "tag": 40,          # EPTP[51:12] for single-context
+})

@@ -1,0 +1,225 @@
+"""The EPT walker: one 4-level walk at a time, with the A/D updater behind it.
+
+Promises (``ept-reference.md``):
+
+* walks from the PML4 down, one memory read per level; stops at a not-present
+  entry (violation), a misconfigured one, or a leaf (PTE, 2M PDE, 1G PDPTE);
+* a misconfiguration wins over a permission violation, a not-present entry
+  above it wins over both; the permission check is the AND over every level;
+* on success with A/D enabled, hands the entries to :class:`ADUpdater`; if a
+  CAS loses a race the walk restarts from the PML4 and answers for the new
+  tables;
+* a bus error on any access ends the walk with ``BUS_ERROR``;
+* a request without a valid EPTP is answered ``REFUSED``, nothing walked.
+
+Timing: the request is taken in IDLE; each level costs one cycle to issue the
+read plus the memory latency (the next read leaves the cycle after the
+response); the response is registered.  With memory latency L (response L
+cycles after the request is accepted) a cold 4-level walk answers in
+4(L+1)+1 cycles.  The walker keeps at most one memory request outstanding.
+"""
+
+from amaranth import *
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .ad_updater import ADStatus, ADUpdater
+from .entry_check import EntryCheck, MisconfigCause
+from .layouts import (
+    Access, EptEntry, Level, MemOp, MemRequest, MemResponse, Outcome, PageSize,
+    TranslateResponse, GPA_BITS, PA_BITS, check_maxphyaddr,
+)
+
+__all__ = ["Walker", "WalkerState", "WalkRequest"]
+
+WalkRequest = data.StructLayout({
+    "gpa": GPA_BITS,
+    "access": Access,
+    "pml4": 40,          # EPTP[51:12]
+    "ad_enabled": 1,     # EPTP[6]
+    "ctx_valid": 1,      # a valid EPTP is loaded
+})
+
+
+class WalkerState(enum.Enum, shape=3):
+    IDLE = 0
+    READ = 1          # read request on the memory port
+    WAIT = 2          # waiting for the entry
+    AD_UPDATE = 3     # the A/D updater owns the memory port
+    RESPOND = 4
+
+
+class Walker(wiring.Component):
+    req: In(stream.Signature(WalkRequest))
+    resp: Out(stream.Signature(TranslateResponse))
+    mem_req: Out(stream.Signature(MemRequest))
+    mem_resp: In(stream.Signature(MemResponse))
+    state: Out(WalkerState)
+    level: Out(Level)
+    gpa: Out(GPA_BITS)
+    access: Out(Access)
+
+    def __init__(self, *, maxphyaddr=46, execute_only=True):
+        self.maxphyaddr = check_maxphyaddr(maxphyaddr)
+        self.execute_only = bool(execute_only)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.check = check = EntryCheck(maxphyaddr=self.maxphyaddr,
+                                                execute_only=self.execute_only)
+        m.submodules.ad = ad = ADUpdater()
+
+        pml4 = Signal(40)
+        ad_enabled = Signal()
+        table = Signal(40)                 # frame of the table being read
+        perms = Signal(3)                  # R/W/X AND over the entries so far
+        entries = Signal(data.ArrayLayout(EptEntry, 4))
+        addrs = Signal(data.ArrayLayout(PA_BITS, 4))
+        retries = Signal(4)
+        result = Signal(TranslateResponse)
+        lvl = self.level.as_value()
+
+        m.d.comb += self.resp.payload.eq(result)
+
+        # entry address: table base + 9-bit GPA index of this level * 8
+        index = Signal(9)
+        with m.Switch(self.level):
+            for level in Level:
+                with m.Case(level):
+                    lo = 12 + 9 * level.value
+                    m.d.comb += index.eq(self.gpa[lo:lo + 9])
+        entry_addr = Signal(PA_BITS)
+        m.d.comb += entry_addr.eq(Cat(C(0, 3), index, table))
+
+        # the entry arriving from memory, judged combinationally
+        entry = EptEntry(self.mem_resp.payload.data)
+        m.d.comb += [check.entry.eq(entry), check.level.eq(self.level)]
+        perms_next = Signal(3)
+        m.d.comb += perms_next.eq(perms & entry.as_value()[0:3])
+        allowed = perms_next.bit_select(self.access.as_value(), 1)
+        qual = Signal(7)
+        m.d.comb += qual.eq(Cat((1 << self.access.as_value())[:3], perms_next))
+        frame_bits = self.maxphyaddr - 12
+        next_table = entry.addr[:frame_bits]
+
+        # levels whose entry lacks A, and the leaf of a write lacking D
+        pending = Signal(4)
+        for lv in Level:
+            i = lv.value
+            above = lvl < i
+            here = lvl == i
+            leaf_needs = ~entry.a | ((self.access == Access.WRITE) & ~entry.d)
+            m.d.comb += pending[i].eq((above & ~entries[i].a) | (here & leaf_needs))
+
+        m.d.comb += [
+            ad.entries.eq(entries),
+            ad.addrs.eq(addrs),
+            ad.leaf_level.eq(self.level),
+            ad.dirty.eq(self.access == Access.WRITE),
+            ad.pending.eq(pending),
+        ]
+
+        # memory port: the walker's reads, or the updater's CASes
+        with m.If(self.state == WalkerState.AD_UPDATE):
+            m.d.comb += [
+                self.mem_req.valid.eq(ad.mem_req.valid),
+                self.mem_req.payload.eq(ad.mem_req.payload),
+                ad.mem_req.ready.eq(self.mem_req.ready),
+                ad.mem_resp.valid.eq(self.mem_resp.valid),
+                ad.mem_resp.payload.eq(self.mem_resp.payload),
+                self.mem_resp.ready.eq(ad.mem_resp.ready),
+            ]
+        with m.Else():
+            m.d.comb += [
+                self.mem_req.payload.op.eq(MemOp.READ),
+                self.mem_req.payload.addr.eq(entry_addr),
+                self.mem_req.valid.eq(self.state == WalkerState.READ),
+                self.mem_resp.ready.eq(self.state == WalkerState.WAIT),
+            ]
+
+        def restart():
+            return [self.level.eq(Level.PML4E), table.eq(pml4), perms.eq(0b111), result.eq(0)]
+
+        def finish(outcome, **fields):
+            stmts = [result.outcome.eq(outcome), result.level.eq(self.level),
+                     result.retries.eq(retries), self.state.eq(WalkerState.RESPOND)]
+            for k, v in fields.items():
+                stmts.append(getattr(result, k).eq(v))
+            return stmts
+
+        with m.Switch(self.state):
+            with m.Case(WalkerState.IDLE):
+                m.d.comb += self.req.ready.eq(1)
+                with m.If(self.req.valid):
+                    p = self.req.payload
+                    m.d.sync += [
+                        self.gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
+                        ad_enabled.eq(p.ad_enabled), retries.eq(0), result.eq(0),
+                        self.level.eq(Level.PML4E), table.eq(p.pml4), perms.eq(0b111),
+                    ]
+                    with m.If(p.ctx_valid):
+                        m.d.sync += self.state.eq(WalkerState.READ)
+                    with m.Else():
+                        m.d.sync += [result.outcome.eq(Outcome.REFUSED),
+                                     self.state.eq(WalkerState.RESPOND)]
+
+            with m.Case(WalkerState.READ):
+                with m.If(self.mem_req.ready):
+                    m.d.sync += [addrs[lvl].eq(entry_addr), self.state.eq(WalkerState.WAIT)]
+
+            with m.Case(WalkerState.WAIT):
+                with m.If(self.mem_resp.valid):
+                    m.d.sync += [entries[lvl].eq(entry), perms.eq(perms_next)]
+                    with m.If(self.mem_resp.payload.error):
+                        m.d.sync += finish(Outcome.BUS_ERROR)
+                    with m.Elif(~check.present):
+                        m.d.sync += finish(Outcome.VIOLATION, qual=qual)
+                    with m.Elif(check.misconfig):
+                        m.d.sync += finish(Outcome.MISCONFIG)
+                    with m.Elif(check.leaf):
+                        with m.If(~allowed):
+                            m.d.sync += finish(Outcome.VIOLATION, qual=qual)
+                        with m.Else():
+                            # the successful result, kept while A/D is set
+                            with m.Switch(self.level):
+                                with m.Case(Level.PTE):
+                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:12], entry.addr)),
+                                                 result.page_size.eq(PageSize.SIZE_4K)]
+                                with m.Case(Level.PDE):
+                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:21], entry.addr[9:])),
+                                                 result.page_size.eq(PageSize.SIZE_2M)]
+                                with m.Default():
+                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:30], entry.addr[18:])),
+                                                 result.page_size.eq(PageSize.SIZE_1G)]
+                            m.d.sync += [result.memtype.eq(entry.memtype), result.qual.eq(0)]
+                            with m.If(ad_enabled & (pending != 0)):
+                                m.d.comb += ad.start.eq(1)
+                                m.d.sync += self.state.eq(WalkerState.AD_UPDATE)
+                            with m.Else():
+                                m.d.sync += finish(Outcome.OK)
+                    with m.Else():
+                        m.d.sync += [
+                            table.eq(next_table),
+                            self.level.eq(lvl - 1),
+                            self.state.eq(WalkerState.READ),
+                        ]
+
+            with m.Case(WalkerState.AD_UPDATE):
+                with m.If(ad.done):
+                    with m.Switch(ad.status):
+                        with m.Case(ADStatus.DONE):
+                            m.d.sync += finish(Outcome.OK)
+                        with m.Case(ADStatus.BUS_ERROR):
+                            m.d.sync += finish(Outcome.BUS_ERROR)
+                        with m.Case(ADStatus.LOST_RACE):
+                            m.d.sync += restart() + [
+                                retries.eq(Mux(retries == 15, 15, retries + 1)),
+                                self.state.eq(WalkerState.READ),
+                            ]
+
+            with m.Case(WalkerState.RESPOND):
+                m.d.comb += self.resp.valid.eq(1)
+                with m.If(self.resp.ready):
+                    m.d.sync += self.state.eq(WalkerState.IDLE)
+        return m

@@ -1,0 +1,286 @@
+"""The pysim harness: the Amaranth unit, the DRAM model and the port drivers.
+
+One testbench process ("world") runs every cycle: it calls the between-cycle
+hooks (the host agent acts here, so host stores fall between clock edges),
+drives the memory port from :class:`~sim.dram.Dram`, offers queued translate
+requests, EPTP loads and INVEPTs, and samples every handshake at the edge.
+Callers drive time from outside with :meth:`PysimHarness.step` /
+:meth:`run_until`, which is what lets a Python host interleave pmap
+operations with walks in flight.
+
+Cycle numbers: cycle ``n`` is the clock period ending at the ``n``-th edge
+counted from 0.  A translation's ``cycles`` is the response handshake cycle
+minus the request handshake cycle.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from amaranth.sim import Simulator
+
+from hw.layouts import (
+    InveptKind, InveptRequest, MemOp, MemRequest, MemResponse, Outcome as HwOutcome, PageSize,
+    TranslateRequest, TranslateResponse,
+)
+from hw.top import PageWalkUnit
+from model.formats import Access, Eptp, Outcome
+from model.physmem import PhysicalMemory
+
+from .dram import Dram, DramConfig, DramRequest
+
+__all__ = ["Ticket", "PysimHarness", "HangError", "HW_OUTCOME"]
+
+HW_OUTCOME = {
+    HwOutcome.OK: Outcome.OK, HwOutcome.VIOLATION: Outcome.VIOLATION,
+    HwOutcome.MISCONFIG: Outcome.MISCONFIG, HwOutcome.BUS_ERROR: Outcome.BUS_ERROR,
+    HwOutcome.REFUSED: None,
+}
+PAGE_SIZES = {PageSize.SIZE_4K: 1 << 12, PageSize.SIZE_2M: 1 << 21, PageSize.SIZE_1G: 1 << 30}
+
+
+_UNSET = object()      # "nothing driven yet": forces the next ctx.set
+
+
+class _Fields:
+    """Bit offsets of a struct layout, to pack and unpack raw integers fast.
+
+    Sampling a ``data.View`` builds a ``data.Const`` every cycle, which costs
+    more than the design itself; the harness moves plain integers instead.
+    """
+
+    def __init__(self, layout):
+        self._f = {name: (f.offset, (1 << f.width) - 1) for name, f in layout}
+
+    def get(self, raw: int, name: str) -> int:
+        off, mask = self._f[name]
+        return (raw >> off) & mask
+
+    def pack(self, **values) -> int:
+        raw = 0
+        for name, v in values.items():
+            off, mask = self._f[name]
+            raw |= (int(v) & mask) << off
+        return raw
+
+
+_MREQ = _Fields(MemRequest)
+_MRESP = _Fields(MemResponse)
+_TREQ = _Fields(TranslateRequest)
+_TRESP = _Fields(TranslateResponse)
+_INV = _Fields(InveptRequest)
+
+
+class HangError(RuntimeError):
+    """The unit did not answer within the bound."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One translation through the port: request, timing and response."""
+    gpa: int
+    access: Access
+    eptp: Eptp | None = None          # the context loaded when the request was taken
+    submitted: int = 0
+    accepted: int | None = None       # cycle of the request handshake
+    answered: int | None = None       # cycle of the response handshake
+    seq_start: int = 0                # memory store sequence numbers bracketing it
+    seq_end: int = 0
+    outcome: Outcome | None = None    # None: REFUSED (no valid EPTP)
+    refused: bool = False
+    hpa: int | None = None
+    page_size: int | None = None
+    memtype: int | None = None
+    qual: int | None = None
+    level: int | None = None
+    retries: int = 0
+    errors_seen: int = 0              # DRAM bus errors injected while it was in flight
+
+    @property
+    def done(self) -> bool:
+        return self.answered is not None
+
+    @property
+    def cycles(self) -> int:
+        return self.answered - self.accepted
+
+    def architectural(self) -> tuple:
+        return (self.outcome, self.hpa, self.page_size, self.memtype, self.qual)
+
+
+class PysimHarness:
+    """Simulate :class:`~hw.top.PageWalkUnit` against the DRAM model in pysim."""
+
+    def __init__(self, memory: PhysicalMemory, dram: DramConfig | None = None, *,
+                 maxphyaddr: int = 46, execute_only: bool = True,
+                 resp_stall_probability: float = 0.0, seed: int = 1,
+                 vcd: str | Path | None = None, gtkw: str | Path | None = None,
+                 store_seq: Callable[[], int] | None = None):
+        if not 0 <= resp_stall_probability < 1:
+            raise ValueError(f"response stall probability must be in [0, 1), "
+                             f"not {resp_stall_probability}")
+        self.memory = memory
+        self.dut = PageWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only)
+        self.dram = Dram(memory, dram)
+        self.rng = random.Random(seed ^ 0x5EED)
+        self.resp_stall_probability = resp_stall_probability
+        self.store_seq = store_seq or (lambda: 0)
+        self.cycle = 0
+        self.pending: deque[Ticket] = deque()     # not yet taken by the port
+        self.inflight: deque[Ticket] = deque()    # taken, not yet answered (in order)
+        self.completed: deque[Ticket] = deque()
+        self.hooks: list[Callable[[int], None]] = []
+        self.eptp: Eptp | None = None
+        self.eptp_valid = False
+        self.eptp_error = False
+        self._eptp_loads: deque[tuple[int, Eptp | None]] = deque()
+        self._invepts: deque[tuple[int, int]] = deque()
+        self.invepts_sent = 0
+        self._stack = ExitStack()
+
+        self.sim = Simulator(self.dut)
+        self.sim.add_clock(1e-8)        # 100 MHz: 10 ns per cycle in waveforms
+        self.sim.add_testbench(self._world, background=True)
+        if vcd is not None:
+            Path(vcd).parent.mkdir(parents=True, exist_ok=True)
+            self._stack.enter_context(self.sim.write_vcd(str(vcd)))
+
+    # -- the per-cycle process ----------------------------------------------------
+    async def _world(self, ctx):
+        dut = self.dut
+        dram = self.dram
+        last_req = last_resp = _UNSET
+        last_resp_ready = None
+        strobes = False     # eptp_load / invept.valid high last cycle
+        mreq_payload = dut.mem_req.payload.as_value()
+        mresp_payload = dut.mem_resp.payload.as_value()
+        treq_payload = dut.translate_req.payload.as_value()
+        tresp_payload = dut.translate_resp.payload.as_value()
+        inv_payload = dut.invept.payload.as_value()
+        cas_op = MemOp.CAS.value
+        while True:
+            for hook in self.hooks:
+                hook(self.cycle)
+
+            ready, resp = dram.drive()
+            ctx.set(dut.mem_req.ready, ready)
+            if resp is not last_resp:
+                if resp is None:
+                    ctx.set(dut.mem_resp.valid, 0)
+                else:
+                    ctx.set(dut.mem_resp.valid, 1)
+                    ctx.set(mresp_payload, _MRESP.pack(data=resp.result, error=resp.error))
+                last_resp = resp
+
+            tk = self.pending[0] if self.pending else None
+            if tk is not last_req:
+                ctx.set(dut.translate_req.valid, tk is not None)
+                if tk is not None:
+                    ctx.set(treq_payload, _TREQ.pack(gpa=tk.gpa, access=int(tk.access)))
+                last_req = tk
+            resp_ready = not (self.resp_stall_probability and
+                              self.rng.random() < self.resp_stall_probability)
+            if resp_ready is not last_resp_ready:
+                ctx.set(dut.translate_resp.ready, resp_ready)
+                last_resp_ready = resp_ready
+
+            load = self._eptp_loads.popleft() if self._eptp_loads else None
+            inv = self._invepts.popleft() if self._invepts else None
+            if strobes or load is not None or inv is not None:
+                ctx.set(dut.eptp_load, load is not None)
+                if load is not None:
+                    ctx.set(dut.eptp_value, load[0])
+                ctx.set(dut.invept.valid, inv is not None)
+                if inv is not None:
+                    ctx.set(inv_payload, _INV.pack(kind=inv[0], tag=inv[1]))
+                    self.invepts_sent += 1
+                strobes = load is not None or inv is not None
+
+            (_, _, mreq_valid, mreq, mresp_ready, treq_ready, tresp_valid, tresp,
+             eptp_valid, eptp_error) = await ctx.tick().sample(
+                dut.mem_req.valid, mreq_payload, dut.mem_resp.ready,
+                dut.translate_req.ready, dut.translate_resp.valid, tresp_payload,
+                dut.eptp_valid, dut.eptp_error)
+
+            offered = None
+            if mreq_valid:
+                f = _MREQ.get
+                offered = DramRequest("cas" if f(mreq, "op") == cas_op else "read", f(mreq, "addr"),
+                                      compare=f(mreq, "compare"), data=f(mreq, "data"))
+            dram.clock(offered, bool(resp is not None and mresp_ready))
+            if resp is not None and resp.error and mresp_ready:
+                for t in self.inflight:
+                    t.errors_seen += 1
+
+            if tk is not None and treq_ready:
+                self.pending.popleft()
+                tk.accepted = self.cycle
+                tk.eptp = self.eptp if self.eptp_valid else None
+                tk.seq_start = self.store_seq()
+                self.inflight.append(tk)
+                last_req = _UNSET    # re-drive next cycle
+            if tresp_valid and resp_ready:
+                done = self.inflight.popleft()
+                self._fill(done, tresp)
+                done.seq_end = self.store_seq()
+                self.completed.append(done)
+
+            if load is not None:
+                self.eptp = load[1]
+            self.eptp_valid = bool(eptp_valid)
+            self.eptp_error = bool(eptp_error)
+            self.cycle += 1
+
+    def _fill(self, t: Ticket, raw: int) -> None:
+        f = lambda name: _TRESP.get(raw, name)
+        hw_outcome = HwOutcome(f("outcome"))
+        t.answered = self.cycle
+        t.retries = f("retries")
+        t.level = f("level") + 1
+        t.outcome = HW_OUTCOME[hw_outcome]
+        t.refused = hw_outcome == HwOutcome.REFUSED
+        if t.outcome is Outcome.OK:
+            t.hpa, t.page_size, t.memtype = f("hpa"), PAGE_SIZES[PageSize(f("page_size"))], f("memtype")
+        elif t.outcome is Outcome.VIOLATION:
+            t.qual = f("qual")
+
+    # -- driving time -------------------------------------------------------------
+    def step(self, n: int = 1) -> None:
+        target = self.cycle + n
+        while self.cycle < target:
+            self.sim.advance()
+
+    def run_until(self, predicate: Callable[[], bool], limit: int, what: str = "condition") -> None:
+        deadline = self.cycle + limit
+        while not predicate():
+            if self.cycle >= deadline:
+                raise HangError(f"no {what} within {limit} cycles (cycle {self.cycle})")
+            self.sim.advance()
+
+    # -- operations -----------------------------------------------------------------
+    def load_eptp(self, value: int, decoded: Eptp | None) -> bool:
+        """Pulse eptp_load; returns whether the unit accepted the pointer."""
+        self._eptp_loads.append((value, decoded))
+        self.step(2)
+        return self.eptp_valid
+
+    def invept(self, kind: str, tag: int = 0) -> None:
+        self._invepts.append((InveptKind.GLOBAL.value if kind == "global" else InveptKind.SINGLE.value, tag))
+
+    def submit(self, gpa: int, access: Access) -> Ticket:
+        t = Ticket(gpa, Access(access), submitted=self.cycle)
+        self.pending.append(t)
+        return t
+
+    def translate(self, gpa: int, access: Access, limit: int = 100_000) -> Ticket:
+        t = self.submit(gpa, access)
+        self.run_until(lambda: t.done, limit, f"response for GPA {gpa:#x}")
+        return t
+
+    def close(self) -> None:
+        self._stack.close()

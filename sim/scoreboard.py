@@ -1,0 +1,129 @@
+"""The scoreboard: every RTL response against the golden model's reference walk.
+
+Memory may change while a translation is in flight (the host pmap runs
+between cycles).  The scoreboard therefore keeps a history of every store
+(sequence-numbered by :class:`MemoryHistory`) and accepts a response if it
+equals the reference walk of the memory as it stood at *some* point during
+the request's lifetime: at the request handshake, or after any store in
+between to an entry that walk reads.  Anything else is a mismatch, reported
+with GPA, access, expected, got and cycles.
+
+A ``bus_error`` is accepted only if the DRAM model injected an error while
+the request was in flight; ``REFUSED`` only if no valid EPTP was loaded.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from model.formats import Access, EptConfig, Outcome
+from model.physmem import PhysicalMemory
+from model.walk import Translation, walk
+
+from .harness import Ticket
+
+__all__ = ["MemoryHistory", "Scoreboard", "format_result"]
+
+
+class MemoryHistory:
+    """Every store to a memory, numbered, so past values can be read back."""
+
+    def __init__(self, memory: PhysicalMemory):
+        self.memory = memory
+        self.seq = 0
+        self._log: dict[int, list[tuple[int, int, int]]] = {}   # addr -> [(seq, old, new)]
+        memory.observe(self._on_store)
+
+    def _on_store(self, addr: int, old: int, new: int, source: str) -> None:
+        self.seq += 1
+        self._log.setdefault(addr, []).append((self.seq, old, new))
+
+    def value_at(self, addr: int, seq: int) -> int:
+        """The word at ``addr`` after the stores numbered up to ``seq``."""
+        h = self._log.get(addr)
+        if not h:
+            return self.memory.peek(addr)
+        i = bisect_right(h, seq, key=lambda e: e[0])
+        return h[0][1] if i == 0 else h[i - 1][2]
+
+    def next_store(self, addr: int, after: int, upto: int) -> int | None:
+        h = self._log.get(addr)
+        if not h:
+            return None
+        i = bisect_right(h, after, key=lambda e: e[0])
+        if i < len(h) and h[i][0] <= upto:
+            return h[i][0]
+        return None
+
+    def prune(self, keep_from: int) -> None:
+        """Forget what no request at or after ``keep_from`` can need."""
+        for addr in list(self._log):
+            h = self._log[addr]
+            i = bisect_right(h, keep_from, key=lambda e: e[0])
+            if i == len(h):
+                del self._log[addr]       # the memory itself holds the last value
+            elif i > 1:
+                del h[:i - 1]
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self._log.values())
+
+
+def format_result(outcome, hpa=None, page_size=None, memtype=None, qual=None) -> str:
+    if outcome is None:
+        return "refused"
+    if outcome is Outcome.OK:
+        return f"ok hpa={hpa:#x} size={page_size:#x} memtype={memtype}"
+    if outcome is Outcome.VIOLATION:
+        return f"violation qual={qual:#x}"
+    return outcome.value
+
+
+class Scoreboard:
+    def __init__(self, history: MemoryHistory, config: EptConfig = EptConfig(), limit: int = 50):
+        self.history = history
+        self.config = config
+        self.checked = 0
+        self.failed = 0
+        self.mismatches: list[str] = []      # the first ``limit`` reports
+        self.limit = limit
+        self.alternatives_used = 0    # responses matching a state other than the first
+
+    def candidates(self, t: Ticket) -> list[Translation]:
+        """Reference walks for every memory state the request could have seen."""
+        h = self.history
+        seq = t.seq_start
+        out = []
+        while True:
+            r = walk(lambda a: h.value_at(a, seq), t.eptp, t.gpa, t.access, self.config)
+            out.append(r)
+            nxt = [n for n in (h.next_store(s.addr, seq, t.seq_end) for s in r.steps) if n is not None]
+            if not nxt:
+                return out
+            seq = min(nxt)
+
+    def check(self, t: Ticket) -> bool:
+        self.checked += 1
+        if t.refused or t.eptp is None:
+            ok = t.refused and t.eptp is None
+            expected = "refused" if t.eptp is None else "a walk (a valid EPTP was loaded)"
+        elif t.outcome is Outcome.BUS_ERROR:
+            ok = t.errors_seen > 0
+            expected = "no bus error (none was injected)"
+        else:
+            cands = self.candidates(t)
+            got = t.architectural()
+            ok = any(c.architectural() == got for c in cands)
+            if ok and cands[0].architectural() != got:
+                self.alternatives_used += 1
+            expected = " or ".join(dict.fromkeys(format_result(*c.architectural()) for c in cands))
+            if not ok and len(cands) == 1 and cands[0].reason:
+                expected += f" ({cands[0].reason})"
+        if not ok:
+            self.failed += 1
+            msg = (f"cycle {t.answered}: GPA {t.gpa:#x} {t.access.name.lower()}: "
+                   f"expected {expected}, got {format_result(*t.architectural()) if not t.refused else 'refused'} "
+                   f"(request taken at cycle {t.accepted})")
+            if len(self.mismatches) < self.limit:
+                self.mismatches.append(msg)
+        return ok
