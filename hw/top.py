@@ -49,12 +49,13 @@ class PageWalkUnit(wiring.Component):
             raise ValueError(f"execute_only must be a bool, not {execute_only!r}")
         self.execute_only = execute_only
         super().__init__()
+        self.eptp_register = EptpRegister(maxphyaddr=self.maxphyaddr)
+        self.walker = Walker(maxphyaddr=self.maxphyaddr, execute_only=self.execute_only)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.eptp = eptp = EptpRegister(maxphyaddr=self.maxphyaddr)
-        m.submodules.walker = walker = Walker(maxphyaddr=self.maxphyaddr,
-                                              execute_only=self.execute_only)
+        m.submodules.eptp = eptp = self.eptp_register
+        m.submodules.walker = walker = self.walker
         m.d.comb += [
             eptp.value.eq(self.eptp_value),
             eptp.load.eq(self.eptp_load),

@@ -63,12 +63,13 @@ class Walker(wiring.Component):
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
         self.execute_only = bool(execute_only)
         super().__init__()
+        self.entry_check = EntryCheck(maxphyaddr=self.maxphyaddr, execute_only=self.execute_only)
+        self.ad_updater = ADUpdater()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.check = check = EntryCheck(maxphyaddr=self.maxphyaddr,
-                                                execute_only=self.execute_only)
-        m.submodules.ad = ad = ADUpdater()
+        m.submodules.check = check = self.entry_check
+        m.submodules.ad = ad = self.ad_updater
 
         pml4 = Signal(40)
         ad_enabled = Signal()

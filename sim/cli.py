@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from model.formats import EptpError
 from model.physmem import MemoryAccessError
@@ -58,6 +59,60 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _probability(text: str) -> float:
+    v = _fraction(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"{v} must be below 1")
+    return v
+
+
+def _nonneg(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must not be negative")
+    return v
+
+
+def _add_rtl_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("RTL backend (DRAM model and port behaviour)")
+    g.add_argument("--dram-latency", type=_positive, default=8, metavar="L",
+                   help="cycles from a read's acceptance to its response (default 8)")
+    g.add_argument("--cas-latency", type=_positive, default=12, help="the same for a CAS (default 12)")
+    g.add_argument("--row-miss-penalty", type=_nonneg, default=6,
+                   help="extra cycles when an access misses its bank's open row (default 6)")
+    g.add_argument("--max-outstanding", type=_positive, default=4,
+                   help="DRAM requests in flight at most (default 4)")
+    g.add_argument("--dram-stall", type=_probability, default=0.0, metavar="P",
+                   help="chance per cycle that the DRAM is not ready (default 0)")
+    g.add_argument("--bus-error-rate", type=_probability, default=0.0, metavar="P",
+                   help="chance that a DRAM access answers with a bus error (default 0)")
+    g.add_argument("--resp-stall", type=_probability, default=0.0, metavar="P",
+                   help="chance per cycle that the translate response is not taken (default 0)")
+    g.add_argument("--dram-seed", type=int, default=1, help="seed of the stall/error generators")
+    g.add_argument("--vcd", metavar="FILE.vcd", help="write a waveform and a GTKWave save file (.gtkw)")
+
+
+def _rtl_kwargs(args) -> dict:
+    if args.backend == "model":
+        if args.vcd:
+            raise UsageError(f"{PROG}: --vcd needs --backend rtl (the model has no waveform)")
+        return {}
+    from .dram import DramConfig
+    dram = DramConfig(read_latency=args.dram_latency, cas_latency=args.cas_latency,
+                      row_miss_penalty=args.row_miss_penalty, max_outstanding=args.max_outstanding,
+                      stall_probability=args.dram_stall, error_probability=args.bus_error_rate,
+                      seed=args.dram_seed)
+    try:
+        dram.validate()
+    except ValueError as e:
+        raise UsageError(f"{PROG}: {e}") from None
+    return {"dram": dram, "vcd": args.vcd, "resp_stall_probability": args.resp_stall,
+            "seed": args.dram_seed}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Cycle-level EPT page-walk unit: golden model, "
                                       "replay and cosimulation.")
@@ -69,37 +124,45 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("scenario", metavar="SCENARIO.json")
     r.add_argument("--backend", default="model", choices=sorted(BACKENDS),
                    help="model (golden model) or rtl (the Amaranth unit in pysim)")
+    _add_rtl_options(r)
 
     w = sub.add_parser("run", help="run the pageable-guest workload and print a summary",
                        description="A guest touches more pages than the host gives it frames; "
                                    "EPT violations fault pages in with pmap_enter, a clock page "
                                    "daemon evicts using the A/D bits the walker sets.")
-    w.add_argument("--backend", default="model", choices=sorted(BACKENDS))
-    w.add_argument("--accesses", type=_positive, default=20000, help="guest accesses (default 20000)")
+    w.add_argument("--backend", default="rtl", choices=sorted(BACKENDS),
+                   help="rtl (cosimulation, default) or model (golden model alone)")
+    w.add_argument("--accesses", type=_positive, default=4000, help="guest accesses (default 4000)")
     w.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    w.add_argument("--guest-pages", type=_positive, default=1024,
-                   help="guest working set in 4K pages (default 1024)")
-    w.add_argument("--host-frames", type=_positive, default=384,
-                   help="frames the host gives the guest (default 384)")
+    w.add_argument("--guest-pages", type=_positive, default=256,
+                   help="guest working set in 4K pages (default 256)")
+    w.add_argument("--host-frames", type=_positive, default=96,
+                   help="frames the host gives the guest (default 96)")
     w.add_argument("--mix", type=_mix, default=(0.6, 0.3, 0.1), metavar="R,W,F",
                    help="read,write,fetch weights (default 0.6,0.3,0.1)")
     w.add_argument("--locality", type=_fraction, default=0.8,
                    help="share of accesses to the hot set (default 0.8)")
-    w.add_argument("--hot-pages", type=_positive, default=48, help="hot-set size (default 48)")
+    w.add_argument("--hot-pages", type=_positive, default=24, help="hot-set size (default 24)")
     w.add_argument("--sequential", type=_fraction, default=0.15,
                    help="chance an access goes to the next page (default 0.15)")
     w.add_argument("--no-ad", action="store_true", help="run with EPTP A/D flags disabled")
+    w.add_argument("--race-rate", type=_fraction, default=0.02, metavar="P",
+                   help="chance per cycle (rtl) or per access (model) that the host agent runs a "
+                        "pmap operation on the page being translated (default 0.02)")
     w.add_argument("--summary", default="build/sim/summary.json",
                    help="where to write the JSON summary (default build/sim/summary.json)")
     w.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_rtl_options(w)
     return p
 
 
 def cmd_replay(args) -> int:
     from .replay import replay
     scenario = load_scenario(args.scenario)
-    replay(scenario, args.backend)
-    return 0
+    result = replay(scenario, args.backend, **_rtl_kwargs(args))
+    for m in result.mismatches:
+        print(f"MISMATCH: {m}", file=sys.stderr)
+    return 1 if result.mismatches else 0
 
 
 def cmd_run(args) -> int:
@@ -107,16 +170,20 @@ def cmd_run(args) -> int:
     from .workload import WorkloadOptions
     opts = WorkloadOptions(accesses=args.accesses, seed=args.seed, guest_pages=args.guest_pages,
                            host_frames=args.host_frames, mix=args.mix, locality=args.locality,
-                           hot_pages=args.hot_pages, sequential=args.sequential, ad=not args.no_ad)
+                           hot_pages=args.hot_pages, sequential=args.sequential, ad=not args.no_ad,
+                           race_rate=args.race_rate)
     try:
         opts.validate()
     except ValueError as e:
         raise UsageError(f"{PROG} run: {e}") from None
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    summary = run_workload(opts, args.backend, progress=progress)
+    kw = _rtl_kwargs(args)
+    summary = run_workload(opts, args.backend, progress=progress, **kw)
     write_summary(summary, args.summary)
     print(format_summary(summary))
     print(f"summary written to {args.summary}")
+    if args.vcd:
+        print(f"waveform written to {args.vcd} (open with: gtkwave {Path(args.vcd).with_suffix('.gtkw')})")
     return 1 if summary["mismatches"] else 0
 
 

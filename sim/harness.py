@@ -148,7 +148,26 @@ class PysimHarness:
         self.sim.add_testbench(self._world, background=True)
         if vcd is not None:
             Path(vcd).parent.mkdir(parents=True, exist_ok=True)
-            self._stack.enter_context(self.sim.write_vcd(str(vcd)))
+            gtkw = str(gtkw or Path(vcd).with_suffix(".gtkw"))
+            self._stack.enter_context(self.sim.write_vcd(str(vcd), gtkw, traces=self.trace_groups()))
+
+    def trace_groups(self) -> dict:
+        """Signals for the GTKWave save file, grouped by block."""
+        dut = self.dut
+        walker = dut.walker
+        ad = walker.ad_updater
+        return {
+            "translate port": [dut.translate_req.valid, dut.translate_req.ready,
+                               dut.translate_req.payload,
+                               dut.translate_resp.valid, dut.translate_resp.ready,
+                               dut.translate_resp.payload],
+            "control": [dut.eptp_load, dut.eptp_value, dut.eptp_valid, dut.eptp_error,
+                        dut.invept.valid, dut.invept.payload, dut.invept_count],
+            "walker": [walker.state, walker.level, walker.gpa, walker.access],
+            "A/D updater": [ad.state, ad.start, ad.pending, ad.done, ad.status],
+            "memory port": [dut.mem_req.valid, dut.mem_req.ready, dut.mem_req.payload,
+                            dut.mem_resp.valid, dut.mem_resp.ready, dut.mem_resp.payload],
+        }
 
     # -- the per-cycle process ----------------------------------------------------
     async def _world(self, ctx):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from model.physmem import PhysicalMemory
@@ -12,7 +13,13 @@ from model.walk import Translation
 from .backend import make_backend
 from .scenario import Scenario
 
-__all__ = ["replay"]
+__all__ = ["replay", "ReplayResult"]
+
+
+@dataclass
+class ReplayResult:
+    lines: list[dict]
+    mismatches: list[str] = field(default_factory=list)   # scoreboard reports (rtl)
 
 
 def translate_line(t: Translation, cycles: int | None) -> dict:
@@ -23,7 +30,7 @@ def translate_line(t: Translation, cycles: int | None) -> dict:
 
 
 def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.stdout,
-           **backend_kw) -> list[dict]:
+           **backend_kw) -> ReplayResult:
     """Execute every op in order, each finished before the next; return the lines."""
     memory = PhysicalMemory(scenario.config.maxphyaddr)
     for addr, value in scenario.memory:
@@ -49,4 +56,4 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
     finally:
         backend.close()
     out.flush()
-    return lines
+    return ReplayResult(lines, list(getattr(backend, "mismatches", [])))

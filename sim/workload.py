@@ -37,13 +37,13 @@ GUEST_FRAMES_BASE = 0x1_0000_0000
 
 @dataclass
 class WorkloadOptions:
-    accesses: int = 20000
+    accesses: int = 4000
     seed: int = 1
-    guest_pages: int = 1024        # the guest's working set, in 4K pages
-    host_frames: int = 384         # frames the host lends the guest
+    guest_pages: int = 256         # the guest's working set, in 4K pages
+    host_frames: int = 96          # frames the host lends the guest
     mix: tuple[float, float, float] = (0.6, 0.3, 0.1)   # read, write, fetch
     locality: float = 0.8          # share of accesses that go to the hot set
-    hot_pages: int = 48
+    hot_pages: int = 24
     sequential: float = 0.15       # chance the next access is the next page
     phase: int = 4000              # accesses before the hot set moves
     ad: bool = True                # EPTP bit 6

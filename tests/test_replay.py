@@ -107,7 +107,7 @@ def test_ad_updates_visible_to_later_reads():
                 {"op": "translate", "gpa": "0x10", "access": "write"},
                 {"op": "read", "addr": "0x103000"}, {"op": "read", "addr": "0x100000"}]}
     import io
-    lines = replay(parse_scenario(data), "model", out=io.StringIO())
+    lines = replay(parse_scenario(data), "model", out=io.StringIO()).lines
     assert int(lines[1]["value"], 16) == 0x200077 | EPT_A
     assert int(lines[3]["value"], 16) == 0x200077 | EPT_A | EPT_D
     assert int(lines[4]["value"], 16) == 0x101007 | EPT_A
@@ -119,14 +119,14 @@ def test_config_maxphyaddr_and_execute_only():
         {"addr": "0x102000", "value": "0x103007"}, {"addr": "0x103000", "value": "0x200034"}],
         "ops": [{"op": "translate", "gpa": "0x0", "access": "fetch"}]}
     import io
-    assert replay(parse_scenario(base), out=io.StringIO())[0]["outcome"] == "ok"
+    assert replay(parse_scenario(base), out=io.StringIO()).lines[0]["outcome"] == "ok"
     no_xo = dict(base, config={"execute_only": False})
-    assert replay(parse_scenario(no_xo), out=io.StringIO())[0]["outcome"] == "misconfig"
+    assert replay(parse_scenario(no_xo), out=io.StringIO()).lines[0]["outcome"] == "misconfig"
     # bit 40 in the address: fine with MAXPHYADDR 46, reserved with 39
     hi = dict(base, memory=base["memory"][:3] + [{"addr": "0x103000", "value": hex((1 << 40) | 0x200034)}])
-    assert replay(parse_scenario(hi), out=io.StringIO())[0]["hpa"] == hex((1 << 40) | 0x200000)
+    assert replay(parse_scenario(hi), out=io.StringIO()).lines[0]["hpa"] == hex((1 << 40) | 0x200000)
     small = dict(hi, config={"maxphyaddr": 39})
-    assert replay(parse_scenario(small), out=io.StringIO())[0]["outcome"] == "misconfig"
+    assert replay(parse_scenario(small), out=io.StringIO()).lines[0]["outcome"] == "misconfig"
 
 
 GOOD = {"eptp": "0x10005e", "memory": [], "ops": []}
