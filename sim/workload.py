@@ -246,7 +246,9 @@ class Host:
     def evict(self, frame: int) -> None:
         page = self.owner.pop(frame)
         self.pages.page_protect(frame, VM_PROT_NONE)
-        if self.pages.clear_modify(frame):
+        # without EPT A/D the hardware never sets D: a writable page may be dirty
+        dirty = self.pages.clear_modify(frame)
+        if dirty or (not self.opts.ad and self.layout.prot(page) & VM_PROT_WRITE):
             self.save(page, frame)
         self.pages.page(frame).attrs = 0       # the freed page starts clean
         del self.resident[page]

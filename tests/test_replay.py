@@ -76,8 +76,7 @@ def test_replay_matches_reference_walk(tmp_path):
     assert int(lines[-1]["value"], 16) & EPT_A
 
 
-def test_replay_exact_output_format(tmp_path):
-    data = {"eptp": "0x10005e", "memory": [
+EXACT = {"eptp": "0x10005e", "memory": [
         {"addr": "0x100000", "value": "0x101007"}, {"addr": "0x101000", "value": "0x102007"},
         {"addr": "0x102000", "value": "0x103007"}, {"addr": "0x103008", "value": "0x200077"}],
         "ops": [{"op": "translate", "gpa": "0x1234", "access": "write"},
@@ -86,6 +85,10 @@ def test_replay_exact_output_format(tmp_path):
                 {"op": "write", "addr": "0x103008", "value": "0x200071"},
                 {"op": "invept", "kind": "global"},
                 {"op": "translate", "gpa": "4660", "access": "write"}]}
+
+
+def test_replay_exact_output_format(tmp_path):
+    data = EXACT
     p = tmp_path / "s.json"
     p.write_text(json.dumps(data))
     res = run_cli("replay", str(p))
@@ -98,14 +101,17 @@ def test_replay_exact_output_format(tmp_path):
     ]
 
 
-def test_ad_updates_visible_to_later_reads():
-    data = {"eptp": "0x10005e", "memory": [
+AD_UPDATES = {"eptp": "0x10005e", "memory": [
         {"addr": "0x100000", "value": "0x101007"}, {"addr": "0x101000", "value": "0x102007"},
         {"addr": "0x102000", "value": "0x103007"}, {"addr": "0x103000", "value": "0x200077"}],
         "ops": [{"op": "translate", "gpa": "0x10", "access": "read"},
                 {"op": "read", "addr": "0x103000"},
                 {"op": "translate", "gpa": "0x10", "access": "write"},
                 {"op": "read", "addr": "0x103000"}, {"op": "read", "addr": "0x100000"}]}
+
+
+def test_ad_updates_visible_to_later_reads():
+    data = AD_UPDATES
     import io
     lines = replay(parse_scenario(data), "model", out=io.StringIO()).lines
     assert int(lines[1]["value"], 16) == 0x200077 | EPT_A
@@ -113,19 +119,23 @@ def test_ad_updates_visible_to_later_reads():
     assert int(lines[4]["value"], 16) == 0x101007 | EPT_A
 
 
-def test_config_maxphyaddr_and_execute_only():
-    base = {"eptp": "0x10001e", "memory": [
+CONFIG_BASE = {"eptp": "0x10001e", "memory": [
         {"addr": "0x100000", "value": "0x101007"}, {"addr": "0x101000", "value": "0x102007"},
         {"addr": "0x102000", "value": "0x103007"}, {"addr": "0x103000", "value": "0x200034"}],
         "ops": [{"op": "translate", "gpa": "0x0", "access": "fetch"}]}
+CONFIG_NO_XO = dict(CONFIG_BASE, config={"execute_only": False})
+# bit 40 in the address: fine with MAXPHYADDR 46, reserved with 39
+CONFIG_HI = dict(CONFIG_BASE, memory=CONFIG_BASE["memory"][:3]
+                 + [{"addr": "0x103000", "value": hex((1 << 40) | 0x200034)}])
+CONFIG_SMALL = dict(CONFIG_HI, config={"maxphyaddr": 39})
+
+
+def test_config_maxphyaddr_and_execute_only():
+    base, no_xo, hi, small = CONFIG_BASE, CONFIG_NO_XO, CONFIG_HI, CONFIG_SMALL
     import io
     assert replay(parse_scenario(base), out=io.StringIO()).lines[0]["outcome"] == "ok"
-    no_xo = dict(base, config={"execute_only": False})
     assert replay(parse_scenario(no_xo), out=io.StringIO()).lines[0]["outcome"] == "misconfig"
-    # bit 40 in the address: fine with MAXPHYADDR 46, reserved with 39
-    hi = dict(base, memory=base["memory"][:3] + [{"addr": "0x103000", "value": hex((1 << 40) | 0x200034)}])
     assert replay(parse_scenario(hi), out=io.StringIO()).lines[0]["hpa"] == hex((1 << 40) | 0x200000)
-    small = dict(hi, config={"maxphyaddr": 39})
     assert replay(parse_scenario(small), out=io.StringIO()).lines[0]["outcome"] == "misconfig"
 
 
@@ -185,14 +195,19 @@ def test_error_found_before_any_output(tmp_path):
     assert "ops[1].addr" in res.stderr
 
 
-def test_missing_file_and_rtl_unavailable(tmp_path):
-    res = run_cli("replay", str(tmp_path / "nope.json"))
-    assert res.returncode == 2 and "cannot read" in res.stderr and res.stdout == ""
+def test_missing_file(tmp_path):
+    for backend in ("model", "rtl"):
+        res = run_cli("replay", str(tmp_path / "nope.json"), "--backend", backend)
+        assert res.returncode == 2 and "cannot read" in res.stderr and res.stdout == ""
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_backend_is_one_line(tmp_path):
     p = tmp_path / "ok.json"
     p.write_text(json.dumps(GOOD))
-    res = run_cli("replay", str(p), "--backend", "rtl")
+    res = run_cli("replay", str(p), "--backend", "verilator")
     assert res.returncode == 2 and res.stdout == ""
-    assert len(res.stderr.strip().splitlines()) == 1 and "rtl" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "backend" in res.stderr
 
 
 def test_parse_numbers_all_forms():
@@ -217,3 +232,36 @@ def test_help_is_useful():
     assert res.returncode == 0 and "replay" in res.stdout and "run" in res.stdout
     res = run_cli("run", "--help")
     assert "--host-frames" in res.stdout and "--mix" in res.stdout
+
+
+def _valid_scenarios():
+    """Every valid scenario this file runs, by name."""
+    return {"pmap": pmap_scenario()[0], "exact": EXACT, "ad_updates": AD_UPDATES,
+            "config_base": CONFIG_BASE, "config_no_xo": CONFIG_NO_XO, "config_hi": CONFIG_HI,
+            "config_small": CONFIG_SMALL, "empty": GOOD}
+
+
+@pytest.mark.parametrize("name", list(_valid_scenarios()))
+def test_rtl_backend_agrees_with_model(name):
+    """`replay --backend rtl` prints what `--backend model` prints, plus cycles."""
+    import io
+    scenario = parse_scenario(_valid_scenarios()[name])
+    model = replay(scenario, "model", out=io.StringIO())
+    rtl = replay(scenario, "rtl", out=io.StringIO())
+    assert rtl.mismatches == []
+    assert len(rtl.lines) == len(model.lines)
+    for m, r in zip(model.lines, rtl.lines):
+        if r["op"] == "translate":
+            assert isinstance(r.pop("cycles"), int) and "cycles" not in m
+        assert r == m
+
+
+def test_rtl_replay_cli_prints_cycles(tmp_path):
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(EXACT))
+    res = run_cli("replay", str(p), "--backend", "rtl", "--dram-latency", "5")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(l) for l in res.stdout.splitlines()]
+    assert [l["op"] for l in lines] == ["translate", "read", "translate", "translate"]
+    # a cold 4-level walk costs at least four DRAM round trips
+    assert all(l["cycles"] >= 4 * 5 for l in lines if l["op"] == "translate")

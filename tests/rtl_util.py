@@ -1,0 +1,53 @@
+"""Helpers for RTL tests: a shared harness and hand-built table paths."""
+
+from model.formats import EptConfig, Eptp, Level, gpa_index, make_leaf_entry, make_table_entry
+from model.physmem import PhysicalMemory
+from sim.dram import DramConfig
+from sim.harness import PysimHarness
+from sim.scoreboard import MemoryHistory, Scoreboard
+
+
+class Rig:
+    """A pysim harness over a fresh memory, with a scoreboard and a bump allocator."""
+
+    def __init__(self, dram: DramConfig | None = None, config: EptConfig = EptConfig(), **kw):
+        self.memory = PhysicalMemory(config.maxphyaddr)
+        self.config = config
+        self.history = MemoryHistory(self.memory)
+        self.scoreboard = Scoreboard(self.history, config)
+        self.harness = PysimHarness(self.memory, dram, maxphyaddr=config.maxphyaddr,
+                                    execute_only=config.execute_only,
+                                    store_seq=lambda: self.history.seq, **kw)
+        self.next_frame = 0x10_0000
+
+    def frame(self) -> int:
+        pa = self.next_frame
+        self.next_frame += 0x1000
+        return pa
+
+    def load(self, eptp: Eptp) -> bool:
+        return self.harness.load_eptp(eptp.encode(), eptp)
+
+    def path(self, gpa: int, leaf_level: Level = Level.PTE, leaf: int | None = None,
+             table_perms=(0b111, 0b111, 0b111), ad: bool = True, page: int = 0x4000_0000):
+        """Tables for one GPA; returns (eptp, {level: entry address})."""
+        pml4 = self.frame()
+        addrs = {}
+        table = pml4
+        levels = [Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE]
+        for i, level in enumerate(levels):
+            addr = table + gpa_index(gpa, level) * 8
+            addrs[level] = addr
+            if level == leaf_level:
+                value = leaf if leaf is not None else make_leaf_entry(page, level)
+                self.memory.write(addr, value, source="init")
+                break
+            nxt = self.frame()
+            self.memory.write(addr, make_table_entry(nxt, table_perms[i]), source="init")
+            table = nxt
+        return Eptp(pml4_pa=pml4, ad_enabled=ad), addrs
+
+    def translate(self, gpa, access, limit=5000):
+        t = self.harness.translate(gpa, access, limit=limit)
+        assert self.scoreboard.check(t), self.scoreboard.mismatches[-1]
+        return t
