@@ -139,6 +139,7 @@ class PysimHarness:
         self.eptp_valid = False
         self.eptp_error = False
         self._eptp_loads: deque[tuple[int, Eptp | None]] = deque()
+        self.eptp_loads_seen = 0       # loads whose result has been sampled
         self._invepts: deque[tuple[int, int]] = deque()
         self.invepts_sent = 0
         self._stack = ExitStack()
@@ -176,6 +177,7 @@ class PysimHarness:
         last_req = last_resp = _UNSET
         last_resp_ready = None
         strobes = False     # eptp_load / invept.valid high last cycle
+        loaded = False      # eptp_load was high last cycle: sample its result now
         mreq_payload = dut.mem_req.payload.as_value()
         mresp_payload = dut.mem_resp.payload.as_value()
         treq_payload = dut.translate_req.payload.as_value()
@@ -253,6 +255,9 @@ class PysimHarness:
                 self.eptp = load[1]
             self.eptp_valid = bool(eptp_valid)
             self.eptp_error = bool(eptp_error)
+            if loaded:
+                self.eptp_loads_seen += 1
+            loaded = load is not None
             self.cycle += 1
 
     def _fill(self, t: Ticket, raw: int) -> None:
@@ -284,8 +289,9 @@ class PysimHarness:
     # -- operations -----------------------------------------------------------------
     def load_eptp(self, value: int, decoded: Eptp | None) -> bool:
         """Pulse eptp_load; returns whether the unit accepted the pointer."""
+        target = self.eptp_loads_seen + len(self._eptp_loads) + 1
         self._eptp_loads.append((value, decoded))
-        self.step(2)
+        self.run_until(lambda: self.eptp_loads_seen >= target, 16, "EPTP load")
         return self.eptp_valid
 
     def invept(self, kind: str, tag: int = 0) -> None:
