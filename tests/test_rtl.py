@@ -501,3 +501,18 @@ def test_bad_parameters_are_refused():
         PageWalkUnit(maxphyaddr=60)
     with pytest.raises(ValueError, match="execute_only"):
         PageWalkUnit(execute_only="yes")
+
+
+@pytest.mark.parametrize("latency", [1, 5, 20])
+def test_cold_walk_timing_is_as_documented(latency):
+    """walker.py promises 4(L+1)+1 cycles for a cold 4-level walk (no A/D writes,
+    no row misses): measured from the port handshakes of the RTL."""
+    rig = Rig(dram=DramConfig(read_latency=latency, row_miss_penalty=0))
+    build(rig, ad=False)
+    t = rig.translate(GPA, Access.READ, limit=BOUND)
+    assert t.outcome is Outcome.OK and t.cycles == 4 * (latency + 1) + 1
+    # a row miss costs its penalty on every level it hits
+    rig2 = Rig(dram=DramConfig(read_latency=latency, row_miss_penalty=3, banks=1))
+    build(rig2, ad=False)
+    t2 = rig2.translate(GPA, Access.READ, limit=BOUND)
+    assert t2.cycles == t.cycles + 3 * rig2.harness.dram.row_misses
