@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The RTL page-walk unit in pysim, against the golden model.
 
 Every translation goes through the scoreboard (reference walk of the memory
@@ -494,7 +495,6 @@ def test_other_maxphyaddr(maxphyaddr):
         assert rig.translate(GPA, Access.READ, limit=BOUND).outcome is Outcome.MISCONFIG
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_bad_parameters_are_refused():
     from hw.top import PageWalkUnit
     with pytest.raises(ValueError, match="maxphyaddr"):
