@@ -6,6 +6,7 @@ Bad input gets one line on stderr naming the problem, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -159,10 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_replay(args) -> int:
     from .replay import replay
     scenario = load_scenario(args.scenario)
-    result = replay(scenario, args.backend, **_rtl_kwargs(args))
+    kw = _rtl_kwargs(args)
+    _output_path("--vcd", args.vcd)
+    result = replay(scenario, args.backend, **kw)
     for m in result.mismatches:
         print(f"MISMATCH: {m}", file=sys.stderr)
     return 1 if result.mismatches else 0
+
+
+def _output_path(flag: str, path: str | None) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    if path is None:
+        return
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{PROG}: cannot write {flag} {path}: {e.strerror}") from None
+    if p.is_dir() or not os.access(p.parent, os.W_OK):
+        raise UsageError(f"{PROG}: cannot write {flag} {path}: "
+                         f"{'is a directory' if p.is_dir() else 'directory not writable'}")
 
 
 def cmd_run(args) -> int:
@@ -176,8 +193,10 @@ def cmd_run(args) -> int:
         opts.validate()
     except ValueError as e:
         raise UsageError(f"{PROG} run: {e}") from None
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     kw = _rtl_kwargs(args)
+    _output_path("--summary", args.summary)
+    _output_path("--vcd", args.vcd)
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     summary = run_workload(opts, args.backend, progress=progress, **kw)
     write_summary(summary, args.summary)
     print(format_summary(summary))

@@ -119,3 +119,28 @@ def test_vcd_needs_rtl_backend(tmp_path):
                           str(tmp_path / "x.vcd")], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.vcd").exists()
+
+
+@pytest.mark.parametrize("flag,path", [("--summary", "/proc/nope/s.json"), ("--vcd", "/proc/nope/w.vcd"),
+                                       ("--summary", "/")])
+def test_unwritable_output_is_one_line_before_any_work(flag, path):
+    res = subprocess.run([sys.executable, "-m", "sim", "run", "--accesses", "20", flag, path],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1 and flag in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_wrong_rtl_answer_is_caught_by_the_scoreboard(monkeypatch):
+    """An RTL response with a flipped HPA bit must be reported (the check can fail)."""
+    from sim.harness import PysimHarness
+    real = PysimHarness._fill
+
+    def lying(self, t, raw):
+        real(self, t, raw)
+        if t.hpa is not None and t.gpa % 5 == 0:
+            t.hpa ^= 0x1000
+    monkeypatch.setattr(PysimHarness, "_fill", lying)
+    s = run_workload(WorkloadOptions(accesses=200), "rtl")
+    assert s["mismatches"] > 0
+    assert any("expected ok hpa=" in m for m in s["mismatch_details"])
