@@ -140,7 +140,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
         "pmap_resident_count": host.pmap.resident_count,
         "ptp_pages": host.pmap.ptp_count,
         "mismatches": failed,
-        "mismatch_details": (mismatches + rtl_mismatches)[:20],
+        "mismatch_details": (rtl_mismatches + mismatches)[:20],   # scoreboard reports first
         "elapsed_seconds": round(elapsed, 3),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
     }
