@@ -314,23 +314,40 @@ class Pmap:
         self.refs = 1
         self.destroyed = False
         self.shootdowns: list[tuple[int, Shootdown]] = []
+        self.has_ad = True          # pmap_ept_has_ad; native PTEs always have A/D
 
     # -- identity ------------------------------------------------------------
     @property
     def is_ept(self) -> bool:
         return self.fmt is EPT
 
-    def ept_transform(self) -> None:
-        """pmap_ept_transform: make a fresh pmap an EPT pmap (top level zeroed)."""
+    def ept_transform(self, has_ad: bool = True) -> None:
+        """pmap_ept_transform: make a fresh pmap an EPT pmap (top level zeroed).
+
+        ``has_ad`` is NetBSD's ``pmap_ept_has_ad`` (set by nvmm from the CPU's
+        EPT A/D capability; the seed commit assumes it).  Without A/D the
+        hardware never sets A or D, so the pmap must treat every valid entry
+        as possibly cached and every page as referenced and modified.
+        """
         if self._ptps or self.resident_count:
             raise PmapError("pmap_ept_transform on a pmap that already has mappings")
         self.fmt = EPT
+        self.has_ad = bool(has_ad)
         self.memory.zero_frame(self.pdir_pa)
 
-    def eptp(self, ad_enabled: bool = True, config: EptConfig = EptConfig()) -> Eptp:
-        """The EPT pointer a hypervisor loads for this pmap (WB, 4-level)."""
+    def eptp(self, ad_enabled: bool | None = None, config: EptConfig = EptConfig()) -> Eptp:
+        """The EPT pointer a hypervisor loads for this pmap (WB, 4-level).
+
+        A/D follows ``has_ad`` unless given; an EPTP without A/D for a pmap
+        that trusts A/D is refused, since its shootdown decisions would be wrong.
+        """
         if not self.is_ept:
             raise PmapError("a native pmap has no EPTP")
+        if ad_enabled is None:
+            ad_enabled = self.has_ad
+        if self.has_ad and not ad_enabled:
+            raise PmapError("EPTP without A/D for a pmap that relies on A/D "
+                            "(use ept_transform(has_ad=False))")
         e = Eptp(pml4_pa=self.pdir_pa, memtype=MemType.WB, ad_enabled=ad_enabled)
         Eptp.check(e.encode(), config)
         return e
@@ -355,6 +372,15 @@ class Pmap:
         self.shootdowns.append((va, why))
         if self.tlb_flush is not None:
             self.tlb_flush(self, va, why)
+
+    def _to_attrs(self, pte: int) -> int:
+        """pmap_ept_to_pp_attrs: without A/D every page counts as used and modified."""
+        attrs = self.fmt.to_attrs(pte)
+        return attrs if self.has_ad else attrs | PP_ATTRS_U | PP_ATTRS_M
+
+    def _maybe_cached(self, pte: int) -> bool:
+        """Could a TLB hold this (old) entry?  With A/D, only if A is set."""
+        return bool(pte & self.fmt.accessed) if self.has_ad else self._valid(pte)
 
     def _stats_update_bypte(self, npte: int, opte: int) -> None:
         f = self.fmt
@@ -517,11 +543,11 @@ class Pmap:
                 if old_pg is None:
                     raise PmapError(f"PVLIST set on unmanaged page {_pte2pa(opte):#x}")
                 self._remove_pv(old_pg, va)
-                old_pg.attrs |= f.to_attrs(opte)
+                old_pg.attrs |= self._to_attrs(opte)
             if new_pg is not None:
                 new_pg.pv.append((self, va))
 
-        if opte & f.accessed and (opte ^ npte) & (PG_FRAME | f.writable):
+        if self._maybe_cached(opte) and (opte ^ npte) & (PG_FRAME | f.writable):
             self._shootdown(va, Shootdown.ENTER)
         return 0
 
@@ -556,14 +582,14 @@ class Pmap:
         ptp.wire_count -= 1
         if ptp.wire_count <= 1:
             opte |= f.accessed
-        if opte & f.accessed:
+        if opte & f.accessed or not self.has_ad:
             self._shootdown(va, Shootdown.REMOVE_PTE)
         if not opte & f.pvlist:
             return True
         pg = self.pages.phys_to_vm_page(_pte2pa(opte))
         if pg is None:
             raise PmapError(f"PVLIST set on unmanaged page {_pte2pa(opte):#x}")
-        pg.attrs |= f.to_attrs(opte)
+        pg.attrs |= self._to_attrs(opte)
         self._remove_pv(pg, va)
         return True
 
@@ -621,7 +647,7 @@ class Pmap:
             if opte & clear == 0:
                 need_shootdown = False
                 break
-            need_shootdown = bool(opte & f.accessed) and not (
+            need_shootdown = not self.has_ad or bool(opte & f.accessed) and not (
                 clear == f.writable and not opte & f.dirty)
             npte = opte & ~clear & ((1 << 64) - 1)
             if need_shootdown:
@@ -631,7 +657,7 @@ class Pmap:
                 break
         if need_shootdown:
             self._shootdown(va, Shootdown.SYNC_PV)
-        return f.to_attrs(opte), opte
+        return self._to_attrs(opte), opte
 
     # -- pmap_write_protect / pmap_protect -------------------------------------
     def write_protect(self, sva: int, eva: int, prot: int) -> None:
@@ -657,7 +683,7 @@ class Pmap:
                     npte = (opte & ~bit_rem) | bit_put
                     ok, _ = self.memory.cas(ptep, opte, npte)
                     if ok:
-                        if opte & f.dirty:
+                        if opte & f.dirty or not self.has_ad:
                             self._shootdown(va, Shootdown.WRITE_PROTECT)
                         break
             va += PAGE_SIZE

@@ -184,7 +184,7 @@ class Host:
         self.pages = PageDB(self.frames)
         self.invept = invept
         self.pmap = Pmap(memory, self.ptp_frames, self.pages, tlb_flush=self._shootdown)
-        self.pmap.ept_transform()
+        self.pmap.ept_transform(has_ad=opts.ad)
         self.eptp = self.pmap.eptp(ad_enabled=opts.ad, config=EptConfig(memory.maxphyaddr))
         self.stats = HostStats()
         self.resident: dict[int, int] = {}     # GPA page -> frame
@@ -227,16 +227,21 @@ class Host:
     def page_daemon(self, target: int | None = None) -> None:
         """Free frames with the clock algorithm until ``target`` are free."""
         target = target or max(1, self.opts.host_frames // 16)
+        chances = 0      # second chances since the last eviction
         while self.frames.free_frames < target and self.clock:
             self.hand %= len(self.clock)
             frame = self.clock[self.hand]
             self.stats.clock_scans += 1
-            if self.pages.is_referenced(frame):
+            # without EPT A/D every page reads as referenced: after a whole
+            # revolution of second chances the hand evicts regardless
+            if chances < len(self.clock) and self.pages.is_referenced(frame):
+                chances += 1
                 self.pages.clear_reference(frame)
                 self.stats.second_chances += 1
                 self.hand += 1
                 continue
             self.evict(frame)
+            chances = 0
 
     def save(self, page: int, frame: int) -> None:
         """Write a dirty page back to swap."""
@@ -246,9 +251,7 @@ class Host:
     def evict(self, frame: int) -> None:
         page = self.owner.pop(frame)
         self.pages.page_protect(frame, VM_PROT_NONE)
-        # without EPT A/D the hardware never sets D: a writable page may be dirty
-        dirty = self.pages.clear_modify(frame)
-        if dirty or (not self.opts.ad and self.layout.prot(page) & VM_PROT_WRITE):
+        if self.pages.clear_modify(frame):      # always true without EPT A/D
             self.save(page, frame)
         self.pages.page(frame).attrs = 0       # the freed page starts clean
         del self.resident[page]

@@ -74,9 +74,9 @@ class Env:
     def _flush(self, pmap, va, why):
         self.log.append((pmap, va, why))
 
-    def ept(self) -> Pmap:
+    def ept(self, has_ad: bool = True) -> Pmap:
         pm = Pmap(self.mem, self.ptp_frames, self.pages, tlb_flush=self._flush)
-        pm.ept_transform()
+        pm.ept_transform(has_ad=has_ad)
         return pm
 
     def native(self) -> Pmap:
@@ -152,7 +152,10 @@ class TestTransform:
         assert e.memtype == MemType.WB
         assert e.walk_length == 4
         assert e.encode() == pm.pdir_pa | 6 | (3 << 3) | (1 << 6)
-        assert pm.eptp(ad_enabled=False).encode() == pm.pdir_pa | 6 | (3 << 3)
+        with pytest.raises(PmapError, match="A/D"):
+            pm.eptp(ad_enabled=False)          # the pmap's shootdowns rely on A
+        no_ad = env.ept(has_ad=False)
+        assert no_ad.eptp().encode() == no_ad.pdir_pa | 6 | (3 << 3)
 
     def test_native_pmap_has_no_eptp(self, env):
         with pytest.raises(PmapError):
@@ -1399,3 +1402,65 @@ class TestDestroy:
             with pytest.raises(PmapError):
                 op()
         assert env.ptp_frames.allocated_frames == 0
+
+
+class TestWithoutAD:
+    """pmap_ept_has_ad = false (nvmm on a CPU without EPT A/D; NetBSD pmap.c
+    after 2019): the hardware never sets A or D, so every valid entry may be
+    cached and every page counts as referenced and modified."""
+
+    def setup(self, env):
+        pm = env.ept(has_ad=False)
+        eptp = pm.eptp()
+        assert not eptp.ad_enabled
+        return pm, eptp
+
+    def test_attrs_always_referenced_and_modified(self, env):
+        pm, eptp = self.setup(env)
+        pm.enter(0x1000, env.gpa(0), R)               # no faulting access: A/D clear
+        assert pm.lookup(0x1000) & (EPT_A | EPT_D) == 0
+        assert env.pages.is_referenced(env.gpa(0)) and env.pages.is_modified(env.gpa(0))
+        assert env.pages.clear_reference(env.gpa(0))
+        assert env.pages.is_referenced(env.gpa(0))    # still: nothing can say otherwise
+
+    def test_guest_write_then_write_protect_shoots_down(self, env):
+        pm, eptp = self.setup(env)
+        pm.enter(0x1000, env.gpa(0), RW, R)
+        env.pages.clear_reference(env.gpa(0))         # clears the software A: shootdown
+        t = translate(env.mem, eptp, 0x1000, Access.WRITE)
+        assert t.outcome is Outcome.OK and pm.lookup(0x1000) & (EPT_A | EPT_D) == 0
+        env.log.clear()
+        pm.protect(0x1000, 0x2000, R)                 # D=0, yet a TLB may hold it writable
+        assert env.shots(pm) == [(0x1000, Shootdown.WRITE_PROTECT)]
+
+    def test_remove_and_page_protect_always_shoot_down(self, env):
+        pm, eptp = self.setup(env)
+        for i in range(3):
+            pm.enter((i + 1) * K4, env.gpa(i), RW)    # no faulting access: A clear
+        env.log.clear()
+        pm.remove(K4, 2 * K4)                         # PTP still in use
+        assert env.shots(pm) == [(K4, Shootdown.REMOVE_PTE)]
+        env.log.clear()
+        env.pages.page_protect(env.gpa(1), VM_PROT_NONE)
+        assert (2 * K4, Shootdown.SYNC_PV) in env.shots(pm)
+
+    def test_enter_over_valid_entry_shoots_down(self, env):
+        pm, eptp = self.setup(env)
+        pm.enter(K4, env.gpa(0), RW)
+        env.log.clear()
+        pm.enter(K4, env.gpa(1), RW)                  # new frame over a valid, A-less entry
+        assert env.shots(pm) == [(K4, Shootdown.ENTER)]
+        env.log.clear()
+        pm.enter(K4, env.gpa(1), RW)                  # same frame and W: nothing to flush
+        assert env.shots(pm) == []
+
+    def test_with_ad_the_same_sequence_needs_no_shootdown(self, env):
+        """The contrast: with A/D, entries the hardware never used are not flushed."""
+        pm = env.ept()
+        for i in range(3):
+            pm.enter((i + 1) * K4, env.gpa(i), RW)
+        env.log.clear()
+        pm.remove(K4, 2 * K4)
+        pm.enter(2 * K4, env.gpa(3), RW)
+        pm.protect(3 * K4, 4 * K4, R)
+        assert env.shots(pm) == []
