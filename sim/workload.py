@@ -185,7 +185,7 @@ class Host:
         self.invept = invept
         self.pmap = Pmap(memory, self.ptp_frames, self.pages, tlb_flush=self._shootdown)
         self.pmap.ept_transform(has_ad=opts.ad)
-        self.eptp = self.pmap.eptp(ad_enabled=opts.ad, config=EptConfig(memory.maxphyaddr))
+        self.eptp = self.pmap.eptp(config=EptConfig(memory.maxphyaddr))   # A/D as has_ad
         self.stats = HostStats()
         self.resident: dict[int, int] = {}     # GPA page -> frame
         self.owner: dict[int, int] = {}        # frame -> GPA page
