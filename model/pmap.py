@@ -582,7 +582,7 @@ class Pmap:
         ptp.wire_count -= 1
         if ptp.wire_count <= 1:
             opte |= f.accessed
-        if opte & f.accessed or not self.has_ad:
+        if self._maybe_cached(opte):
             self._shootdown(va, Shootdown.REMOVE_PTE)
         if not opte & f.pvlist:
             return True
