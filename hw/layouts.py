@@ -10,11 +10,12 @@ from amaranth.lib import data, enum
 __all__ = [
     "GPA_BITS", "PA_BITS", "Access", "Outcome", "PageSize", "Level", "MemOp", "InveptKind",
     "EptEntry", "TranslateRequest", "TranslateResponse", "MemRequest", "MemResponse",
-    "InveptRequest", "check_maxphyaddr",
+    "InveptRequest", "check_maxphyaddr", "TAG_BITS", "PerfCounters", "PERF_EVENTS",
 ]
 
 GPA_BITS = 48
 PA_BITS = 52          # widest physical address; MAXPHYADDR masks it further
+TAG_BITS = 4          # translate-port tag: up to 16 translations outstanding
 
 
 def check_maxphyaddr(maxphyaddr) -> int:
@@ -79,6 +80,7 @@ EptEntry = data.StructLayout({
 TranslateRequest = data.StructLayout({
     "gpa": GPA_BITS,
     "access": Access,
+    "tag": TAG_BITS,    # chosen by the requester, returned with the response
 })
 
 TranslateResponse = data.StructLayout({
@@ -89,6 +91,7 @@ TranslateResponse = data.StructLayout({
     "qual": 7,          # exit qualification bits 6:0 (violations only)
     "level": Level,     # where the walk stopped
     "retries": 4,       # walks restarted by a lost A/D CAS (saturating)
+    "tag": TAG_BITS,    # the request's tag: responses may leave out of order
 })
 
 MemRequest = data.StructLayout({
@@ -107,3 +110,28 @@ InveptRequest = data.StructLayout({
     "kind": InveptKind,
     "tag": 40,          # EPTP[51:12] for single-context
 })
+
+
+# Performance counters, each 48 bits, wrapping.  The second column names the
+# Intel perf event with the same meaning where one exists.
+PERF_EVENTS = {
+    "lookups":         "tlb lookups (translate requests looked up, replays included)",
+    "hits_4k":         "dtlb_load_misses.stlb_hit_4k",
+    "hits_2m":         "dtlb_load_misses.stlb_hit_2m",
+    "hits_1g":         "dtlb_load_misses.stlb_hit_1g (no Intel event; by analogy)",
+    "misses":          "dtlb_load_misses.miss_causes_a_walk",
+    "merged":          "misses parked behind a walk to the same page (no walk of their own)",
+    "dropped":         "TLB hits dropped: permission or D missing for the access",
+    "walks":           "walks started (dtlb_load_misses.walk_pending starts)",
+    "walks_completed": "dtlb_load_misses.walk_completed",
+    "walk_cycles":     "ept.walk_pending (walker-busy cycles, summed over walkers)",
+    "psc_hits_pml4e":  "walks that skipped the PML4E read (PML4E cache hit)",
+    "psc_hits_pdpte":  "walks that skipped to the PDE (PDPTE cache hit)",
+    "psc_hits_pde":    "walks that skipped to the PTE (PDE cache hit)",
+    "mem_reads":       "page_walker_loads (entry reads issued to memory)",
+    "mem_cas":         "A/D compare-and-swaps issued",
+    "cas_retries":     "walks restarted after a lost A/D CAS",
+    "invepts":         "tlb_flush.stlb_any (INVEPTs received)",
+}
+
+PerfCounters = data.StructLayout({name: 48 for name in PERF_EVENTS})

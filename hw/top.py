@@ -1,36 +1,80 @@
-"""The page-walk unit: translate port, EPTP/INVEPT control, memory port.
+"""The page-walk unit: TLB, paging-structure caches, N walkers, one memory port.
 
 ::
 
-                 +-------------------- PageWalkUnit --------------------+
-  eptp_load ---->| EptpRegister --(pml4, ad, valid)--+                   |
-  invept ------->| (counted; no caches yet)          |                   |
-                 |                                   v                   |
-  translate_req >|------------------------------> Walker ---> mem_req  >|---> DRAM
-  translate_resp<|<------------------------------ (+ADUpdater)<- mem_resp<|<--- DRAM
-                 +-------------------------------------------------------+
+                 +----------------------------- PageWalkUnit -----------------------------+
+  eptp_load ---->| EptpRegister -> ContextTable (EPTP -> context id) --flush--+            |
+  invept ------->|------------------------^                                 v            |
+  translate_req >| S0: TLB read --> S1: compare --hit--------------------------> resp mux >|> translate_resp
+                 |   ^ replays        |  miss: same page walking? -> park slot   ^        |
+                 |   +-- park slots <-+  else PSC lookup -> free walker ---------+        |
+                 |                          Walker x N (+ADUpdater) -> MemArbiter --------|> mem_req / mem_resp
+                 +------------------------------------------------------------------------+
 
-The translate port and the memory port are ready/valid streams with
-backpressure on both sides.  Responses leave in request order (one walk at a
-time).  A request arriving with no valid EPTP is answered ``REFUSED``.
+Promises:
+
+* **Hits**: a request taken in cycle ``t`` that hits the TLB is answered in
+  cycle ``t+1`` (``cycles`` = 1) if the response port is free, and a new
+  request is taken every cycle while hits continue.  Walker responses have
+  priority over hits on the response port (so walks cannot starve).
+* **Ordering**: responses leave **out of order**; each carries the request's
+  ``tag``.  A requester must not reuse a tag that is still outstanding.
+* **Misses**: a miss goes to a free walker (``walkers``, default 2) with the
+  lowest level a paging-structure cache can skip to; hits keep flowing while
+  walks run.  A miss to a 4K page another walker is already walking (same
+  context) waits in a park slot and is looked up again when that walk
+  answers: the two requests cost one walk.  With no walker or park slot free,
+  the port stalls.
+* **Caching rules** (``ept-reference.md``): only successful translations are
+  cached; a hit lacking the permission the access needs, or a write hit on an
+  entry whose D is 0, drops the entry and walks; a walk that starts from a
+  paging-structure cache and faults walks again from the PML4E.
+* **INVEPT** acts on the edge that takes it (TLB and caches of the covered
+  contexts are cleared); a walk, request or park slot of a covered context in
+  flight at that edge completes, but installs nothing.
+* A request with no valid EPTP is answered ``REFUSED``; nothing is walked.
+* Performance counters (:data:`~hw.layouts.PERF_EVENTS`) count every cycle.
+
+With ``caches=False`` the unit has no TLB and no paging-structure caches:
+every request walks from the PML4E.
 """
 
 from amaranth import *
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
+from .contexts import ContextTable
 from .eptp import EptpRegister
 from .layouts import (
-    InveptRequest, MemRequest, MemResponse, TranslateRequest, TranslateResponse,
-    check_maxphyaddr,
+    GPA_BITS, TAG_BITS, Access, InveptRequest, Level, MemRequest, MemResponse, Outcome, PageSize,
+    PerfCounters, TranslateRequest, TranslateResponse, check_maxphyaddr,
 )
+from .mem_arbiter import MemArbiter
+from .perf import PerfCounterBank
+from .psc import PagingStructureCache
+from .tlb import Tlb
 from .walker import Walker
 
 __all__ = ["PageWalkUnit"]
 
 
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
+    return value
+
+
 class PageWalkUnit(wiring.Component):
-    """Parameters: ``maxphyaddr`` (36..52, default 46), ``execute_only`` (default on)."""
+    """See the module docstring.  Every parameter is validated with a clear error.
+
+    ``tlb_sets``/``tlb_ways``: the 4K array (default 16 x 4 = 64 entries);
+    ``tlb_2m_*``/``tlb_1g_*``: the 2M and 1G arrays; ``pml4e_cache``,
+    ``pdpte_cache``, ``pde_cache``: paging-structure cache entries (0 = none);
+    ``walkers``: concurrent walks; ``park_slots``: misses waiting behind a
+    walk to the same page; ``contexts``: EPTPs cached at once;
+    ``max_outstanding``: memory requests in flight.
+    """
 
     translate_req: In(stream.Signature(TranslateRequest))
     translate_resp: Out(stream.Signature(TranslateResponse))
@@ -40,41 +84,349 @@ class PageWalkUnit(wiring.Component):
     eptp_error: Out(1)
     invept: In(stream.Signature(InveptRequest))     # always ready
     invept_count: Out(32)
+    counters: Out(PerfCounters)
+    counters_clear: In(1)
     mem_req: Out(stream.Signature(MemRequest))
     mem_resp: In(stream.Signature(MemResponse))
 
-    def __init__(self, *, maxphyaddr=46, execute_only=True):
+    def __init__(self, *, maxphyaddr=46, execute_only=True, caches=True,
+                 tlb_sets=16, tlb_ways=4, tlb_2m_sets=4, tlb_2m_ways=4, tlb_1g_sets=1, tlb_1g_ways=4,
+                 pml4e_cache=2, pdpte_cache=4, pde_cache=8,
+                 walkers=2, park_slots=4, contexts=4, max_outstanding=8):
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
-        if not isinstance(execute_only, bool):
-            raise ValueError(f"execute_only must be a bool, not {execute_only!r}")
+        for name, value in (("execute_only", execute_only), ("caches", caches)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, not {value!r}")
         self.execute_only = execute_only
+        self.caches = caches
+        self.walkers = _check_int("walkers", walkers, 1, 16)
+        self.park_slots = _check_int("park_slots", park_slots, 1, 32)
         super().__init__()
         self.eptp_register = EptpRegister(maxphyaddr=self.maxphyaddr)
-        self.walker = Walker(maxphyaddr=self.maxphyaddr, execute_only=self.execute_only)
+        self.context_table = ContextTable(contexts=contexts)
+        self.tlb = Tlb(sets_4k=tlb_sets, ways_4k=tlb_ways, sets_2m=tlb_2m_sets, ways_2m=tlb_2m_ways,
+                       sets_1g=tlb_1g_sets, ways_1g=tlb_1g_ways, contexts=contexts) if caches else None
+        sizes = (pml4e_cache, pdpte_cache, pde_cache) if caches else (0, 0, 0)
+        self.pscs = {level: PagingStructureCache(level, entries=n, contexts=contexts)
+                     for level, n in zip((Level.PML4E, Level.PDPTE, Level.PDE), sizes)}
+        self.walker_units = [Walker(maxphyaddr=self.maxphyaddr, execute_only=self.execute_only)
+                             for _ in range(self.walkers)]
+        self.arbiter = MemArbiter(ports=self.walkers, max_outstanding=max_outstanding)
+        self.perf = PerfCounterBank()
+        # the first walker, for tests and waveforms written against one walker
+        self.walker = self.walker_units[0]
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.eptp = eptp = self.eptp_register
-        m.submodules.walker = walker = self.walker
+        m.submodules.contexts = ctxs = self.context_table
+        m.submodules.arbiter = arb = self.arbiter
+        m.submodules.perf = perf = self.perf
+        for level, psc in self.pscs.items():
+            m.submodules[f"psc_{level.name.lower()}"] = psc
+        walkers = self.walker_units
+        for k, w in enumerate(walkers):
+            m.submodules[f"walker{k}"] = w
+        n_walk = len(walkers)
+        ctx_bits = len(ctxs.cur_id)
+        ev = perf.events
+
         m.d.comb += [
             eptp.value.eq(self.eptp_value),
             eptp.load.eq(self.eptp_load),
             self.eptp_valid.eq(eptp.valid),
             self.eptp_error.eq(eptp.error),
+            ctxs.eptp_valid.eq(eptp.valid),
+            ctxs.pml4.eq(eptp.pml4),
+            ctxs.ad_enabled.eq(eptp.ad_enabled),
+            perf.clear.eq(self.counters_clear),
+            self.counters.eq(perf.counters),
         ]
-        m.d.comb += [
-            walker.req.valid.eq(self.translate_req.valid),
-            self.translate_req.ready.eq(walker.req.ready),
-            walker.req.payload.gpa.eq(self.translate_req.payload.gpa),
-            walker.req.payload.access.eq(self.translate_req.payload.access),
-            walker.req.payload.pml4.eq(eptp.pml4),
-            walker.req.payload.ad_enabled.eq(eptp.ad_enabled),
-            walker.req.payload.ctx_valid.eq(eptp.valid),
-        ]
-        wiring.connect(m, walker.resp, wiring.flipped(self.translate_resp))
-        wiring.connect(m, walker.mem_req, wiring.flipped(self.mem_req))
-        wiring.connect(m, wiring.flipped(self.mem_resp), walker.mem_resp)
-        m.d.comb += self.invept.ready.eq(1)
+        wiring.connect(m, wiring.flipped(self.invept), ctxs.invept)
         with m.If(self.invept.valid):
             m.d.sync += self.invept_count.eq(self.invept_count + 1)
+            m.d.comb += ev.invepts.eq(1)
+        flush = ctxs.flush
+
+        def flushed(ctx):
+            return flush.bit_select(ctx, 1)
+
+        # -- memory port ---------------------------------------------------------
+        for k, w in enumerate(walkers):
+            wiring.connect(m, w.mem_req, getattr(arb, f"req{k}"))
+            wiring.connect(m, getattr(arb, f"resp{k}"), w.mem_resp)
+        wiring.connect(m, arb.mem_req, wiring.flipped(self.mem_req))
+        wiring.connect(m, wiring.flipped(self.mem_resp), arb.mem_resp)
+        m.d.comb += [ev.mem_reads.eq(arb.read_issued), ev.mem_cas.eq(arb.cas_issued)]
+
+        # -- requests in flight: S1, park slots, walkers -------------------------
+        Pending = data.StructLayout({
+            "gpa": GPA_BITS, "access": Access, "tag": TAG_BITS, "ctx": ctx_bits,
+            "pml4": 40, "ad_enabled": 1, "ctx_valid": 1,
+            "stale": 1,          # its context was flushed since it was taken: install nothing
+        })
+        s0 = Signal(Pending)
+        s1 = Signal(Pending)
+        s1_valid = Signal()
+        n_park = self.park_slots
+        park = Array(Signal(Pending, name=f"park{i}") for i in range(n_park))
+        park_valid = Signal(n_park)
+        park_ready = Signal(n_park)          # its walk has answered: look it up again
+        park_wait = Array(Signal(range(n_walk) if n_walk > 1 else 1, name=f"park{i}_walker")
+                          for i in range(n_park))
+        w_ctx = Array(Signal(ctx_bits, name=f"walker{k}_ctx") for k in range(n_walk))
+        w_ad = Signal(n_walk)
+        w_stale = Signal(n_walk)
+        w_busy = Signal(n_walk)
+
+        # -- S0: a replay from a park slot, else a new request ------------------
+        replayable = Signal(n_park)
+        m.d.comb += replayable.eq(park_valid & park_ready)
+        replay_sel = Signal(range(n_park) if n_park > 1 else 1)
+        for i in reversed(range(n_park)):
+            with m.If(replayable[i]):
+                m.d.comb += replay_sel.eq(i)
+        new_ok = ~eptp.valid | ctxs.ready       # a new context gets its id first
+        s1_advance = Signal()
+        with m.If(replayable.any()):
+            m.d.comb += s0.eq(park[replay_sel])
+        with m.Else():
+            p = self.translate_req.payload
+            m.d.comb += [s0.gpa.eq(p.gpa), s0.access.eq(p.access), s0.tag.eq(p.tag),
+                         s0.ctx.eq(ctxs.cur_id), s0.pml4.eq(eptp.pml4),
+                         s0.ad_enabled.eq(eptp.ad_enabled), s0.ctx_valid.eq(eptp.valid)]
+        s0_valid = replayable.any() | (self.translate_req.valid & new_ok)
+        m.d.comb += self.translate_req.ready.eq(s1_advance & ~replayable.any() & new_ok)
+        fire = Signal()
+        m.d.comb += fire.eq(s1_advance & s0_valid)
+        with m.If(fire):
+            m.d.sync += [s1.eq(s0), s1.stale.eq(s0.stale | flushed(s0.ctx)), s1_valid.eq(1)]
+            m.d.comb += ev.lookups.eq(1)
+        with m.Elif(s1_advance):
+            m.d.sync += s1_valid.eq(0)
+        with m.Else():
+            m.d.sync += s1.stale.eq(s1.stale | flushed(s1.ctx))
+
+        # -- S1: compare -----------------------------------------------------------
+        tlb_hit = Signal()
+        tlb_entry = None
+        if self.tlb is not None:
+            m.submodules.tlb = tlb = self.tlb
+            m.d.comb += [tlb.lookup_en.eq(fire), tlb.lookup_gpa.eq(s0.gpa),
+                         tlb.s1_gpa.eq(s1.gpa), tlb.s1_ctx.eq(s1.ctx), tlb.flush.eq(flush),
+                         tlb_hit.eq(tlb.hit & ~s1.stale)]
+            tlb_entry = tlb.entry
+        allowed = Signal()
+        if tlb_entry is not None:
+            m.d.comb += allowed.eq(tlb_entry.perms.bit_select(s1.access.as_value(), 1)
+                                   & ((s1.access != Access.WRITE) | tlb_entry.d))
+        active = s1_valid & s1.ctx_valid
+        refuse = Signal()
+        good_hit = Signal()
+        bad_hit = Signal()
+        miss = Signal()
+        m.d.comb += [
+            refuse.eq(s1_valid & ~s1.ctx_valid),
+            good_hit.eq(active & tlb_hit & allowed),
+            bad_hit.eq(active & tlb_hit & ~allowed),
+            miss.eq(active & ~(tlb_hit & allowed)),
+        ]
+        if self.tlb is not None:
+            m.d.comb += tlb.drop.eq(bad_hit)
+
+        hit_resp = Signal(TranslateResponse)
+        m.d.comb += [hit_resp.tag.eq(s1.tag), hit_resp.outcome.eq(Mux(refuse, Outcome.REFUSED, Outcome.OK))]
+        if tlb_entry is not None:
+            page = tlb_entry.hpa_page
+            with m.If(good_hit):
+                m.d.comb += [hit_resp.page_size.eq(tlb.size), hit_resp.memtype.eq(tlb_entry.memtype)]
+                with m.Switch(tlb.size):
+                    with m.Case(PageSize.SIZE_4K):
+                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:12], page)),
+                                     hit_resp.level.eq(Level.PTE)]
+                    with m.Case(PageSize.SIZE_2M):
+                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:21], page[9:])),
+                                     hit_resp.level.eq(Level.PDE)]
+                    with m.Default():
+                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:30], page[18:])),
+                                     hit_resp.level.eq(Level.PDPTE)]
+
+        # -- the response port: walkers first, then S1 ---------------------------
+        w_resp_any = Signal()
+        w_resp_sel = Signal(range(n_walk) if n_walk > 1 else 1)
+        for k in reversed(range(n_walk)):
+            with m.If(walkers[k].resp.valid):
+                m.d.comb += [w_resp_any.eq(1), w_resp_sel.eq(k)]
+        w_done = Signal(n_walk)           # walker k's response leaves this cycle
+        for k, w in enumerate(walkers):
+            m.d.comb += [w.resp.ready.eq(self.translate_resp.ready & (w_resp_sel == k)),
+                         w_done[k].eq(w.resp.valid & w.resp.ready)]
+        with m.If(w_resp_any):
+            for k, w in enumerate(walkers):
+                with m.If(w_resp_sel == k):
+                    m.d.comb += [self.translate_resp.valid.eq(1),
+                                 self.translate_resp.payload.eq(w.resp.payload)]
+        with m.Else():
+            m.d.comb += [self.translate_resp.valid.eq(refuse | good_hit),
+                         self.translate_resp.payload.eq(hit_resp)]
+        s1_answered = (refuse | good_hit) & ~w_resp_any & self.translate_resp.ready
+        with m.If(s1_answered & good_hit):
+            with m.Switch(tlb.size if self.tlb is not None else C(0, 2)):
+                with m.Case(PageSize.SIZE_4K):
+                    m.d.comb += ev.hits_4k.eq(1)
+                with m.Case(PageSize.SIZE_2M):
+                    m.d.comb += ev.hits_2m.eq(1)
+                with m.Default():
+                    m.d.comb += ev.hits_1g.eq(1)
+
+        # -- S1 miss: park behind a walk of the same page, or start a walk -------
+        same_page = Signal(n_walk)
+        for k, w in enumerate(walkers):
+            m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & (w_ctx[k] == s1.ctx)
+                                        & (w.gpa[12:] == s1.gpa[12:]))
+        merge_walker = Signal.like(w_resp_sel)
+        for k in reversed(range(n_walk)):
+            with m.If(same_page[k]):
+                m.d.comb += merge_walker.eq(k)
+        free_park = Signal.like(replay_sel)
+        for i in reversed(range(n_park)):
+            with m.If(~park_valid[i]):
+                m.d.comb += free_park.eq(i)
+        free_walker = Signal.like(w_resp_sel)
+        walker_idle = Signal(n_walk)
+        for k, w in enumerate(walkers):
+            m.d.comb += walker_idle[k].eq(w.req.ready)
+        for k in reversed(range(n_walk)):
+            with m.If(walker_idle[k]):
+                m.d.comb += free_walker.eq(k)
+
+        parked = Signal()
+        dispatched = Signal()
+        m.d.comb += [
+            parked.eq(miss & same_page.any() & ~park_valid.all()),
+            dispatched.eq(miss & ~same_page.any() & walker_idle.any()),
+        ]
+        m.d.comb += s1_advance.eq(~s1_valid | s1_answered | parked | dispatched)
+        with m.If(parked | dispatched):
+            m.d.comb += [ev.misses.eq(1), ev.dropped.eq(bad_hit)]
+        with m.If(parked):
+            m.d.comb += ev.merged.eq(1)
+            m.d.sync += [
+                park[free_park].eq(s1),
+                park[free_park].stale.eq(s1.stale | flushed(s1.ctx)),
+                park_wait[free_park].eq(merge_walker),
+                park_valid.bit_select(free_park, 1).eq(1),
+                park_ready.bit_select(free_park, 1).eq(w_done.bit_select(merge_walker, 1)),
+            ]
+
+        # where the walk starts: the lowest level a paging-structure cache skips to
+        start_level = Signal(Level)
+        start_table = Signal(40)
+        start_perms = Signal(3)
+        m.d.comb += [start_level.eq(Level.PML4E), start_table.eq(s1.pml4), start_perms.eq(0b111)]
+        psc_used = {}
+        for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
+            psc = self.pscs[level]
+            m.d.comb += [psc.lookup_gpa.eq(s1.gpa), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
+            use = Signal(name=f"use_{level.name.lower()}_cache")
+            m.d.comb += use.eq(psc.hit & ~s1.stale)
+            psc_used[level] = use
+            with m.If(use):           # lower levels come later and win
+                m.d.comb += [start_level.eq(below), start_table.eq(psc.table), start_perms.eq(psc.perms)]
+        with m.If(dispatched):
+            m.d.comb += ev.walks.eq(1)
+            with m.Switch(start_level):
+                with m.Case(Level.PTE):
+                    m.d.comb += ev.psc_hits_pde.eq(1)
+                with m.Case(Level.PDE):
+                    m.d.comb += ev.psc_hits_pdpte.eq(1)
+                with m.Case(Level.PDPTE):
+                    m.d.comb += ev.psc_hits_pml4e.eq(1)
+
+        for k, w in enumerate(walkers):
+            go = dispatched & (free_walker == k)
+            p = w.req.payload
+            m.d.comb += [
+                w.req.valid.eq(go),
+                p.gpa.eq(s1.gpa), p.access.eq(s1.access), p.tag.eq(s1.tag),
+                p.pml4.eq(s1.pml4), p.ad_enabled.eq(s1.ad_enabled), p.ctx_valid.eq(1),
+                p.start_level.eq(start_level), p.start_table.eq(start_table),
+                p.start_perms.eq(start_perms),
+            ]
+            with m.If(go):
+                m.d.sync += [w_busy[k].eq(1), w_ctx[k].eq(s1.ctx), w_ad[k].eq(s1.ad_enabled),
+                             w_stale[k].eq(s1.stale | flushed(s1.ctx))]
+            with m.Else():
+                with m.If(w_done[k]):
+                    m.d.sync += w_busy[k].eq(0)
+                m.d.sync += w_stale[k].eq(w_stale[k] | flushed(w_ctx[k]))
+
+        # -- a walker answers: fill the caches, wake its park slots --------------
+        fill_walker = w_resp_sel
+        fw = Signal(range(n_walk) if n_walk > 1 else 1)
+        m.d.comb += fw.eq(fill_walker)
+        done_any = w_done.any()
+        resp = self.translate_resp.payload
+        install = Signal()
+        m.d.comb += install.eq(done_any & (resp.outcome == Outcome.OK) & ~w_stale.bit_select(fw, 1))
+        sel_gpa = Signal(GPA_BITS)
+        sel_access = Signal(Access)
+        sel_entries = Signal.like(walkers[0].entries)
+        sel_perms_at = Signal.like(walkers[0].perms_at)
+        sel_walked = Signal(4)
+        sel_ctx = Signal(ctx_bits)
+        for k, w in enumerate(walkers):
+            with m.If(fw == k):
+                m.d.comb += [sel_gpa.eq(w.gpa), sel_access.eq(w.access), sel_entries.eq(w.entries),
+                             sel_perms_at.eq(w.perms_at), sel_walked.eq(w.walked),
+                             sel_ctx.eq(w_ctx[k])]
+        leaf = resp.level.as_value()
+        if self.tlb is not None:
+            m.d.comb += [
+                tlb.fill.eq(install),
+                tlb.fill_size.eq(resp.page_size),
+                tlb.fill_gpa.eq(sel_gpa),
+                tlb.fill_ctx.eq(sel_ctx),
+                tlb.fill_entry.hpa_page.eq(resp.hpa[12:]),
+                tlb.fill_entry.perms.eq(sel_perms_at[leaf]),
+                tlb.fill_entry.memtype.eq(resp.memtype),
+                # D is set in memory now, or A/D is off and writes need no D
+                tlb.fill_entry.d.eq(~w_ad.bit_select(fw, 1) | (sel_access == Access.WRITE)
+                                    | sel_entries[leaf].d),
+            ]
+        for level, psc in self.pscs.items():
+            i = level.value
+            m.d.comb += [
+                psc.fill.eq(install & sel_walked[i] & (leaf < i)),
+                psc.fill_gpa.eq(sel_gpa), psc.fill_ctx.eq(sel_ctx),
+                psc.fill_table.eq(sel_entries[i].addr), psc.fill_perms.eq(sel_perms_at[i]),
+            ]
+        with m.If(done_any):
+            m.d.comb += ev.walks_completed.eq(1)
+
+        # a fault through a cached entry: forget that entry (first walker if several)
+        drop_walker = Signal.like(fw)
+        for k in reversed(range(n_walk)):
+            with m.If(walkers[k].psc_drop):
+                m.d.comb += drop_walker.eq(k)
+        for psc in self.pscs.values():
+            m.d.comb += psc.drop_ctx.eq(w_ctx[drop_walker])
+            for k, w in enumerate(walkers):
+                with m.If(drop_walker == k):
+                    m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_gpa.eq(w.gpa)]
+
+        # park slots: wake on their walker's answer; leave on replay
+        for i in range(n_park):
+            with m.If(park_valid[i] & w_done.bit_select(park_wait[i], 1)):
+                m.d.sync += park_ready[i].eq(1)
+            with m.If(park_valid[i]):
+                m.d.sync += park[i].stale.eq(park[i].stale | flushed(park[i].ctx))
+        with m.If(fire & replayable.any()):
+            m.d.sync += [park_valid.bit_select(replay_sel, 1).eq(0),
+                         park_ready.bit_select(replay_sel, 1).eq(0)]
+
+        m.d.comb += [
+            ev.walk_cycles.eq(sum(~walker_idle[k] for k in range(n_walk))),
+            ev.cas_retries.eq(sum(w.lost_race for w in walkers)),
+        ]
         return m

@@ -12,6 +12,11 @@ Promises (``ept-reference.md``):
 * a bus error on any access ends the walk with ``BUS_ERROR``;
 * a request without a valid EPTP is answered ``REFUSED``, nothing walked.
 
+A walk may start below the PML4E (``start_level``/``start_table``/
+``start_perms`` from a paging-structure cache hit).  If such a walk ends in a
+violation or misconfiguration, it pulses ``psc_drop`` and walks again from
+the PML4E, so every fault it reports was decided by memory.
+
 Timing: the request is taken in IDLE; each level costs one cycle to issue the
 read plus the memory latency (the next read leaves the cycle after the
 response); the response is registered.  With memory latency L (response L
@@ -27,7 +32,7 @@ from .ad_updater import ADStatus, ADUpdater
 from .entry_check import EntryCheck, MisconfigCause
 from .layouts import (
     Access, EptEntry, Level, MemOp, MemRequest, MemResponse, Outcome, PageSize,
-    TranslateResponse, GPA_BITS, PA_BITS, check_maxphyaddr,
+    TranslateResponse, GPA_BITS, PA_BITS, TAG_BITS, check_maxphyaddr,
 )
 
 __all__ = ["Walker", "WalkerState", "WalkRequest"]
@@ -35,9 +40,15 @@ __all__ = ["Walker", "WalkerState", "WalkRequest"]
 WalkRequest = data.StructLayout({
     "gpa": GPA_BITS,
     "access": Access,
+    "tag": TAG_BITS,     # returned with the response
     "pml4": 40,          # EPTP[51:12]
     "ad_enabled": 1,     # EPTP[6]
     "ctx_valid": 1,      # a valid EPTP is loaded
+    # where to start: PML4E with the PML4 and perms 0b111 for a full walk, or
+    # a lower level from a paging-structure cache hit
+    "start_level": Level,
+    "start_table": 40,
+    "start_perms": 3,
 })
 
 
@@ -58,6 +69,12 @@ class Walker(wiring.Component):
     level: Out(Level)
     gpa: Out(GPA_BITS)
     access: Out(Access)
+    # what the walk used, for filling the caches when the response leaves
+    entries: Out(data.ArrayLayout(EptEntry, 4))    # indexed by Level
+    perms_at: Out(data.ArrayLayout(3, 4))          # R/W/X AND from the PML4E to each level
+    walked: Out(4)                                 # levels read from memory in this walk
+    psc_drop: Out(1)       # strobe: a walk started from a cache faulted; walking again
+    lost_race: Out(1)      # strobe: an A/D CAS lost; walking again
 
     def __init__(self, *, maxphyaddr=46, execute_only=True):
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
@@ -75,13 +92,15 @@ class Walker(wiring.Component):
         ad_enabled = Signal()
         table = Signal(40)                 # frame of the table being read
         perms = Signal(3)                  # R/W/X AND over the entries so far
-        entries = Signal(data.ArrayLayout(EptEntry, 4))
+        entries = self.entries
+        skipped = Signal()                 # this walk started below the PML4E
         addrs = Signal(data.ArrayLayout(PA_BITS, 4))
         retries = Signal(4)
         result = Signal(TranslateResponse)
         lvl = self.level.as_value()
 
-        m.d.comb += self.resp.payload.eq(result)
+        tag = Signal(TAG_BITS)
+        m.d.comb += [self.resp.payload.eq(result), self.resp.payload.tag.eq(tag)]
 
         # entry address: table base + 9-bit GPA index of this level * 8
         index = Signal(9)
@@ -108,7 +127,7 @@ class Walker(wiring.Component):
         pending = Signal(4)
         for lv in Level:
             i = lv.value
-            above = lvl < i
+            above = (lvl < i) & self.walked[i]      # levels skipped via a cache have A set
             here = lvl == i
             leaf_needs = ~entry.a | ((self.access == Access.WRITE) & ~entry.d)
             m.d.comb += pending[i].eq((above & ~entries[i].a) | (here & leaf_needs))
@@ -140,10 +159,20 @@ class Walker(wiring.Component):
             ]
 
         def restart():
-            return [self.level.eq(Level.PML4E), table.eq(pml4), perms.eq(0b111), result.eq(0)]
+            return [self.level.eq(Level.PML4E), table.eq(pml4), perms.eq(0b111), result.eq(0),
+                    self.walked.eq(0), skipped.eq(0), self.state.eq(WalkerState.READ)]
+
+        def fault(outcome, **fields):
+            # a fault seen through a cached upper entry is decided by memory: walk again
+            with m.If(skipped):
+                m.d.comb += self.psc_drop.eq(1)
+                m.d.sync += restart()
+            with m.Else():
+                m.d.sync += finish(outcome, **fields)
 
         def finish(outcome, **fields):
             stmts = [result.outcome.eq(outcome), result.level.eq(self.level),
+
                      result.retries.eq(retries), self.state.eq(WalkerState.RESPOND)]
             for k, v in fields.items():
                 stmts.append(getattr(result, k).eq(v))
@@ -157,7 +186,10 @@ class Walker(wiring.Component):
                     m.d.sync += [
                         self.gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
                         ad_enabled.eq(p.ad_enabled), retries.eq(0), result.eq(0),
-                        self.level.eq(Level.PML4E), table.eq(p.pml4), perms.eq(0b111),
+                        tag.eq(p.tag),
+                        self.level.eq(p.start_level), table.eq(p.start_table),
+                        perms.eq(p.start_perms), self.walked.eq(0),
+                        skipped.eq(p.start_level != Level.PML4E),
                     ]
                     with m.If(p.ctx_valid):
                         m.d.sync += self.state.eq(WalkerState.READ)
@@ -171,16 +203,18 @@ class Walker(wiring.Component):
 
             with m.Case(WalkerState.WAIT):
                 with m.If(self.mem_resp.valid):
-                    m.d.sync += [entries[lvl].eq(entry), perms.eq(perms_next)]
+                    m.d.sync += [entries[lvl].eq(entry), perms.eq(perms_next),
+                                 self.perms_at[lvl].eq(perms_next),
+                                 self.walked.eq(self.walked | (1 << lvl)[:4])]
                     with m.If(self.mem_resp.payload.error):
                         m.d.sync += finish(Outcome.BUS_ERROR)
                     with m.Elif(~check.present):
-                        m.d.sync += finish(Outcome.VIOLATION, qual=qual)
+                        fault(Outcome.VIOLATION, qual=qual)
                     with m.Elif(check.misconfig):
-                        m.d.sync += finish(Outcome.MISCONFIG)
+                        fault(Outcome.MISCONFIG)
                     with m.Elif(check.leaf):
                         with m.If(~allowed):
-                            m.d.sync += finish(Outcome.VIOLATION, qual=qual)
+                            fault(Outcome.VIOLATION, qual=qual)
                         with m.Else():
                             # the successful result, kept while A/D is set
                             with m.Switch(self.level):
@@ -214,9 +248,9 @@ class Walker(wiring.Component):
                         with m.Case(ADStatus.BUS_ERROR):
                             m.d.sync += finish(Outcome.BUS_ERROR)
                         with m.Case(ADStatus.LOST_RACE):
+                            m.d.comb += self.lost_race.eq(1)
                             m.d.sync += restart() + [
                                 retries.eq(Mux(retries == 15, 15, retries + 1)),
-                                self.state.eq(WalkerState.READ),
                             ]
 
             with m.Case(WalkerState.RESPOND):

@@ -8,6 +8,12 @@ Callers drive time from outside with :meth:`PysimHarness.step` /
 :meth:`run_until`, which is what lets a Python host interleave pmap
 operations with walks in flight.
 
+Responses may leave out of order: each request gets a free tag from a pool
+of ``2**TAG_BITS`` and its response is matched by tag.  For the scoreboard,
+each ticket records ``seq_cache``: the store sequence number of the last
+INVEPT covering its context that took effect at or before its request
+handshake (translations cached before it may be used).
+
 Cycle numbers: cycle ``n`` is the clock period ending at the ``n``-th edge
 counted from 0.  A translation's ``cycles`` is the response handshake cycle
 minus the request handshake cycle.
@@ -25,8 +31,8 @@ from typing import Callable
 from amaranth.sim import Simulator
 
 from hw.layouts import (
-    InveptKind, InveptRequest, MemOp, MemRequest, MemResponse, Outcome as HwOutcome, PageSize,
-    TranslateRequest, TranslateResponse,
+    PERF_EVENTS, TAG_BITS, InveptKind, InveptRequest, MemOp, MemRequest, MemResponse,
+    Outcome as HwOutcome, PageSize, PerfCounters, TranslateRequest, TranslateResponse,
 )
 from hw.top import PageWalkUnit
 from model.formats import Access, Eptp, Outcome
@@ -74,6 +80,7 @@ _MRESP = _Fields(MemResponse)
 _TREQ = _Fields(TranslateRequest)
 _TRESP = _Fields(TranslateResponse)
 _INV = _Fields(InveptRequest)
+_PERF = _Fields(PerfCounters)
 
 
 class HangError(RuntimeError):
@@ -91,6 +98,8 @@ class Ticket:
     answered: int | None = None       # cycle of the response handshake
     seq_start: int = 0                # memory store sequence numbers bracketing it
     seq_end: int = 0
+    seq_cache: int = 0                # the last covering INVEPT's sequence number
+    tag: int | None = None
     outcome: Outcome | None = None    # None: REFUSED (no valid EPTP)
     refused: bool = False
     hpa: int | None = None
@@ -120,19 +129,20 @@ class PysimHarness:
                  maxphyaddr: int = 46, execute_only: bool = True,
                  resp_stall_probability: float = 0.0, seed: int = 1,
                  vcd: str | Path | None = None, gtkw: str | Path | None = None,
-                 store_seq: Callable[[], int] | None = None):
+                 store_seq: Callable[[], int] | None = None, **unit_params):
         if not 0 <= resp_stall_probability < 1:
             raise ValueError(f"response stall probability must be in [0, 1), "
                              f"not {resp_stall_probability}")
         self.memory = memory
-        self.dut = PageWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only)
+        self.dut = PageWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
         self.dram = Dram(memory, dram)
         self.rng = random.Random(seed ^ 0x5EED)
         self.resp_stall_probability = resp_stall_probability
         self.store_seq = store_seq or (lambda: 0)
         self.cycle = 0
         self.pending: deque[Ticket] = deque()     # not yet taken by the port
-        self.inflight: deque[Ticket] = deque()    # taken, not yet answered (in order)
+        self.inflight: dict[int, Ticket] = {}     # taken, not yet answered, by tag
+        self.free_tags: deque[int] = deque(range(1 << TAG_BITS))
         self.completed: deque[Ticket] = deque()
         self.hooks: list[Callable[[int], None]] = []
         self.eptp: Eptp | None = None
@@ -140,8 +150,12 @@ class PysimHarness:
         self.eptp_error = False
         self._eptp_loads: deque[tuple[int, Eptp | None]] = deque()
         self.eptp_loads_seen = 0       # loads whose result has been sampled
-        self._invepts: deque[tuple[int, int]] = deque()
+        self._invepts: deque[tuple[int, int, int]] = deque()   # (kind, tag, store seq)
         self.invepts_sent = 0
+        self._inv_global = 0                 # store seq of the last INVEPT, global / per tag
+        self._inv_by_tag: dict[int, int] = {}
+        self._want_counters = False
+        self._counters_raw = 0
         self._stack = ExitStack()
 
         self.sim = Simulator(self.dut)
@@ -163,8 +177,16 @@ class PysimHarness:
                                dut.translate_resp.valid, dut.translate_resp.ready,
                                dut.translate_resp.payload],
             "control": [dut.eptp_load, dut.eptp_value, dut.eptp_valid, dut.eptp_error,
-                        dut.invept.valid, dut.invept.payload, dut.invept_count],
-            "walker": [walker.state, walker.level, walker.gpa, walker.access],
+                        dut.invept.valid, dut.invept.payload, dut.invept_count,
+                        dut.context_table.ready, dut.context_table.cur_id, dut.context_table.flush],
+            "TLB": ([dut.tlb.lookup_en, dut.tlb.lookup_gpa, dut.tlb.hit, dut.tlb.size, dut.tlb.entry,
+                     dut.tlb.drop, dut.tlb.fill, dut.tlb.fill_size, dut.tlb.fill_gpa,
+                     dut.tlb.fill_entry] if dut.tlb is not None else []),
+            "paging-structure caches": [sig for psc in dut.pscs.values()
+                                        for sig in (psc.hit, psc.fill, psc.drop)],
+            **{f"walker {k}": [w.state, w.level, w.gpa, w.access, w.walked]
+               for k, w in enumerate(dut.walker_units)},
+            "counters": [dut.counters],
             "A/D updater": [ad.state, ad.start, ad.pending, ad.done, ad.status],
             "memory port": [dut.mem_req.valid, dut.mem_req.ready, dut.mem_req.payload,
                             dut.mem_resp.valid, dut.mem_resp.ready, dut.mem_resp.payload],
@@ -198,11 +220,12 @@ class PysimHarness:
                     ctx.set(mresp_payload, _MRESP.pack(data=resp.result, error=resp.error))
                 last_resp = resp
 
-            tk = self.pending[0] if self.pending else None
+            tk = self.pending[0] if self.pending and self.free_tags else None
             if tk is not last_req:
                 ctx.set(dut.translate_req.valid, tk is not None)
                 if tk is not None:
-                    ctx.set(treq_payload, _TREQ.pack(gpa=tk.gpa, access=int(tk.access)))
+                    tk.tag = self.free_tags[0]
+                    ctx.set(treq_payload, _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag))
                 last_req = tk
             resp_ready = not (self.resp_stall_probability and
                               self.rng.random() < self.resp_stall_probability)
@@ -235,21 +258,32 @@ class PysimHarness:
                                       compare=f(mreq, "compare"), data=f(mreq, "data"))
             dram.clock(offered, bool(resp is not None and mresp_ready))
             if resp is not None and resp.error and mresp_ready:
-                for t in self.inflight:
+                for t in self.inflight.values():
                     t.errors_seen += 1
 
+            if inv is not None:       # it took effect at this edge
+                if inv[0] == InveptKind.GLOBAL.value:
+                    self._inv_global = inv[2]
+                else:
+                    self._inv_by_tag[inv[1]] = inv[2]
             if tk is not None and treq_ready:
                 self.pending.popleft()
+                self.free_tags.popleft()
                 tk.accepted = self.cycle
                 tk.eptp = self.eptp if self.eptp_valid else None
                 tk.seq_start = self.store_seq()
-                self.inflight.append(tk)
+                tk.seq_cache = self.cache_floor(tk.eptp.tag) if tk.eptp and self.dut.caches else tk.seq_start
+                self.inflight[tk.tag] = tk
                 last_req = _UNSET    # re-drive next cycle
             if tresp_valid and resp_ready:
-                done = self.inflight.popleft()
+                done = self.inflight.pop(_TRESP.get(tresp, "tag"))
+                self.free_tags.append(done.tag)
                 self._fill(done, tresp)
                 done.seq_end = self.store_seq()
                 self.completed.append(done)
+            if self._want_counters:
+                self._counters_raw = ctx.get(dut.counters.as_value())
+                self._want_counters = False
 
             if load is not None:
                 self.eptp = load[1]
@@ -295,7 +329,21 @@ class PysimHarness:
         return self.eptp_valid
 
     def invept(self, kind: str, tag: int = 0) -> None:
-        self._invepts.append((InveptKind.GLOBAL.value if kind == "global" else InveptKind.SINGLE.value, tag))
+        """Queue an INVEPT; it takes effect at the next edge.  Stores made
+        before this call are covered by it."""
+        kind_value = InveptKind.GLOBAL.value if kind == "global" else InveptKind.SINGLE.value
+        self._invepts.append((kind_value, tag, self.store_seq()))
+
+    def cache_floor(self, tag: int) -> int:
+        """The store sequence number after which a translation cached for
+        EPTP tag ``tag`` may have been made (the last covering INVEPT)."""
+        return max(self._inv_global, self._inv_by_tag.get(tag, 0))
+
+    def counters(self) -> dict[str, int]:
+        """The unit's performance counters, read through the port (one cycle)."""
+        self._want_counters = True
+        self.step(1)
+        return {name: _PERF.get(self._counters_raw, name) for name in PERF_EVENTS}
 
     def submit(self, gpa: int, access: Access) -> Ticket:
         t = Ticket(gpa, Access(access), submitted=self.cycle)

@@ -72,7 +72,9 @@ class RtlBackend(Backend):
         self.scoreboard.check(t)
         self.tickets += 1
         if self.tickets % 256 == 0:
-            self.history.prune(min([x.seq_start for x in self.harness.inflight], default=self.history.seq))
+            h = self.harness
+            floor = h.cache_floor(self.eptp.tag) if self.eptp else self.history.seq
+            self.history.prune(min([x.seq_cache for x in h.inflight.values()] + [floor]))
         return t
 
     def translate(self, gpa: int, access: Access) -> tuple[Translation, int | None]:

@@ -3,9 +3,12 @@
 Memory may change while a translation is in flight (the host pmap runs
 between cycles).  The scoreboard therefore keeps a history of every store
 (sequence-numbered by :class:`MemoryHistory`) and accepts a response if it
-equals the reference walk of the memory as it stood at *some* point during
-the request's lifetime: at the request handshake, or after any store in
-between to an entry that walk reads.  Anything else is a mismatch, reported
+equals a reference walk in which every entry read holds a value it had
+during the request's lifetime (from the request handshake to the response).
+A successful translation may also come from the TLB or paging-structure
+caches, so for it the window opens at the last INVEPT covering the context
+(``ept-reference.md``: "any translation valid since the last covering
+INVEPT").  Anything else is a mismatch, reported
 with GPA, access, expected, got and cycles.
 
 A ``bus_error`` is accepted only if the DRAM model injected an error while
@@ -45,6 +48,20 @@ class MemoryHistory:
             return self.memory.peek(addr)
         i = bisect_right(h, seq, key=lambda e: e[0])
         return h[0][1] if i == 0 else h[i - 1][2]
+
+    def values_in(self, addr: int, lo: int, hi: int) -> list[int]:
+        """Every value the word at ``addr`` held from after store ``lo`` to
+        after store ``hi``, oldest first, without repeats."""
+        values = [self.value_at(addr, lo)]
+        h = self._log.get(addr)
+        if h:
+            i = bisect_right(h, lo, key=lambda e: e[0])
+            for seq, _, new in h[i:]:
+                if seq > hi:
+                    break
+                if new not in values:
+                    values.append(new)
+        return values
 
     def next_store(self, addr: int, after: int, upto: int) -> int | None:
         h = self._log.get(addr)
@@ -89,18 +106,43 @@ class Scoreboard:
         self.limit = limit
         self.alternatives_used = 0    # responses matching a state other than the first
 
-    def candidates(self, t: Ticket) -> list[Translation]:
-        """Reference walks for every memory state the request could have seen."""
+    def candidates(self, t: Ticket, *, cached: bool = False, limit: int = 256) -> list[Translation]:
+        """Reference walks for every memory state the request could have seen.
+
+        Each entry the walk reads may hold any value it had in the window:
+        from the request handshake (or, with ``cached``, from the last INVEPT
+        covering the context: a TLB or paging-structure cache may keep what
+        it saw since) to the response.  Entries are chosen independently,
+        because a walk reads them at different times and a cached upper
+        entry may be older than the entries below it.
+        """
         h = self.history
-        seq = t.seq_start
-        out = []
-        while True:
-            r = walk(lambda a: h.value_at(a, seq), t.eptp, t.gpa, t.access, self.config)
-            out.append(r)
-            nxt = [n for n in (h.next_store(s.addr, seq, t.seq_end) for s in r.steps) if n is not None]
-            if not nxt:
-                return out
-            seq = min(nxt)
+        lo = t.seq_cache if cached else t.seq_start
+        hi = t.seq_end
+        out: list[Translation] = []
+
+        class Branch(Exception):
+            def __init__(self, addr, values):
+                self.addr, self.values = addr, values
+
+        def explore(fixed: dict[int, int]) -> None:
+            def read(addr: int) -> int:
+                if addr not in fixed:
+                    values = h.values_in(addr, lo, hi)
+                    if len(values) > 1:
+                        raise Branch(addr, values)
+                    fixed[addr] = values[0]
+                return fixed[addr]
+            try:
+                out.append(walk(read, t.eptp, t.gpa, t.access, self.config))
+            except Branch as b:
+                for v in b.values:
+                    if len(out) >= limit:
+                        return
+                    explore({**fixed, b.addr: v})
+
+        explore({})
+        return out
 
     def check(self, t: Ticket) -> bool:
         self.checked += 1
@@ -111,7 +153,8 @@ class Scoreboard:
             ok = t.errors_seen > 0
             expected = "no bus error (none was injected)"
         else:
-            cands = self.candidates(t)
+            # a success may come from a cache; a fault is always decided by memory
+            cands = self.candidates(t, cached=t.outcome is Outcome.OK)
             got = t.architectural()
             ok = any(c.architectural() == got for c in cands)
             if ok and cands[0].architectural() != got:

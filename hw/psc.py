@@ -1,0 +1,110 @@
+"""A paging-structure cache for one level (PML4E, PDPTE or PDE).
+
+Fully associative, in flip-flops.  An entry maps (context, the GPA bits that
+select this level's entry) to the frame of the next table and the AND of the
+R/W/X bits from the PML4E down to this entry.  Only present, well-formed
+non-leaf entries of a walk that succeeded (so, with A/D on, whose A is set)
+are filled, so a walk that starts below it reads exactly what a full walk
+would have used (``ept-reference.md``, caching rules).
+
+Lookup is combinational.  A fill replaces the entry with the same key, else
+the first free one, else the next in round-robin order.  ``flush`` drops
+every entry of the given contexts; ``drop`` drops the entry for one key
+(a walk that started from it faulted: the reference page wants the fault
+decided by memory).
+"""
+
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .layouts import GPA_BITS, Level
+
+__all__ = ["PagingStructureCache"]
+
+
+class PagingStructureCache(wiring.Component):
+    def __init__(self, level, *, entries, contexts):
+        if level not in (Level.PML4E, Level.PDPTE, Level.PDE):
+            raise ValueError(f"a paging-structure cache holds PML4Es, PDPTEs or PDEs, not {level!r}")
+        if isinstance(entries, bool) or not isinstance(entries, int) or not 0 <= entries <= 64:
+            raise ValueError(f"{level.name} cache entries must be in 0..64, not {entries!r}")
+        self.level = level
+        self.entries = entries
+        self.contexts = contexts
+        self.lo = 12 + 9 * level.value        # lowest GPA bit of this level's index
+        ctx_bits = max(1, ceil_log2(contexts))
+        super().__init__({
+            "lookup_gpa": In(GPA_BITS),
+            "lookup_ctx": In(ctx_bits),
+            "hit": Out(1),
+            "table": Out(40),      # frame of the next-level table
+            "perms": Out(3),
+            "fill": In(1),
+            "fill_gpa": In(GPA_BITS),
+            "fill_ctx": In(ctx_bits),
+            "fill_table": In(40),
+            "fill_perms": In(3),
+            "drop": In(1),
+            "drop_gpa": In(GPA_BITS),
+            "drop_ctx": In(ctx_bits),
+            "flush": In(contexts),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.entries
+        if n == 0:
+            return m
+        key_bits = GPA_BITS - self.lo
+        layout = data.StructLayout({"key": key_bits, "ctx": len(self.lookup_ctx),
+                                    "table": 40, "perms": 3})
+        valid = Signal(n)
+        slots = Array(Signal(layout, name=f"slot{i}") for i in range(n))
+        next_slot = Signal(range(n))
+
+        def key(gpa):
+            return gpa[self.lo:GPA_BITS]
+
+        def matches(gpa, ctx):
+            v = Signal(n)
+            m.d.comb += v.eq(Cat(valid[i] & (slots[i].key == key(gpa)) & (slots[i].ctx == ctx)
+                                 for i in range(n)))
+            return v
+
+        hit = matches(self.lookup_gpa, self.lookup_ctx)
+        m.d.comb += self.hit.eq(hit.any())
+        for i in range(n):
+            with m.If(hit[i]):
+                m.d.comb += [self.table.eq(slots[i].table), self.perms.eq(slots[i].perms)]
+
+        same = matches(self.fill_gpa, self.fill_ctx)
+        where = Signal(range(n))
+        m.d.comb += where.eq(next_slot)
+        for i in reversed(range(n)):
+            with m.If(~valid[i]):
+                m.d.comb += where.eq(i)
+        for i in reversed(range(n)):
+            with m.If(same[i]):
+                m.d.comb += where.eq(i)
+
+        dropped = matches(self.drop_gpa, self.drop_ctx)
+        flushed = Signal(n)
+        m.d.comb += flushed.eq(Cat(self.flush.bit_select(slots[i].ctx, 1) for i in range(n)))
+        fill_flushed = self.flush.bit_select(self.fill_ctx, 1)
+
+        # a fill, then a drop, then a flush: the later statement wins
+        new_valid = Signal(n)
+        filled = Signal(n)         # the slot written now no longer holds the flushed context
+        m.d.comb += new_valid.eq(valid)
+        with m.If(self.fill & ~fill_flushed):
+            m.d.comb += [new_valid.eq(valid | (1 << where)[:n]), filled.eq((1 << where)[:n])]
+            m.d.sync += [
+                slots[where].key.eq(key(self.fill_gpa)), slots[where].ctx.eq(self.fill_ctx),
+                slots[where].table.eq(self.fill_table), slots[where].perms.eq(self.fill_perms),
+            ]
+            with m.If(~same.any() & valid.all()):
+                m.d.sync += next_slot.eq(Mux(next_slot == n - 1, 0, next_slot + 1))
+        m.d.sync += valid.eq(new_valid & ~Mux(self.drop, dropped & ~filled, 0) & ~(flushed & ~filled))
+        return m

@@ -1,0 +1,251 @@
+"""The TLB: set-associative arrays for 4K, 2M and 1G translations.
+
+Each page size has its own array (sets and ways are parameters), looked up in
+parallel.  Tags and translations live in :class:`~amaranth.lib.memory.Memory`
+(one memory per way); the valid bits and context ids live in flip-flops so
+that INVEPT clears any set of contexts in one cycle.  Entries are tagged by a
+context id, which :class:`~hw.contexts.ContextTable` maps to EPTP[51:12].
+
+Timing: a lookup presents its GPA in cycle S0 (``lookup_en`` high); the
+result (``hit``, ``entry``, ``size``) is valid in cycle S1, the next one, and
+holds while ``lookup_en`` stays low.  One lookup per cycle.  While a lookup
+waits in S1, a fill into its set hides the way it overwrites (the data read
+in S0 is then old), so a hit is never built from a stale read.
+
+Replacement: first invalid way, else tree pseudo-LRU, per set.  A hit
+refreshes the LRU state; so does a fill.
+"""
+
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from .layouts import GPA_BITS, PA_BITS, PageSize
+
+__all__ = ["Tlb", "TlbArray", "TlbEntry", "plru_victim", "plru_touch"]
+
+TlbEntry = data.StructLayout({
+    "hpa_page": PA_BITS - 12,    # HPA[51:12]; low bits below the page size are zero
+    "perms": 3,                  # R/W/X AND over every entry of the walk
+    "memtype": 3,
+    "d": 1,                      # the leaf's D is set (or A/D is off): writes may hit
+})
+
+_SHIFT = {PageSize.SIZE_4K: 12, PageSize.SIZE_2M: 21, PageSize.SIZE_1G: 30}
+
+
+def _check_geometry(name, sets, ways):
+    for what, v in (("sets", sets), ("ways", ways)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1) or v > 1024:
+            raise ValueError(f"{name} {what} must be a power of two in 1..1024, not {v!r}")
+    if ways > 16:
+        raise ValueError(f"{name} ways must be at most 16, not {ways}")
+
+
+def plru_victim(m, state, ways):
+    """Way index chosen by a tree pseudo-LRU ``state`` (``ways - 1`` bits).
+
+    Node ``n`` has children ``2n+1`` and ``2n+2``; its bit says which side
+    was used less recently (0: left).
+    """
+    if ways == 1:
+        return C(0, 1)
+    bits = exact_log2(ways)
+    victim = Signal(bits)
+    path = []        # the choices so far, root first: the victim's bits, MSB first
+    for depth in range(bits):
+        idx = Signal(range(ways), name=f"plru_node{depth}")
+        m.d.comb += idx.eq((1 << depth) - 1 + (Cat(*reversed(path)) if path else 0))
+        choice = Signal(name=f"plru_choice{depth}")
+        m.d.comb += choice.eq(state.bit_select(idx, 1))
+        path.append(choice)
+    m.d.comb += victim.eq(Cat(*reversed(path)))
+    return victim
+
+
+def plru_touch(state, way, ways):
+    """The PLRU state after ``way`` is used: every node on its path points away."""
+    if ways == 1:
+        return state
+    bits = exact_log2(ways)
+    new = [state[i] for i in range(ways - 1)]
+    for depth in range(bits):
+        # node on the path of ``way`` at this depth: the way's top ``depth`` bits
+        for prefix in range(1 << depth):
+            node = (1 << depth) - 1 + prefix
+            on_path = (way >> (bits - depth)) == prefix if depth else C(1, 1)
+            went = way[bits - 1 - depth]
+            new[node] = Mux(on_path, ~went, new[node])
+    return Cat(*new)
+
+
+class TlbArray(wiring.Component):
+    """One page size's set-associative array; see the module docstring."""
+
+    def __init__(self, page_size, *, sets, ways, contexts):
+        _check_geometry(f"TLB {page_size.name}", sets, ways)
+        self.page_size = page_size
+        self.sets, self.ways, self.contexts = sets, ways, contexts
+        self.shift = _SHIFT[page_size]
+        self.index_bits = exact_log2(sets)
+        self.tag_bits = GPA_BITS - self.shift - self.index_bits
+        ctx_bits = max(1, ceil_log2(contexts))
+        super().__init__({
+            "lookup_en": In(1),
+            "lookup_gpa": In(GPA_BITS),     # S0
+            "s1_gpa": In(GPA_BITS),         # S1: the same GPA, held by the caller
+            "s1_ctx": In(ctx_bits),
+            "hit": Out(1),                  # S1
+            "entry": Out(TlbEntry),
+            "drop": In(1),                  # S1: invalidate the way that hit
+            "fill": In(1),
+            "fill_gpa": In(GPA_BITS),
+            "fill_ctx": In(ctx_bits),
+            "fill_entry": In(TlbEntry),
+            "flush": In(contexts),          # invalidate every entry of these contexts
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        sets, ways = self.sets, self.ways
+        entry_layout = data.StructLayout({"tag": self.tag_bits, "data": TlbEntry})
+
+        def index(gpa):
+            return gpa[self.shift:self.shift + self.index_bits] if self.index_bits else C(0, 1)
+
+        def tag(gpa):
+            return gpa[self.shift + self.index_bits:GPA_BITS]
+
+        valid = Array(Signal(ways, name=f"valid_{s}") for s in range(sets))
+        ctx = Array(Array(Signal.like(self.s1_ctx, name=f"ctx_{s}_{w}") for w in range(ways))
+                    for s in range(sets))
+        plru = Array(Signal(max(1, ways - 1), name=f"plru_{s}") for s in range(sets))
+
+        s1_index = Signal(max(1, self.index_bits))
+        seen = Signal(ways)          # ways whose S0 read is still current
+        fill_index = Signal.like(s1_index)
+        m.d.comb += fill_index.eq(index(self.fill_gpa))
+
+        # victim for a fill: first invalid way, else pseudo-LRU
+        fill_valid = valid[fill_index]
+        lru = plru_victim(m, plru[fill_index], ways)
+        victim = Signal(range(ways) if ways > 1 else 1)
+        m.d.comb += victim.eq(lru)
+        for w in reversed(range(ways)):
+            with m.If(~fill_valid[w]):
+                m.d.comb += victim.eq(w)
+        flushed = Signal()
+        m.d.comb += flushed.eq(self.flush.bit_select(self.fill_ctx, 1))
+        do_fill = Signal()
+        m.d.comb += do_fill.eq(self.fill & ~flushed)
+        fill_onehot = Signal(ways)
+        m.d.comb += fill_onehot.eq(Mux(do_fill, 1 << victim, 0))
+
+        hits = Signal(ways)
+        hit_way = Signal.like(victim)
+        for w in range(ways):
+            mem = Memory(shape=entry_layout, depth=sets, init=[])
+            m.submodules[f"way{w}"] = mem
+            wr = mem.write_port()
+            rd = mem.read_port(transparent_for=(wr,))
+            m.d.comb += [
+                wr.addr.eq(fill_index),
+                wr.data.tag.eq(tag(self.fill_gpa)),
+                wr.data.data.eq(self.fill_entry),
+                wr.en.eq(fill_onehot[w]),
+                rd.addr.eq(index(self.lookup_gpa)),
+                rd.en.eq(self.lookup_en),
+            ]
+            live = valid[s1_index][w] & seen[w]
+            m.d.comb += hits[w].eq(live & (rd.data.tag == tag(self.s1_gpa))
+                                   & (ctx[s1_index][w] == self.s1_ctx))
+            with m.If(hits[w]):
+                m.d.comb += [hit_way.eq(w), self.entry.eq(rd.data.data)]
+        m.d.comb += self.hit.eq(hits.any())
+
+        # the S0 read's snapshot of which ways it may trust
+        same_set = fill_index == index(self.lookup_gpa)
+        with m.If(self.lookup_en):
+            m.d.sync += [s1_index.eq(index(self.lookup_gpa)),
+                         seen.eq(valid[index(self.lookup_gpa)] | Mux(same_set, fill_onehot, 0))]
+        with m.Elif(fill_index == s1_index):
+            m.d.sync += seen.eq(seen & ~fill_onehot)
+
+        # order matters: a drop, then a fill, then a flush (which wins)
+        with m.If(self.hit & self.drop):
+            m.d.sync += valid[s1_index].eq(valid[s1_index] & ~(1 << hit_way)[:ways])
+        with m.Elif(self.hit):
+            m.d.sync += plru[s1_index].eq(plru_touch(plru[s1_index], hit_way, ways))
+        with m.If(do_fill):
+            m.d.sync += [
+                valid[fill_index].eq(valid[fill_index] | fill_onehot),
+                ctx[fill_index][victim].eq(self.fill_ctx),
+                plru[fill_index].eq(plru_touch(plru[fill_index], victim, ways)),
+            ]
+        with m.If(self.flush.any()):
+            for s in range(sets):
+                for w in range(ways):
+                    # a way filled on this edge holds the new, unflushed context
+                    refilled = fill_onehot[w] & (fill_index == s)
+                    with m.If(self.flush.bit_select(ctx[s][w], 1) & ~refilled):
+                        m.d.sync += valid[s][w].eq(0)
+        return m
+
+
+class Tlb(wiring.Component):
+    """The three arrays behind one lookup/fill/flush interface.
+
+    When entries of two sizes both hit (the host remapped a region without
+    INVEPT), the smaller page wins; both are translations the reference page
+    allows until the next INVEPT.
+    """
+
+    def __init__(self, *, sets_4k=16, ways_4k=4, sets_2m=4, ways_2m=4, sets_1g=1, ways_1g=4,
+                 contexts=4):
+        geometry = {PageSize.SIZE_4K: (sets_4k, ways_4k), PageSize.SIZE_2M: (sets_2m, ways_2m),
+                    PageSize.SIZE_1G: (sets_1g, ways_1g)}
+        self.arrays = {size: TlbArray(size, sets=s, ways=w, contexts=contexts)
+                       for size, (s, w) in geometry.items()}
+        ctx_bits = max(1, ceil_log2(contexts))
+        super().__init__({
+            "lookup_en": In(1),
+            "lookup_gpa": In(GPA_BITS),
+            "s1_gpa": In(GPA_BITS),
+            "s1_ctx": In(ctx_bits),
+            "hit": Out(1),
+            "size": Out(PageSize),
+            "entry": Out(TlbEntry),
+            "drop": In(1),
+            "fill": In(1),
+            "fill_size": In(PageSize),
+            "fill_gpa": In(GPA_BITS),
+            "fill_ctx": In(ctx_bits),
+            "fill_entry": In(TlbEntry),
+            "flush": In(contexts),
+        })
+
+    @property
+    def entries(self):
+        return sum(a.sets * a.ways for a in self.arrays.values())
+
+    def elaborate(self, platform):
+        m = Module()
+        for size, arr in self.arrays.items():
+            m.submodules[f"tlb_{size.name[5:].lower()}"] = arr
+            m.d.comb += [
+                arr.lookup_en.eq(self.lookup_en), arr.lookup_gpa.eq(self.lookup_gpa),
+                arr.s1_gpa.eq(self.s1_gpa), arr.s1_ctx.eq(self.s1_ctx),
+                arr.fill.eq(self.fill & (self.fill_size == size)),
+                arr.fill_gpa.eq(self.fill_gpa), arr.fill_ctx.eq(self.fill_ctx),
+                arr.fill_entry.eq(self.fill_entry), arr.flush.eq(self.flush),
+            ]
+        # priority 1G < 2M < 4K: the last assignment wins
+        for size in (PageSize.SIZE_1G, PageSize.SIZE_2M, PageSize.SIZE_4K):
+            arr = self.arrays[size]
+            with m.If(arr.hit):
+                m.d.comb += [self.hit.eq(1), self.size.eq(size), self.entry.eq(arr.entry)]
+        for size, arr in self.arrays.items():
+            m.d.comb += arr.drop.eq(self.drop & self.hit & (self.size == size))
+        return m
