@@ -17,6 +17,11 @@ Promises:
   cycle ``t+1`` (``cycles`` = 1) if the response port is free, and a new
   request is taken every cycle while hits continue.  Walker responses have
   priority over hits on the response port (so walks cannot starve).
+* **Walk timing**: with memory latency L (no A/D writes, no row misses) a
+  cold 4-level walk answers 4(L+1)+2 cycles after the request: one cycle of
+  TLB lookup, then one issue cycle plus L per level, then the registered
+  response.  A walk that starts from a PDE-cache hit reads only the PTE and
+  answers in (L+1)+2.
 * **Ordering**: responses leave **out of order**; each carries the request's
   ``tag``.  A requester must not reuse a tag that is still outstanding.
 * **Misses**: a miss goes to a free walker (``walkers``, default 2) with the

@@ -105,9 +105,10 @@ def test_vcd_and_gtkw_written_with_groups_and_state_names(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr
     gtkw = vcd.with_suffix(".gtkw").read_text()
-    for group in ("translate port", "control", "walker", "A/D updater", "memory port"):
+    for group in ("translate port", "control", "TLB", "paging-structure caches", "walker 0",
+                  "walker 1", "A/D updater", "counters", "memory port"):
         assert f"-{group}" in gtkw
-    assert "walker.state" in gtkw and "mem_req__valid" in gtkw
+    assert "walker0.state" in gtkw and "mem_req__valid" in gtkw
     text = vcd.read_text()
     # enums are traced as strings: the waveform shows state and outcome names
     for name in ("sIDLE", "sWAIT", "sAD_UPDATE", "sOK", "sVIOLATION"):
