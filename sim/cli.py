@@ -94,6 +94,13 @@ def _add_rtl_options(p: argparse.ArgumentParser) -> None:
                    help="chance per cycle that the translate response is not taken (default 0)")
     g.add_argument("--dram-seed", type=int, default=1, help="seed of the stall/error generators")
     g.add_argument("--vcd", metavar="FILE.vcd", help="write a waveform and a GTKWave save file (.gtkw)")
+    u = p.add_argument_group("the unit's parameters (RTL backend)")
+    u.add_argument("--walkers", type=_positive, default=2, help="concurrent walks (default 2)")
+    u.add_argument("--tlb-sets", type=_positive, default=16, help="4K TLB sets (default 16)")
+    u.add_argument("--tlb-ways", type=_positive, default=4, help="4K TLB ways (default 4)")
+    u.add_argument("--pde-cache", type=_nonneg, default=8, help="PDE cache entries (default 8)")
+    u.add_argument("--no-caches", action="store_true",
+                   help="no TLB and no paging-structure caches: every request walks")
 
 
 def _rtl_kwargs(args) -> dict:
@@ -110,8 +117,15 @@ def _rtl_kwargs(args) -> dict:
         dram.validate()
     except ValueError as e:
         raise UsageError(f"{PROG}: {e}") from None
+    unit = {"walkers": args.walkers, "tlb_sets": args.tlb_sets, "tlb_ways": args.tlb_ways,
+            "pde_cache": args.pde_cache, "caches": not args.no_caches}
+    from hw.top import PageWalkUnit
+    try:
+        PageWalkUnit(**unit)
+    except ValueError as e:
+        raise UsageError(f"{PROG}: {e}") from None
     return {"dram": dram, "vcd": args.vcd, "resp_stall_probability": args.resp_stall,
-            "seed": args.dram_seed}
+            "seed": args.dram_seed, "unit": unit}
 
 
 def build_parser() -> argparse.ArgumentParser:

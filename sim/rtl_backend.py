@@ -33,14 +33,14 @@ class RtlBackend(Backend):
 
     def __init__(self, memory: PhysicalMemory, config: EptConfig, *, dram: DramConfig | None = None,
                  vcd=None, resp_stall_probability: float = 0.0, seed: int = 1,
-                 watchdog: int = 100_000):
+                 watchdog: int = 100_000, unit: dict | None = None):
         super().__init__(memory, config)
         self.history = MemoryHistory(memory)
         self.scoreboard = Scoreboard(self.history, config)
         self.harness = PysimHarness(memory, dram, maxphyaddr=config.maxphyaddr,
                                     execute_only=config.execute_only,
                                     resp_stall_probability=resp_stall_probability, seed=seed,
-                                    vcd=vcd, store_seq=lambda: self.history.seq)
+                                    vcd=vcd, store_seq=lambda: self.history.seq, **(unit or {}))
         self.watchdog = watchdog
         self.tickets = 0
 

@@ -106,6 +106,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
                 progress(f"  [{100 * (n + 1) // opts.accesses:3d}%] {n + 1}/{opts.accesses} "
                          f"accesses, {host.stats.faults} faults, {host.stats.evictions} evictions, "
                          f"{bad} mismatches")
+        counters = harness.counters() if harness is not None else None
     finally:
         backend.close()
     elapsed = time.monotonic() - started
@@ -147,6 +148,8 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     if harness is not None:
         d = harness.dram
         summary["cycles_per_second"] = round(cycles / elapsed) if elapsed else None
+        summary["counters"] = counters
+        summary["unit"] = backend_kw.get("unit") or {}
         summary["scoreboard_checked"] = backend.scoreboard.checked
         summary["scoreboard_alternative_states"] = backend.scoreboard.alternatives_used
         summary["dram"] = {"reads": d.reads, "cases": d.cases, "cas_failures": d.cas_failures,
@@ -181,6 +184,22 @@ def format_summary(s: dict) -> str:
         ("accesses re-run after a race", s["raced_accesses"]),
         ("mismatches", s["mismatches"]),
     ]
+    c = s.get("counters")
+    if c:
+        hits = c["hits_4k"] + c["hits_2m"] + c["hits_1g"]
+        rows[-1:-1] = [
+            ("unit counters (read from the RTL)", ""),
+            ("  TLB lookups / hits / misses", f"{c['lookups']} / {hits} / {c['misses']}"),
+            ("  TLB hit rate", f"{100 * hits / max(hits + c['misses'], 1):.1f} %"),
+            ("  hits 4K / 2M / 1G", f"{c['hits_4k']} / {c['hits_2m']} / {c['hits_1g']}"),
+            ("  misses merged / hits dropped", f"{c['merged']} / {c['dropped']}"),
+            ("  walks started / completed", f"{c['walks']} / {c['walks_completed']}"),
+            ("  walk cycles (ept.walk_pending)", c["walk_cycles"]),
+            ("  PSC hits PML4E / PDPTE / PDE",
+             f"{c['psc_hits_pml4e']} / {c['psc_hits_pdpte']} / {c['psc_hits_pde']}"),
+            ("  memory reads / CASes / CAS retries", f"{c['mem_reads']} / {c['mem_cas']} / {c['cas_retries']}"),
+            ("  INVEPTs", c["invepts"]),
+        ]
     w = max(len(k) for k, _ in rows)
     lines = ["", "pageable-guest summary", "-" * (w + 16)]
     lines += [f"{k:<{w}}  {v}" for k, v in rows]
