@@ -1,0 +1,422 @@
+# amaranth: UnusedElaboratable=no
+"""The AXI4 memory master, the AXI4-Lite CSR block and the AXI top level in pysim.
+
+The master runs against the behavioural AXI memory (``sim/axi_mem.py``) with
+seeded random READY stalls and RVALID/BVALID delays on every channel, and
+random valid gaps / ready stalls on its native side.  Every run also checks
+the AXI handshake rules with :class:`AxiProtocolMonitor` and the native
+stream rule (a response payload held while not taken).
+"""
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+import pytest
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.sim import Simulator
+
+from hw.axi import AXI4LiteSignature, AXI4Signature, Burst, Resp
+from hw.axi_master import AxiMemoryMaster, MasterState
+from hw.layouts import MemOp
+from model.physmem import PhysicalMemory
+from sim.axi_mem import AxiMemory, AxiMemoryConfig, AxiProtocolMonitor
+
+STALLY = dict(ar_stall=0.4, aw_stall=0.4, w_stall=0.5, r_delay=0.3, b_delay=0.3)
+
+
+@dataclass
+class MasterRun:
+    responses: list = field(default_factory=list)     # (data, error) in order
+    accepted: list = field(default_factory=list)      # cycle of each request handshake
+    answered: list = field(default_factory=list)      # cycle of each response handshake
+    max_outstanding_seen: int = 0
+    cas_retries: int = 0                                # the master's counter at the end
+    retry_pulses: int = 0
+    cycles: int = 0
+    stream_violations: list = field(default_factory=list)
+    dut: AxiMemoryMaster = None
+    axi_mem: AxiMemory = None
+    monitor: AxiProtocolMonitor = None
+
+
+def run_master(memory, requests, *, config=None, bound=20_000, req_gap=0.2, resp_stall=0.3,
+               seed=1, setup=None, **params):
+    """Push ``requests`` ((op, addr, compare, data)) through a master; collect the answers."""
+    dut = AxiMemoryMaster(**params)
+    axi_mem = AxiMemory(memory, dut.axi, config or AxiMemoryConfig(**STALLY, seed=seed))
+    monitor = AxiProtocolMonitor(dut.axi)
+    run = MasterRun(dut=dut, axi_mem=axi_mem, monitor=monitor)
+    if setup is not None:
+        setup(axi_mem)
+    rng = random.Random(seed)
+
+    async def bench(ctx):
+        pending = deque(requests)
+        cur = None
+        prev = None      # (valid, ready, payload) of the response port last cycle
+        cycle = 0
+        while len(run.responses) < len(requests):
+            if cycle > bound:
+                raise AssertionError(f"master hung: {len(run.responses)}/{len(requests)} answers "
+                                     f"after {bound} cycles, state {ctx.get(dut.state)}")
+            if cur is None and pending and rng.random() >= req_gap:
+                cur = pending.popleft()
+                op, addr, compare, wdata = cur
+                ctx.set(dut.mem_req.payload, {"op": op, "addr": addr, "compare": compare, "data": wdata})
+                ctx.set(dut.mem_req.valid, 1)
+            elif cur is None:
+                ctx.set(dut.mem_req.valid, 0)
+            ready = rng.random() >= resp_stall
+            ctx.set(dut.mem_resp.ready, ready)
+            (_, _, req_ready, valid, payload, outstanding, run.cas_retries,
+             retry) = await ctx.tick().sample(
+                dut.mem_req.ready, dut.mem_resp.valid, dut.mem_resp.payload, dut.outstanding,
+                dut.cas_retries, dut.cas_retry)
+            run.retry_pulses += retry
+            payload = (int(payload.data), int(payload.error))
+            run.max_outstanding_seen = max(run.max_outstanding_seen, outstanding)
+            if prev is not None and prev[0] and not prev[1] and (not valid or payload != prev[2]):
+                run.stream_violations.append(f"cycle {cycle}: mem_resp changed while stalled")
+            prev = (valid, ready, payload)
+            if cur is not None and req_ready:
+                run.accepted.append(cycle)
+                cur = None
+            if valid and ready:
+                run.responses.append(payload)
+                run.answered.append(cycle)
+            cycle += 1
+        run.cycles = cycle
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(axi_mem.process)
+    sim.add_process(monitor.process)
+    sim.add_testbench(bench)
+    sim.run()
+    assert monitor.violations == []
+    assert run.stream_violations == []
+    assert axi_mem.violations == []
+    return run
+
+
+def R(addr):
+    return (MemOp.READ, addr, 0, 0)
+
+
+def CAS(addr, compare, new):
+    return (MemOp.CAS, addr, compare, new)
+
+
+def filled(n=64, base=0x20_0000, seed=7):
+    memory = PhysicalMemory()
+    rng = random.Random(seed)
+    words = {}
+    for i in range(n):
+        a = base + 8 * i
+        words[a] = rng.getrandbits(64)
+        memory.write(a, words[a], source="init")
+    return memory, words
+
+
+# --- reads ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reads_answer_in_order_under_stalls(seed):
+    memory, words = filled()
+    rng = random.Random(seed)
+    addrs = [rng.choice(list(words)) for _ in range(60)]
+    run = run_master(memory, [R(a) for a in addrs], seed=seed)
+    assert run.responses == [(words[a], 0) for a in addrs]
+    assert run.axi_mem.count("read") == 60
+    assert run.monitor.stalls["ar"] > 0 and run.monitor.stalls["r"] > 0   # the stalls happened
+
+
+def test_reads_are_pipelined_up_to_max_outstanding():
+    memory, words = filled()
+    addrs = list(words)[:24]
+    slow = AxiMemoryConfig(read_latency=20)
+    runs = {n: run_master(memory, [R(a) for a in addrs], config=slow, req_gap=0, resp_stall=0,
+                          max_outstanding=n)
+            for n in (1, 4)}
+    for n, run in runs.items():
+        assert run.responses == [(words[a], 0) for a in addrs]
+        assert run.max_outstanding_seen == n
+    # four in flight: about a quarter of the time of one at a time
+    assert runs[4].cycles * 3 < runs[1].cycles
+    # latency of one read with an idle bus: ARVALID the cycle after the request, the answer
+    # registered the cycle after R (read_latency after AR)
+    assert runs[1].answered[0] - runs[1].accepted[0] == 1 + 20 + 1
+
+
+def test_read_slverr_and_decerr_answer_error_in_order():
+    memory, words = filled()
+    good = list(words)[:3]
+    bad = 0x30_0000
+    outside = 1 << 47                  # beyond the memory's MAXPHYADDR 46: DECERR
+    reqs = [R(good[0]), R(bad), R(good[1]), R(outside), R(good[2])]
+    run = run_master(memory, reqs, config=AxiMemoryConfig(**STALLY, error_addrs=frozenset({bad})))
+    assert [e for _, e in run.responses] == [0, 1, 0, 1, 0]
+    assert [d for d, e in run.responses if not e] == [words[a] for a in good]
+    assert ("read", Resp.DECERR) in {(w, r) for _, w, _, r in run.axi_mem.log}
+
+
+def test_address_beyond_addr_width_is_refused_without_a_bus_transaction():
+    memory, words = filled()
+    a = list(words)[0]
+    run = run_master(memory, [R(a), R(1 << 45), CAS(1 << 45, 0, 1), R(a)], addr_width=40)
+    assert run.responses == [(words[a], 0), (0, 1), (0, 1), (words[a], 0)]
+    assert run.monitor.handshakes["ar"] == 2 and run.monitor.handshakes["aw"] == 0
+
+
+# --- compare-and-swap ---------------------------------------------------------------------
+
+def test_cas_success_swaps_and_returns_the_old_word():
+    memory, words = filled()
+    a = list(words)[5]
+    old, new = words[a], words[a] ^ 0x60
+    run = run_master(memory, [R(a), CAS(a, old, new), R(a)])
+    assert run.responses == [(old, 0), (old, 0), (new, 0)]
+    assert memory.peek(a) == new
+    log = [(w, r) for _, w, _, r in run.axi_mem.log]
+    assert ("ex_read", Resp.EXOKAY) in log and ("ex_write", Resp.EXOKAY) in log
+    assert run.cas_retries == 0
+
+
+def test_cas_mismatch_writes_nothing():
+    memory, words = filled()
+    a = list(words)[5]
+    run = run_master(memory, [CAS(a, words[a] ^ 1, 0xDEAD)])
+    assert run.responses == [(words[a], 0)]
+    assert memory.peek(a) == words[a]
+    assert run.monitor.handshakes["aw"] == 0 and run.monitor.handshakes["w"] == 0
+    assert run.axi_mem.count("ex_read") == 1
+
+
+def other_agent(memory, addr, *values, times=1):
+    """An exclusive-read hook: another agent stores ``values`` to ``addr`` right after it."""
+    state = {"left": times}
+
+    def hook(a, value):
+        if a == addr and state["left"]:
+            state["left"] -= 1
+            for v in values:
+                memory.write(a, v, source="other")
+    return lambda axi_mem: axi_mem.on_exclusive_read.append(hook)
+
+
+def test_exclusive_failure_retries_and_succeeds_when_the_word_is_unchanged():
+    memory, words = filled()
+    a = list(words)[3]
+    old, new = words[a], words[a] | 1 << 8
+    # ABA: the other agent changes the word and puts it back; the reservation is lost anyway
+    run = run_master(memory, [CAS(a, old, new), R(a)],
+                     setup=other_agent(memory, a, old ^ 0xFF, old, times=2))
+    assert run.responses == [(old, 0), (new, 0)]
+    assert memory.peek(a) == new
+    exw = [r for _, w, _, r in run.axi_mem.log if w == "ex_write"]
+    assert exw == [Resp.OKAY, Resp.OKAY, Resp.EXOKAY]
+    assert run.cas_retries == 2
+
+
+def test_exclusive_failure_retries_and_fails_the_compare_on_the_new_word():
+    memory, words = filled()
+    a = list(words)[3]
+    old = words[a]
+    cleared = old & ~0x1FF               # the host cleared the entry meanwhile
+    run = run_master(memory, [CAS(a, old, old | 1 << 8), R(a)],
+                     setup=other_agent(memory, a, cleared))
+    assert run.responses == [(cleared, 0), (cleared, 0)]
+    assert memory.peek(a) == cleared     # nothing resurrected
+    assert [r for _, w, _, r in run.axi_mem.log if w.startswith("ex_")] == [
+        Resp.EXOKAY, Resp.OKAY, Resp.EXOKAY]     # read, failed write, re-read (then no write)
+    assert run.cas_retries == 1
+
+
+def test_host_store_between_cycles_breaks_the_reservation():
+    """A store straight to the memory (not through the exclusive hook) is seen by the monitor."""
+    memory, words = filled()
+    a = list(words)[0]
+    old = words[a]
+    slow_b = AxiMemoryConfig(write_latency=30)
+    hit = {"done": False}
+
+    def setup(axi_mem):
+        def hook(cycle):
+            if not hit["done"] and axi_mem.reservations and axi_mem._writes:
+                hit["done"] = True
+                memory.write(a, old ^ 2, source="host")
+        axi_mem.hooks.append(hook)
+    run = run_master(memory, [CAS(a, old, old ^ 1)], config=slow_b, setup=setup)
+    assert hit["done"]
+    assert run.responses == [(old ^ 2, 0)]
+    assert memory.peek(a) == old ^ 2
+
+
+def test_cas_retry_counter_counts_lost_exclusives():
+    memory, words = filled()
+    a = list(words)[1]
+    old = words[a]
+    run = run_master(memory, [CAS(a, old, old ^ 4)], setup=other_agent(memory, a, old, times=3))
+    assert run.responses == [(old, 0)]
+    assert memory.peek(a) == old ^ 4
+    assert run.axi_mem.count("ex_write", Resp.OKAY) == 3
+    assert run.cas_retries == 3 and run.retry_pulses == 3
+
+
+def test_slverr_on_exclusive_read_and_on_exclusive_write():
+    memory, words = filled()
+    ra, wa = list(words)[:2]
+    cfg = AxiMemoryConfig(**STALLY, error_addrs=frozenset({ra}), write_error_addrs=frozenset({wa}))
+    run = run_master(memory, [CAS(ra, words[ra], 1), CAS(wa, words[wa], 2), R(wa)], config=cfg)
+    assert run.responses == [(0, 1), (0, 1), (words[wa], 0)]
+    assert memory.peek(ra) == words[ra] and memory.peek(wa) == words[wa]
+    assert run.axi_mem.count("ex_write", Resp.SLVERR) == 1
+
+
+def test_slave_without_exclusive_monitor_gets_an_error_not_a_plain_write():
+    memory, words = filled()
+    a = list(words)[0]
+    run = run_master(memory, [CAS(a, words[a], 5)], config=AxiMemoryConfig(exclusive=False))
+    assert run.responses == [(0, 1)]
+    assert memory.peek(a) == words[a]
+    assert run.monitor.handshakes["aw"] == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_reads_and_cases_match_sequential_memory(seed):
+    """Without other agents, the answers are those of the requests applied one by one."""
+    memory, words = filled(n=8)
+    rng = random.Random(seed)
+    shadow = dict(words)
+    reqs, want = [], []
+    for _ in range(80):
+        a = rng.choice(list(words))
+        if rng.random() < 0.6:
+            reqs.append(R(a))
+            want.append((shadow[a], 0))
+        else:
+            cmp = shadow[a] if rng.random() < 0.6 else rng.getrandbits(64)
+            new = rng.getrandbits(64)
+            reqs.append(CAS(a, cmp, new))
+            want.append((shadow[a], 0))
+            if cmp == shadow[a]:
+                shadow[a] = new
+    run = run_master(memory, reqs, seed=seed, max_outstanding=3)
+    assert run.responses == want
+    assert {a: memory.peek(a) for a in words} == shadow
+
+
+# --- AXI rules on the master itself --------------------------------------------------------
+
+def test_valid_does_not_depend_on_ready_and_attributes_are_single_beats():
+    """Drive the AXI side by hand: flipping a READY within a cycle never moves a VALID."""
+    dut = AxiMemoryMaster()
+    seen = {"ar": 0, "aw": 0, "w": 0}
+
+    async def bench(ctx):
+        axi = dut.axi
+        ctx.set(dut.mem_resp.ready, 1)
+        ctx.set(dut.mem_req.payload, {"op": MemOp.CAS, "addr": 0x1000, "compare": 7, "data": 9})
+        ctx.set(dut.mem_req.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.mem_req.valid, 0)
+        for _ in range(40):
+            for ch in ("ar", "aw", "w"):
+                ready = getattr(axi, ch + "ready")
+                valid = getattr(axi, ch + "valid")
+                ctx.set(ready, 0)
+                v0 = ctx.get(valid)
+                ctx.set(ready, 1)
+                assert ctx.get(valid) == v0, ch
+                seen[ch] += v0
+                ctx.set(ready, 0)        # keep it stalled: valid must then stay up
+            if ctx.get(axi.arvalid):
+                assert ctx.get(axi.arlock) == 1
+                assert (ctx.get(axi.arlen), ctx.get(axi.arsize), ctx.get(axi.arburst)) == (0, 3, Burst.INCR)
+                ctx.set(axi.arready, 1)
+                await ctx.tick()
+                ctx.set(axi.arready, 0)
+                ctx.set(axi.rdata, 7)
+                ctx.set(axi.rresp, Resp.EXOKAY)
+                ctx.set(axi.rvalid, 1)
+                await ctx.tick()
+                ctx.set(axi.rvalid, 0)
+                continue
+            if ctx.get(axi.awvalid) and seen["aw"] > 3:
+                assert ctx.get(axi.awlock) == 1 and ctx.get(axi.wstrb) == 0xFF and ctx.get(axi.wlast) == 1
+                assert ctx.get(axi.wdata) == 9 and ctx.get(axi.awaddr) == 0x1000
+                ctx.set(axi.awready, 1)
+                ctx.set(axi.wready, 1)
+                await ctx.tick()
+                ctx.set(axi.awready, 0)
+                ctx.set(axi.wready, 0)
+                assert not ctx.get(axi.awvalid) and not ctx.get(axi.wvalid)
+                ctx.set(axi.bresp, Resp.EXOKAY)
+                ctx.set(axi.bvalid, 1)
+                await ctx.tick()
+                ctx.set(axi.bvalid, 0)
+                break
+            await ctx.tick()
+        else:
+            raise AssertionError("the exclusive write never came")
+        while not ctx.get(dut.mem_resp.valid):
+            await ctx.tick()
+        assert (ctx.get(dut.mem_resp.payload.data), ctx.get(dut.mem_resp.payload.error)) == (7, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["ar"] >= 1 and seen["aw"] > 3 and seen["w"] > 3
+
+
+def test_protocol_monitor_catches_a_dropped_valid_and_a_changed_payload():
+    port = AXI4Signature(32, 64, 2).create()
+    mon = AxiProtocolMonitor(port)
+    m = Module()
+    m.domains.sync = ClockDomain()
+
+    async def bench(ctx):
+        ctx.set(port.arvalid, 1)
+        ctx.set(port.araddr, 0x100)
+        await ctx.tick()
+        ctx.set(port.araddr, 0x108)         # changed while stalled
+        await ctx.tick()
+        ctx.set(port.arvalid, 0)            # dropped while stalled
+        await ctx.tick()
+        await ctx.tick()
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_process(mon.process)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(mon.violations) == 2
+    assert "payload changed" in mon.violations[0] and "dropped" in mon.violations[1]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_outstanding=0), "max_outstanding"),
+    (dict(max_outstanding=65), "max_outstanding"),
+    (dict(addr_width=16), "addr_width"),
+    (dict(id_width=0), "id_width"),
+    (dict(id_width=2, axi_id=4), "axi_id"),
+    (dict(cache=16), "cache"),
+    (dict(prot=True), "prot"),
+])
+def test_master_parameters_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AxiMemoryMaster(**kwargs)
+
+
+def test_signatures_validate_and_compare():
+    assert AXI4Signature(52, 64, 4) == AXI4Signature(52, 64, 4)
+    assert AXI4Signature(52, 64, 4) != AXI4Signature(52, 64, 3)
+    assert "rresp" in AXI4Signature(52, 64, 4).members and "arlock" in AXI4Signature(52, 64, 4).members
+    with pytest.raises(ValueError, match="data_width"):
+        AXI4Signature(52, 48, 4)
+    with pytest.raises(ValueError, match="data_width"):
+        AXI4LiteSignature(12, 16)
+    assert "arid" not in AXI4LiteSignature(12, 32).members
