@@ -19,7 +19,8 @@ from amaranth.sim import Simulator
 
 from hw.axi import AXI4LiteSignature, AXI4Signature, Burst, Resp
 from hw.axi_master import AxiMemoryMaster, MasterState
-from hw.layouts import MemOp
+from hw.csr import CSR_ID, CSR_VERSION, CsrBlock, Reg
+from hw.layouts import InveptKind, MemOp
 from model.physmem import PhysicalMemory
 from sim.axi_mem import AxiMemory, AxiMemoryConfig, AxiProtocolMonitor
 
@@ -420,3 +421,227 @@ def test_signatures_validate_and_compare():
     with pytest.raises(ValueError, match="data_width"):
         AXI4LiteSignature(12, 16)
     assert "arid" not in AXI4LiteSignature(12, 32).members
+
+
+# --- AXI4-Lite CSR block ------------------------------------------------------------------
+
+class AxiLiteMaster:
+    """Test-side AXI4-Lite master: single transactions with random valid delays and
+    READY/BREADY stalls, in a testbench."""
+
+    def __init__(self, bus, seed=3, stall=0.3):
+        self.bus = bus
+        self.rng = random.Random(seed)
+        self.stall = stall
+
+    async def _idle(self, ctx):
+        while self.rng.random() < self.stall:
+            await ctx.tick()
+
+    async def write(self, ctx, addr, value, strb=0xF):
+        bus = self.bus
+        await self._idle(ctx)
+        ctx.set(bus.awaddr, addr)
+        ctx.set(bus.awvalid, 1)
+        aw_done = w_done = False
+        w_delay = self.rng.randrange(3)         # W may lag AW (or the reverse below)
+        ctx.set(bus.wdata, value)
+        ctx.set(bus.wstrb, strb)
+        while not (aw_done and w_done):
+            if w_delay == 0 and not w_done:
+                ctx.set(bus.wvalid, 1)
+            w_delay -= 1
+            _, _, awready, wready, wvalid = await ctx.tick().sample(bus.awready, bus.wready, bus.wvalid)
+            if awready and not aw_done:
+                aw_done = True
+                ctx.set(bus.awvalid, 0)
+            if wvalid and wready and not w_done:
+                w_done = True
+                ctx.set(bus.wvalid, 0)
+        while True:
+            ready = self.rng.random() >= self.stall
+            ctx.set(bus.bready, ready)
+            _, _, bvalid, bresp = await ctx.tick().sample(bus.bvalid, bus.bresp)
+            if bvalid and ready:
+                ctx.set(bus.bready, 0)
+                return bresp
+
+    async def read(self, ctx, addr):
+        bus = self.bus
+        await self._idle(ctx)
+        ctx.set(bus.araddr, addr)
+        ctx.set(bus.arvalid, 1)
+        while True:
+            _, _, arready = await ctx.tick().sample(bus.arready)
+            if arready:
+                break
+        ctx.set(bus.arvalid, 0)
+        while True:
+            ready = self.rng.random() >= self.stall
+            ctx.set(bus.rready, ready)
+            _, _, rvalid, rdata, rresp = await ctx.tick().sample(bus.rvalid, bus.rdata, bus.rresp)
+            if rvalid and ready:
+                ctx.set(bus.rready, 0)
+                return rdata, rresp
+
+
+COUNTERS = data.StructLayout({"lookups": 48, "hits_4k": 48, "tiny": 5, "wide": 64})
+
+
+def run_csr(body, counters=COUNTERS, seed=3):
+    """Run ``body(ctx, dut, master, pulses)`` against a CsrBlock; pulses records the
+    cycles and values of eptp_load and invept handshakes."""
+    dut = CsrBlock(counters)
+    master = AxiLiteMaster(dut.bus, seed=seed)
+    monitor = AxiProtocolMonitor(dut.bus, "csr")
+    pulses = {"eptp": [], "invept": [], "cycle": 0, "invept_ready": 1}
+
+    async def watch(ctx):
+        async for _, _, load, value, ivalid, iready, ipayload in ctx.tick().sample(
+                dut.eptp_load, dut.eptp_value, dut.invept.valid, dut.invept.ready,
+                dut.invept.payload):
+            if load:
+                pulses["eptp"].append((pulses["cycle"], value))
+            if ivalid and iready:
+                pulses["invept"].append((pulses["cycle"], ipayload.kind, int(ipayload.tag)))
+            pulses["cycle"] += 1
+
+    async def bench(ctx):
+        ctx.set(dut.invept.ready, 1)
+        await body(ctx, dut, master, pulses)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(monitor.process)
+    sim.add_process(watch)
+    sim.add_testbench(bench)
+    sim.run()
+    assert monitor.violations == []
+    assert monitor.handshakes["ar"] + monitor.handshakes["aw"] > 0
+    return pulses
+
+
+def test_csr_id_version_and_eptp_load_pulse():
+    eptp = 0x0000_0012_3456_705E
+    got = {}
+
+    async def body(ctx, dut, bus, pulses):
+        got["id"] = await bus.read(ctx, Reg.ID)
+        got["version"] = await bus.read(ctx, Reg.VERSION)
+        got["n"] = await bus.read(ctx, Reg.NUM_COUNTERS)
+        assert await bus.write(ctx, Reg.EPTP_LO, eptp & 0xFFFF_FFFF) == Resp.OKAY
+        got["before_hi"] = list(pulses["eptp"])
+        assert await bus.write(ctx, Reg.EPTP_HI, eptp >> 32) == Resp.OKAY
+        await ctx.tick().repeat(2)
+        ctx.set(dut.eptp_valid, 1)
+        got["status"] = await bus.read(ctx, Reg.EPTP_STATUS)
+        ctx.set(dut.eptp_valid, 0)
+        ctx.set(dut.eptp_error, 1)
+        got["status_err"] = await bus.read(ctx, Reg.EPTP_STATUS)
+        got["lo"] = await bus.read(ctx, Reg.EPTP_LO)
+        got["hi"] = await bus.read(ctx, Reg.EPTP_HI)
+
+    pulses = run_csr(body)
+    assert got["id"] == (CSR_ID, Resp.OKAY) and got["version"] == (CSR_VERSION, Resp.OKAY)
+    assert got["n"] == (4, Resp.OKAY)
+    assert got["before_hi"] == []                        # writing LO alone loads nothing
+    assert [v for _, v in pulses["eptp"]] == [eptp]      # exactly one one-cycle pulse
+    assert got["status"] == (1, Resp.OKAY) and got["status_err"] == (2, Resp.OKAY)
+    assert got["lo"] == (eptp & 0xFFFF_FFFF, Resp.OKAY) and got["hi"] == (eptp >> 32, Resp.OKAY)
+
+
+def test_csr_invept_pulse_carries_kind_and_tag():
+    tag = 0xAB_1234_5678
+
+    async def body(ctx, dut, bus, pulses):
+        await bus.write(ctx, Reg.INVEPT_TAG_LO, tag & 0xFFFF_FFFF)
+        await bus.write(ctx, Reg.INVEPT_TAG_HI, tag >> 32)
+        await bus.write(ctx, Reg.INVEPT_TRIGGER, 1)
+        await bus.write(ctx, Reg.INVEPT_KIND, 1)
+        await bus.write(ctx, Reg.INVEPT_TRIGGER, 0)
+        # a consumer that is not ready: the request waits, and so does the next trigger's B
+        ctx.set(dut.invept.ready, 0)
+        await bus.write(ctx, Reg.INVEPT_TRIGGER, 0)
+        stalled = pulses["cycle"]
+        for _ in range(5):
+            await ctx.tick()
+        assert ctx.get(dut.invept.valid)
+        ctx.set(dut.invept.ready, 1)
+        await ctx.tick()
+        ctx.set(dut.invept.ready, 0)
+        ctx.set(dut.invept_count, 77)
+        assert await bus.read(ctx, Reg.INVEPT_COUNT) == (77, Resp.OKAY)
+        assert await bus.read(ctx, Reg.INVEPT_TRIGGER) == (0, Resp.OKAY)
+        pulses["stalled"] = stalled
+
+    pulses = run_csr(body)
+    assert [(k, t) for _, k, t in pulses["invept"]] == [
+        (InveptKind.SINGLE, tag), (InveptKind.GLOBAL, tag), (InveptKind.GLOBAL, tag)]
+    assert pulses["invept"][2][0] >= pulses["stalled"] + 5
+
+
+def test_csr_counters_read_lo_hi_in_field_order_with_a_consistent_snapshot():
+    values = {"lookups": 0xABCD_1234_5678, "hits_4k": 0x7FFF_FFFF_FFFF, "tiny": 0x1F,
+              "wide": 0xFEDC_BA98_7654_3210}
+    got = {}
+
+    async def body(ctx, dut, bus, pulses):
+        ctx.set(dut.counters, values)
+        for i, name in enumerate(values):
+            lo, r1 = await bus.read(ctx, Reg.counter_lo(i))
+            hi, r2 = await bus.read(ctx, Reg.counter_hi(i))
+            assert r1 == r2 == Resp.OKAY
+            got[name] = hi << 32 | lo
+        # LO snapshots HI: a carry between the two reads does not tear the value
+        ctx.set(dut.counters.lookups, 0x0000_FFFF_FFFF)
+        lo, _ = await bus.read(ctx, Reg.counter_lo(0))
+        ctx.set(dut.counters.lookups, 0x0001_0000_0000)
+        hi, _ = await bus.read(ctx, Reg.counter_hi(0))
+        got["snapshot"] = hi << 32 | lo
+        hi, _ = await bus.read(ctx, Reg.counter_hi(0))     # no LO before: live value
+        got["live_hi"] = hi
+
+    run_csr(body)
+    assert {k: got[k] for k in values} == values
+    assert got["snapshot"] == 0x0000_FFFF_FFFF
+    assert got["live_hi"] == 1
+
+
+def test_csr_unknown_addresses_answer_slverr():
+    """Documented choice: unmapped reads answer SLVERR with data 0; writes to unmapped or
+    read-only registers answer SLVERR and change nothing."""
+    got = {}
+
+    async def body(ctx, dut, bus, pulses):
+        got["read_hole"] = await bus.read(ctx, 0x040)
+        got["read_past_counters"] = await bus.read(ctx, Reg.counter_lo(4))
+        got["write_hole"] = await bus.write(ctx, 0x044, 0x1234)
+        got["write_ro"] = await bus.write(ctx, Reg.ID, 0)
+        got["id"] = await bus.read(ctx, Reg.ID)
+        got["partial"] = await bus.write(ctx, Reg.EPTP_LO, 0xAABBCCDD, strb=0b0101)
+        got["eptp_lo"] = await bus.read(ctx, Reg.EPTP_LO)
+
+    pulses = run_csr(body)
+    assert got["read_hole"] == (0, Resp.SLVERR)
+    assert got["read_past_counters"] == (0, Resp.SLVERR)
+    assert got["write_hole"] == Resp.SLVERR and got["write_ro"] == Resp.SLVERR
+    assert got["id"] == (CSR_ID, Resp.OKAY)
+    assert got["partial"] == Resp.OKAY and got["eptp_lo"] == (0x00BB_00DD, Resp.OKAY)
+    assert pulses["eptp"] == [] and pulses["invept"] == []
+
+
+def test_csr_without_counters_and_parameter_checks():
+    got = {}
+
+    async def body(ctx, dut, bus, pulses):
+        got["n"] = await bus.read(ctx, Reg.NUM_COUNTERS)
+        got["c0"] = await bus.read(ctx, Reg.counter_lo(0))
+
+    run_csr(body, counters=None)
+    assert got["n"] == (0, Resp.OKAY) and got["c0"] == (0, Resp.SLVERR)
+    with pytest.raises(ValueError, match="StructLayout"):
+        CsrBlock({"a": 8})
+    with pytest.raises(ValueError, match="1..64 bits"):
+        CsrBlock(data.StructLayout({"big": 65}))
+    with pytest.raises(ValueError, match="too narrow"):
+        CsrBlock(data.StructLayout({f"c{i}": 48 for i in range(40)}), addr_width=8)
