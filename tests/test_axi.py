@@ -20,7 +20,15 @@ from amaranth.sim import Simulator
 from hw.axi import AXI4LiteSignature, AXI4Signature, Burst, Resp
 from hw.axi_master import AxiMemoryMaster, MasterState
 from hw.csr import CSR_ID, CSR_VERSION, CsrBlock, Reg
-from hw.layouts import InveptKind, MemOp
+from hw.axi_top import EptWalkerAxi
+from hw.layouts import Access as HwAccess, InveptKind, MemOp
+from model.formats import (
+    EPT_A, EPT_D, EPT_PVLIST, Access, Eptp, Level, Outcome, gpa_index, make_leaf_entry,
+    make_table_entry,
+)
+from model.walk import translate as model_translate, walk
+from sim.harness import HW_OUTCOME, PAGE_SIZES
+from sim.tables import random_table_set
 from model.physmem import PhysicalMemory
 from sim.axi_mem import AxiMemory, AxiMemoryConfig, AxiProtocolMonitor
 
@@ -645,3 +653,130 @@ def test_csr_without_counters_and_parameter_checks():
         CsrBlock(data.StructLayout({"big": 65}))
     with pytest.raises(ValueError, match="too narrow"):
         CsrBlock(data.StructLayout({f"c{i}": 48 for i in range(40)}), addr_width=8)
+
+
+# --- end to end: EptWalkerAxi over the AXI memory ------------------------------------------
+
+def shadow_of(memory):
+    copy = PhysicalMemory(memory.maxphyaddr)
+    for addr, value in memory.nonzero_words():
+        copy.write(addr, value, source="init")
+    return copy
+
+
+def decode_translation(payload):
+    """The architectural tuple of a TranslateResponse, as model.walk.Translation gives it."""
+    outcome = HW_OUTCOME[payload.outcome]
+    hpa = page_size = memtype = qual = None
+    if outcome is Outcome.OK:
+        hpa, page_size, memtype = int(payload.hpa), PAGE_SIZES[payload.page_size], int(payload.memtype)
+    elif outcome is Outcome.VIOLATION:
+        qual = int(payload.qual)
+    return (outcome, hpa, page_size, memtype, qual), int(payload.retries)
+
+
+def run_top(memory, eptp, jobs, *, config=None, setup=None, bound=3000, seed=5):
+    """Load ``eptp`` through the CSRs, then translate each (gpa, access) of ``jobs``."""
+    dut = EptWalkerAxi()
+    axi_mem = AxiMemory(memory, dut.mem, config or AxiMemoryConfig(**STALLY, seed=seed))
+    monitors = [AxiProtocolMonitor(dut.mem, "mem"), AxiProtocolMonitor(dut.csr, "csr")]
+    csr = AxiLiteMaster(dut.csr, seed=seed)
+    if setup is not None:
+        setup(axi_mem)
+    out = {"results": [], "counters": {}}
+    rng = random.Random(seed)
+
+    async def bench(ctx):
+        ctx.set(dut.translate_resp.ready, 1)
+        assert await csr.write(ctx, Reg.EPTP_LO, eptp.encode() & 0xFFFF_FFFF) == Resp.OKAY
+        assert await csr.write(ctx, Reg.EPTP_HI, eptp.encode() >> 32) == Resp.OKAY
+        out["status"] = await csr.read(ctx, Reg.EPTP_STATUS)
+        for gpa, access in jobs:
+            ctx.set(dut.translate_req.payload, {"gpa": gpa, "access": HwAccess(int(access))})
+            ctx.set(dut.translate_req.valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.translate_req.ready)
+                if ready:
+                    break
+            ctx.set(dut.translate_req.valid, 0)
+            for _ in range(bound):
+                stall = rng.random() < 0.3
+                ctx.set(dut.translate_resp.ready, not stall)
+                _, _, valid, payload = await ctx.tick().sample(
+                    dut.translate_resp.valid, dut.translate_resp.payload)
+                if valid and not stall:
+                    out["results"].append(decode_translation(payload))
+                    break
+            else:
+                raise AssertionError(f"no answer for GPA {gpa:#x} within {bound} cycles")
+        for i, name in enumerate(dut.csr_block.counter_names):
+            lo, _ = await csr.read(ctx, Reg.counter_lo(i))
+            hi, _ = await csr.read(ctx, Reg.counter_hi(i))
+            out["counters"][name] = hi << 32 | lo
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(axi_mem.process)
+    for mon in monitors:
+        sim.add_process(mon.process)
+    sim.add_testbench(bench)
+    sim.run()
+    for mon in monitors:
+        assert mon.violations == []
+    assert axi_mem.violations == []
+    out["axi_mem"] = axi_mem
+    return out
+
+
+@pytest.mark.parametrize("seed", [15, 16])      # seeds with OK walks of every page size between them
+def test_top_translates_random_tables_like_the_model(seed):
+    memory = PhysicalMemory()
+    ts, _ = random_table_set(memory, 0x100_0000, seed, n_paths=5, ad=True)
+    shadow = shadow_of(memory)
+    jobs = [(gpa, access) for gpa in ts.gpas for access in (Access.READ, Access.WRITE, Access.FETCH)]
+    model = [model_translate(shadow, ts.eptp, gpa, access) for gpa, access in jobs]
+    want = [t.architectural() for t in model]
+    out = run_top(memory, ts.eptp, jobs, seed=seed)
+    assert out["status"] == (1, Resp.OKAY)                 # the EPTP reached the unit, accepted
+    assert [r for r, _ in out["results"]] == want
+    # A/D landed word for word where the model put them, and only through exclusives
+    assert {a: memory.peek(a) for a in ts.words} == {a: shadow.peek(a) for a in ts.words}
+    axi_mem = out["axi_mem"]
+    assert axi_mem.count("write") == 0
+    assert axi_mem.count("ex_write", Resp.EXOKAY) == sum(len(t.ad_writes) for t in model) > 0
+    assert sum(r[0] is Outcome.OK for r in want) >= 5
+
+
+def test_top_a_d_update_loses_its_reservation_and_walks_again():
+    """The host sets a software bit in the PTE between the exclusive read and write: the
+    exclusive write fails, the adapter's re-read sees a new word (CAS failed), the walker
+    walks again and sets A/D on the new word, keeping the host's bit."""
+    memory = PhysicalMemory()
+    gpa = 0x0000_7F12_3456_7ABC
+    table = 0x10_0000
+    eptp = Eptp(pml4_pa=table, ad_enabled=True)
+    addrs = {}
+    for level in (Level.PML4E, Level.PDPTE, Level.PDE):
+        addrs[level] = table + gpa_index(gpa, level) * 8
+        memory.write(addrs[level], make_table_entry(table + 0x1000, 0b111) | EPT_A, source="init")
+        table += 0x1000
+    pte = table + gpa_index(gpa, Level.PTE) * 8
+    memory.write(pte, make_leaf_entry(0x4000_0000, Level.PTE), source="init")
+    hit = []
+
+    def setup(axi_mem):
+        def hook(addr, value):
+            if addr == pte and not hit:
+                hit.append(value)
+                memory.write(pte, value | EPT_PVLIST, source="host")
+        axi_mem.on_exclusive_read.append(hook)
+
+    out = run_top(memory, eptp, [(gpa, Access.WRITE)], setup=setup)
+    (arch, retries), = out["results"]
+    assert hit
+    assert arch[0] is Outcome.OK and arch[1] == 0x4000_0000 | (gpa & 0xFFF)
+    assert retries == 1                                    # the walker restarted once
+    assert memory.peek(pte) == hit[0] | EPT_PVLIST | EPT_A | EPT_D
+    assert out["counters"]["axi_cas_retries"] == 1         # the exclusive write that lost
+    assert out["axi_mem"].count("ex_write", Resp.OKAY) == 1
+    assert arch == walk(memory, eptp, gpa, Access.WRITE).architectural()
