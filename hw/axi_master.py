@@ -37,14 +37,18 @@ Ordering and latency promises:
 
 * responses leave ``mem_resp`` in request order;
 * a READ accepted at the edge ending cycle t shows ARVALID in cycle t+1; its
-  response is registered: valid the cycle after its R handshake;
+  response is registered: valid the cycle after its R handshake (with a slave
+  that takes AR at once and answers L cycles later: L+2 cycles after the
+  request handshake);
 * a CAS waits until every earlier read has answered on R, then costs an
   exclusive-read round trip, plus, when the compare matches, an AW+W / B round
   trip (per retry), and one cycle more for the registered response;
 * ``mem_req`` takes one request per cycle while reads may be issued; it is not
   ready while a CAS is in progress or ``max_outstanding`` reads are in flight;
-* ARVALID, AWVALID and WVALID are registers and never depend on a ready; a
-  payload only changes when its channel is idle or handshaking.
+* ARVALID, AWVALID, WVALID and ``mem_resp.valid`` are registers and never
+  depend on a ready; a payload only changes when its channel is idle or
+  handshaking.  ``mem_req.ready`` does follow ARREADY combinationally (so a
+  read can be taken in the cycle the AR register empties).
 """
 
 from amaranth import *

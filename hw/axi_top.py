@@ -43,9 +43,9 @@ class EptWalkerAxi(wiring.Component):
 
     def __init__(self, *, axi_addr_width=52, axi_id_width=4, max_outstanding=4,
                  csr_addr_width=12, **params):
-        self.unit = PageWalkUnit(**params)
         self.master = AxiMemoryMaster(addr_width=axi_addr_width, id_width=axi_id_width,
                                       max_outstanding=max_outstanding)
+        self.unit = PageWalkUnit(**params)
         fields = {"axi_cas_retries": 32}
         # Transitional: PageWalkUnit is gaining a ``counters`` port (a StructLayout);
         # work both before and after it lands.

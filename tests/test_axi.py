@@ -8,6 +8,7 @@ the AXI handshake rules with :class:`AxiProtocolMonitor` and the native
 stream rule (a response payload held while not taken).
 """
 
+import gc
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,12 +16,16 @@ from dataclasses import dataclass, field
 import pytest
 from amaranth import *
 from amaranth.lib import data, wiring
+from amaranth.lib.wiring import Out
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from hw.axi import AXI4LiteSignature, AXI4Signature, Burst, Resp
 from hw.axi_master import AxiMemoryMaster, MasterState
 from hw.csr import CSR_ID, CSR_VERSION, CsrBlock, Reg
+from hw import axi_top
 from hw.axi_top import EptWalkerAxi
+from hw.top import PageWalkUnit
 from hw.layouts import Access as HwAccess, InveptKind, MemOp
 from model.formats import (
     EPT_A, EPT_D, EPT_PVLIST, Access, Eptp, Level, Outcome, gpa_index, make_leaf_entry,
@@ -780,3 +785,36 @@ def test_top_a_d_update_loses_its_reservation_and_walks_again():
     assert out["counters"]["axi_cas_retries"] == 1         # the exclusive write that lost
     assert out["axi_mem"].count("ex_write", Resp.OKAY) == 1
     assert arch == walk(memory, eptp, gpa, Access.WRITE).architectural()
+
+
+class _UnitWithCounters(PageWalkUnit):
+    """Stands in for the PageWalkUnit being given a ``counters`` port: counts requests."""
+    counters: Out(data.StructLayout({"lookups": 48, "walks": 48}))
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        with m.If(self.translate_req.valid & self.translate_req.ready):
+            m.d.sync += self.counters.lookups.eq(self.counters.lookups + 1)
+        m.d.comb += self.counters.walks.eq(0xABC_0000_0001)
+        return m
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")  # the refused ones' parts
+def test_top_forwards_params_and_exposes_unit_counters_when_present(monkeypatch):
+    top = EptWalkerAxi(maxphyaddr=40, execute_only=False)
+    Fragment.get(top, None)           # elaborated: a wrong connection would raise here
+    assert top.unit.maxphyaddr == 40 and top.unit.execute_only is False
+    assert top.csr_block.counter_names == ["axi_cas_retries"]     # today's unit: no counters
+    with pytest.raises(ValueError, match="maxphyaddr"):
+        EptWalkerAxi(maxphyaddr=60)
+    with pytest.raises(ValueError, match="max_outstanding"):
+        EptWalkerAxi(max_outstanding=0)
+    gc.collect()                      # their unused parts warn now, under this test's filter
+
+    monkeypatch.setattr(axi_top, "PageWalkUnit", _UnitWithCounters)
+    memory, _ = filled(n=1)
+    eptp = Eptp(pml4_pa=0x10_0000, ad_enabled=True)      # an empty PML4: violations
+    jobs = [(0x1000 * i, Access.READ) for i in range(3)]
+    out = run_top(memory, eptp, jobs)
+    assert [r[0][0] for r in out["results"]] == [Outcome.VIOLATION] * 3
+    assert out["counters"] == {"axi_cas_retries": 0, "lookups": 3, "walks": 0xABC_0000_0001}
