@@ -102,6 +102,7 @@ class AxiMemoryMaster(wiring.Component):
             "outstanding": Out(range(self.max_outstanding + 1)),   # reads in flight
             "cas_retry": Out(1),          # pulses when an exclusive write failed and is retried
             "cas_retries": Out(32),       # wraps
+            "cas_retries_clear": In(1),   # zeroes cas_retries (a retry in the same cycle is lost)
         })
 
     def elaborate(self, platform):
@@ -244,4 +245,6 @@ class AxiMemoryMaster(wiring.Component):
                         state.eq(MasterState.IDLE),
                     ]
 
+        with m.If(self.cas_retries_clear):
+            m.d.sync += self.cas_retries.eq(0)
         return m

@@ -36,15 +36,16 @@ __all__ = ["EptWalkerAxi"]
 class EptWalkerAxi(wiring.Component):
     """``PageWalkUnit(**params)`` behind an AXI4 master (``mem``) and AXI4-Lite CSRs (``csr``).
 
-    Own parameters: ``axi_addr_width`` (default 52), ``axi_id_width`` (4),
-    ``max_outstanding`` (4), ``csr_addr_width`` (12); everything else goes to
-    ``PageWalkUnit`` untouched.
+    Own parameters, all prefixed so they cannot shadow one of the unit's:
+    ``axi_addr_width`` (default 52), ``axi_id_width`` (4),
+    ``axi_max_outstanding`` (reads in flight on AXI, 4), ``csr_addr_width``
+    (12); everything else goes to ``PageWalkUnit`` untouched.
     """
 
-    def __init__(self, *, axi_addr_width=52, axi_id_width=4, max_outstanding=4,
+    def __init__(self, *, axi_addr_width=52, axi_id_width=4, axi_max_outstanding=4,
                  csr_addr_width=12, **params):
         self.master = AxiMemoryMaster(addr_width=axi_addr_width, id_width=axi_id_width,
-                                      max_outstanding=max_outstanding)
+                                      max_outstanding=axi_max_outstanding)
         self.unit = PageWalkUnit(**params)
         fields = {"axi_cas_retries": 32}
         # Transitional: PageWalkUnit is gaining a ``counters`` port (a StructLayout);
@@ -88,8 +89,11 @@ class EptWalkerAxi(wiring.Component):
             csr.eptp_error.eq(unit.eptp_error),
             csr.counters.axi_cas_retries.eq(master.cas_retries),
         ]
+        m.d.comb += master.cas_retries_clear.eq(csr.counters_clear)
         if hasattr(unit, "invept_count"):
             m.d.comb += csr.invept_count.eq(unit.invept_count)
+        if hasattr(unit, "counters_clear"):     # transitional, like counters
+            m.d.comb += unit.counters_clear.eq(csr.counters_clear)
         for name in self.unit_counter_names:
             m.d.comb += csr.counters[name].eq(unit.counters[name])
         return m

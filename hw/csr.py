@@ -9,6 +9,7 @@ offset  name             acc   meaning
 0x000   ID               RO    0x45505457 ("EPTW")
 0x004   VERSION          RO    0x00010000 (major.minor = 1.0)
 0x008   NUM_COUNTERS     RO    number of counter fields N
+0x00C   COUNTERS_CLEAR   WO    a write with bit 0 set pulses ``counters_clear``; reads 0
 0x010   EPTP_LO          RW    EPTP[31:0]
 0x014   EPTP_HI          RW    EPTP[63:32]; a write loads the EPTP: ``eptp_load``
                                pulses for one cycle with ``eptp_value`` = {HI, LO}
@@ -34,8 +35,8 @@ the strobes.
 
 Timing: a read answers (RVALID) the cycle after its AR handshake; a write
 answers (BVALID) the cycle after both its AW and W have been taken, and its
-effect (register, ``eptp_load`` pulse, ``invept`` valid) is visible in that
-same cycle.  ``invept`` is a stream: its valid stays up until ready, and a
+effect (register, ``eptp_load`` / ``counters_clear`` pulse, ``invept`` valid)
+is visible in that same cycle.  ``invept`` is a stream: its valid stays up until ready, and a
 second trigger write waits (no B) while the first is not taken.
 """
 
@@ -58,6 +59,7 @@ class Reg:
     ID = 0x000
     VERSION = 0x004
     NUM_COUNTERS = 0x008
+    COUNTERS_CLEAR = 0x00C
     EPTP_LO = 0x010
     EPTP_HI = 0x014
     EPTP_STATUS = 0x018
@@ -113,6 +115,7 @@ class CsrBlock(wiring.Component):
             "invept": Out(stream.Signature(InveptRequest)),
             "invept_count": In(32),
             "counters": In(counters),
+            "counters_clear": Out(1),     # one-cycle pulse
         })
 
     def elaborate(self, platform):
@@ -146,7 +149,7 @@ class CsrBlock(wiring.Component):
             m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0), bus.rresp.eq(Resp.OKAY)]
             with m.Switch(bus.araddr[2:]):
                 for off, value in ((Reg.ID, CSR_ID), (Reg.VERSION, CSR_VERSION),
-                                   (Reg.NUM_COUNTERS, n_counters),
+                                   (Reg.NUM_COUNTERS, n_counters), (Reg.COUNTERS_CLEAR, 0),
                                    (Reg.EPTP_LO, eptp_lo), (Reg.EPTP_HI, eptp_hi),
                                    (Reg.EPTP_STATUS, Cat(self.eptp_valid, self.eptp_error)),
                                    (Reg.INVEPT_KIND, inv_kind), (Reg.INVEPT_TAG_LO, inv_tag_lo),
@@ -179,7 +182,7 @@ class CsrBlock(wiring.Component):
         with m.If(bus.bvalid & bus.bready):
             m.d.sync += bus.bvalid.eq(0)
 
-        m.d.sync += self.eptp_load.eq(0)
+        m.d.sync += [self.eptp_load.eq(0), self.counters_clear.eq(0)]
         with m.If(self.invept.ready):
             m.d.sync += self.invept.valid.eq(0)
 
@@ -188,6 +191,8 @@ class CsrBlock(wiring.Component):
         with m.If(aw_full & w_full & (~bus.bvalid | bus.bready) & ~trigger_busy):
             m.d.sync += [aw_full.eq(0), w_full.eq(0), bus.bvalid.eq(1), bus.bresp.eq(Resp.OKAY)]
             with m.Switch(aw_addr):
+                with m.Case(Reg.COUNTERS_CLEAR >> 2):
+                    m.d.sync += self.counters_clear.eq(w_data[0])
                 with m.Case(Reg.EPTP_LO >> 2):
                     m.d.sync += eptp_lo.eq(_merge(eptp_lo, w_data, w_strb))
                 with m.Case(Reg.EPTP_HI >> 2):
