@@ -319,6 +319,7 @@ def test_random_reads_and_cases_match_sequential_memory(seed):
                 shadow[a] = new
     run = run_master(memory, reqs, seed=seed, max_outstanding=3)
     assert run.responses == want
+    assert run.monitor.stalls["aw"] > 0 and run.monitor.stalls["w"] > 0
     assert {a: memory.peek(a) for a in words} == shadow
 
 
@@ -455,17 +456,21 @@ class AxiLiteMaster:
         bus = self.bus
         await self._idle(ctx)
         ctx.set(bus.awaddr, addr)
-        ctx.set(bus.awvalid, 1)
-        aw_done = w_done = False
-        w_delay = self.rng.randrange(3)         # W may lag AW (or the reverse below)
         ctx.set(bus.wdata, value)
         ctx.set(bus.wstrb, strb)
+        aw_done = w_done = False
+        # either channel may lead the other: the slave must accept both orders
+        aw_delay, w_delay = self.rng.randrange(3), self.rng.randrange(3)
         while not (aw_done and w_done):
+            if aw_delay == 0 and not aw_done:
+                ctx.set(bus.awvalid, 1)
             if w_delay == 0 and not w_done:
                 ctx.set(bus.wvalid, 1)
+            aw_delay -= 1
             w_delay -= 1
-            _, _, awready, wready, wvalid = await ctx.tick().sample(bus.awready, bus.wready, bus.wvalid)
-            if awready and not aw_done:
+            _, _, awvalid, awready, wvalid, wready = await ctx.tick().sample(
+                bus.awvalid, bus.awready, bus.wvalid, bus.wready)
+            if awvalid and awready and not aw_done:
                 aw_done = True
                 ctx.set(bus.awvalid, 0)
             if wvalid and wready and not w_done:
