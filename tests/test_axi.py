@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from amaranth import *
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from amaranth.lib.wiring import In, Out
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
@@ -102,6 +102,9 @@ def run_master(memory, requests, *, config=None, bound=20_000, req_gap=0.2, resp
                 run.answered.append(cycle)
             cycle += 1
         run.cycles = cycle
+        # every request answered: nothing may be left in flight
+        assert ctx.get(dut.state) == MasterState.IDLE and ctx.get(dut.outstanding) == 0
+        assert not ctx.get(dut.axi.arvalid) and not ctx.get(dut.axi.awvalid)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
