@@ -21,9 +21,10 @@ all write strobes set).
 * An exclusive read answered OKAY means the slave has no exclusive monitor
   (AXI spec A7.2): a CAS could not be atomic there, so it is answered with
   ``error`` = 1 instead of being faked with a plain write.
-* SLVERR or DECERR on R or B -> ``error`` = 1 (for a CAS, nothing was swapped
-  unless the error came on B, where the slave has written nothing either by
-  the AXI rules for a failed write).
+* SLVERR or DECERR on R or B -> ``error`` = 1, never retried.  On R the
+  write was never issued; on B, AXI does not say whether the word changed, so
+  the adapter claims nothing (the walker ends the translation with
+  BUS_ERROR).
 * An address with bits at or above ``addr_width`` set is answered ``error`` = 1
   without a bus transaction (no silent aliasing).
 
