@@ -1,0 +1,99 @@
+"""The page-walk unit for SoC integration: AXI4 memory master, AXI4-Lite CSRs.
+
+::
+
+                    +------------------------- EptWalkerAxi -------------------------+
+  translate_req  -->|--> PageWalkUnit --mem_req/mem_resp--> AxiMemoryMaster --axi---|--> mem (AXI4 master)
+  translate_resp <--|<--     ^  |                                                     |
+                    |        |  +-- eptp_valid/error, invept_count, counters --+     |
+                    |  eptp_value/eptp_load, invept                           v     |
+  csr (AXI4-Lite) ->|------------------------------------------------- CsrBlock      |
+                    +-----------------------------------------------------------------+
+
+The translate streams are the unit's own (same layouts, same in-order,
+one-walk-at-a-time promise); memory latency is the AXI round trip plus the
+adapter's two registered cycles per read (see ``hw.axi_master``), and each A/D
+update is an exclusive read/write pair.  Software loads the EPTP and issues
+INVEPT through the CSRs (``hw.csr`` register map).
+
+Counters: field 0 is ``axi_cas_retries`` (exclusive writes that lost their
+reservation), then the unit's own ``counters`` fields, in order, when the unit
+has them.
+"""
+
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .axi import AXI4LiteSignature, AXI4Signature
+from .axi_master import AxiMemoryMaster
+from .csr import CsrBlock
+from .top import PageWalkUnit
+
+__all__ = ["EptWalkerAxi"]
+
+
+class EptWalkerAxi(wiring.Component):
+    """``PageWalkUnit(**params)`` behind an AXI4 master (``mem``) and AXI4-Lite CSRs (``csr``).
+
+    Own parameters, all prefixed so they cannot shadow one of the unit's:
+    ``axi_addr_width`` (default 52), ``axi_id_width`` (4),
+    ``axi_max_outstanding`` (reads in flight on AXI, 4), ``csr_addr_width``
+    (12); everything else goes to ``PageWalkUnit`` untouched.
+    """
+
+    def __init__(self, *, axi_addr_width=52, axi_id_width=4, axi_max_outstanding=4,
+                 csr_addr_width=12, **params):
+        self.master = AxiMemoryMaster(addr_width=axi_addr_width, id_width=axi_id_width,
+                                      max_outstanding=axi_max_outstanding)
+        self.unit = PageWalkUnit(**params)
+        fields = {"axi_cas_retries": 32}
+        # Transitional: PageWalkUnit is gaining a ``counters`` port (a StructLayout);
+        # work both before and after it lands.
+        self.unit_counter_names = []
+        if hasattr(self.unit, "counters"):
+            layout = data.Layout.cast(self.unit.counters.shape())
+            if not isinstance(layout, data.StructLayout):
+                raise ValueError(f"PageWalkUnit counters must be a StructLayout, not {layout!r}")
+            for name, f in layout:
+                if name in fields:
+                    raise ValueError(f"PageWalkUnit counter {name!r} clashes with the AXI counters")
+                fields[name] = f.shape
+                self.unit_counter_names.append(name)
+        self.csr_block = CsrBlock(data.StructLayout(fields), addr_width=csr_addr_width)
+        unit_members = self.unit.signature.members
+        super().__init__({
+            "translate_req": unit_members["translate_req"],
+            "translate_resp": unit_members["translate_resp"],
+            "mem": Out(AXI4Signature(self.master.addr_width, 64, self.master.id_width)),
+            "csr": In(AXI4LiteSignature(csr_addr_width, 32)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = unit = self.unit
+        m.submodules.master = master = self.master
+        m.submodules.csr = csr = self.csr_block
+
+        wiring.connect(m, wiring.flipped(self.translate_req), unit.translate_req)
+        wiring.connect(m, unit.translate_resp, wiring.flipped(self.translate_resp))
+        wiring.connect(m, unit.mem_req, master.mem_req)
+        wiring.connect(m, master.mem_resp, unit.mem_resp)
+        wiring.connect(m, master.axi, wiring.flipped(self.mem))
+        wiring.connect(m, wiring.flipped(self.csr), csr.bus)
+        wiring.connect(m, csr.invept, unit.invept)
+        m.d.comb += [
+            unit.eptp_value.eq(csr.eptp_value),
+            unit.eptp_load.eq(csr.eptp_load),
+            csr.eptp_valid.eq(unit.eptp_valid),
+            csr.eptp_error.eq(unit.eptp_error),
+            csr.counters.axi_cas_retries.eq(master.cas_retries),
+        ]
+        m.d.comb += master.cas_retries_clear.eq(csr.counters_clear)
+        if hasattr(unit, "invept_count"):
+            m.d.comb += csr.invept_count.eq(unit.invept_count)
+        if hasattr(unit, "counters_clear"):     # transitional, like counters
+            m.d.comb += unit.counters_clear.eq(csr.counters_clear)
+        for name in self.unit_counter_names:
+            m.d.comb += csr.counters[name].eq(unit.counters[name])
+        return m
