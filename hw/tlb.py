@@ -85,7 +85,7 @@ class TlbArray(wiring.Component):
     """One page size's set-associative array; see the module docstring."""
 
     def __init__(self, page_size, *, sets, ways, contexts):
-        _check_geometry(f"TLB {page_size.name}", sets, ways)
+        _check_geometry(f"TLB {page_size.name[5:]}", sets, ways)
         self.page_size = page_size
         self.sets, self.ways, self.contexts = sets, ways, contexts
         self.shift = _SHIFT[page_size]
