@@ -1,0 +1,281 @@
+"""``make bench``: the unit's speed, measured on the RTL, as JSON and plots.
+
+Every figure comes from port handshakes and counters of the Amaranth unit in
+pysim against the DRAM model; none is computed from a formula.  Ratios are
+measured in the same run (the machines are noisy).  Writes
+``build/bench/results.json`` and PNG plots next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.formats import Access, Eptp, Level, MemType, gpa_index, make_leaf_entry, make_table_entry
+from model.physmem import PhysicalMemory
+
+from .dram import DramConfig
+from .harness import PysimHarness
+
+__all__ = ["run_bench", "main"]
+
+L = 8                                    # DRAM read latency for the timing figures
+REGION = 0x7f00_0000_0000                # the GPAs the patterns touch
+HPA_BASE = 0x4000_0000
+
+
+class _Tables:
+    """A static EPT table set in ``memory``: 4K pages over a region, or 2M pages."""
+
+    def __init__(self, memory: PhysicalMemory, base: int = 0x10_0000):
+        self.memory = memory
+        self.next = base
+        self.pml4 = self._frame()
+        self.tables: dict[tuple[int, int], int] = {}
+
+    def _frame(self) -> int:
+        pa = self.next
+        self.next += 0x1000
+        return pa
+
+    def map(self, gpa: int, hpa: int, level: Level = Level.PTE) -> None:
+        table = self.pml4
+        for lv in (Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE):
+            addr = table + gpa_index(gpa, lv) * 8
+            if lv == level:
+                self.memory.write(addr, make_leaf_entry(hpa, lv, 0b111, MemType.WB), source="init")
+                return
+            key = (lv.value, gpa >> (12 + 9 * (lv.value - 1)))
+            if key not in self.tables:
+                self.tables[key] = self._frame()
+                self.memory.write(addr, make_table_entry(self.tables[key]), source="init")
+            table = self.tables[key]
+
+    def eptp(self, ad: bool) -> Eptp:
+        return Eptp(pml4_pa=self.pml4, ad_enabled=ad)
+
+
+def _harness(dram: DramConfig, ad: bool = False, pages: int = 0, huge: int = 0,
+             spread: list[int] | None = None, **unit):
+    memory = PhysicalMemory()
+    tables = _Tables(memory)
+    for i in range(pages):
+        tables.map(REGION + i * 0x1000, HPA_BASE + i * 0x1000)
+    for i in range(huge):
+        tables.map(REGION + (1 << 30) + i * (1 << 21), 0x1_0000_0000 + i * (1 << 21), Level.PDE)
+    for i, gpa in enumerate(spread or []):
+        tables.map(gpa, HPA_BASE + i * 0x1000)
+    h = PysimHarness(memory, dram, **unit)
+    e = tables.eptp(ad)
+    assert h.load_eptp(e.encode(), e)
+    return h
+
+
+def _run(h: PysimHarness, requests, window: int = 16):
+    """Keep up to ``window`` requests outstanding; returns the tickets."""
+    tickets = []
+    it = iter(requests)
+    pending = []
+    while True:
+        while len([t for t in pending if not t.done]) < window:
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            t = h.submit(*nxt)
+            pending.append(t)
+            tickets.append(t)
+        if all(t.done for t in pending) and len(tickets) == len(requests):
+            return tickets
+        h.step(1)
+
+
+def timing_figures() -> dict:
+    """Hit latency and throughput, cold and PDE-cached walk latency."""
+    flat = DramConfig(read_latency=L, row_miss_penalty=0)
+    h = _harness(flat, pages=32)
+    cold = h.translate(REGION, Access.READ)
+    pde = h.translate(REGION + 0x1000, Access.READ)
+    for i in range(2, 16):
+        h.translate(REGION + i * 0x1000, Access.READ)
+    hit = h.translate(REGION, Access.READ)
+    burst = _run(h, [(REGION + (i % 16) * 0x1000 + 8 * i, Access.READ) for i in range(256)], window=16)
+    span = max(t.answered for t in burst) - min(t.accepted for t in burst)
+    assert all(t.cycles == 1 for t in burst), "a warm burst missed"
+    return {
+        "dram_latency_cycles": L,
+        "tlb_hit_latency_cycles": hit.cycles,
+        "tlb_hit_throughput_per_cycle": round(len(burst) / span, 3),
+        "cold_walk_cycles": cold.cycles,
+        "cold_walk_goal_cycles": 4 * (L + 1) + 2,
+        "psc_pde_hit_walk_cycles": pde.cycles,
+        "psc_pde_hit_walk_goal_cycles": (L + 1) + 2,
+    }
+
+
+def miss_throughput(n: int = 64) -> dict:
+    """Independent misses (one per 1G region: no cache below the PML4E helps)."""
+    dram = DramConfig(read_latency=L, row_miss_penalty=0, max_outstanding=4)
+    gpas = [REGION + (i << 30) + (i % 512) * 0x1000 for i in range(n)]
+    out = {}
+    for walkers in (1, 2, 4):
+        h = _harness(dram, spread=gpas, walkers=walkers)
+        ts = _run(h, [(g, Access.READ) for g in gpas], window=16)
+        span = max(t.answered for t in ts) - min(t.accepted for t in ts)
+        out[walkers] = {"cycles": span, "misses_per_kcycle": round(1000 * n / span, 2)}
+    return {
+        "independent_misses": n,
+        "miss_cycles_by_walkers": {str(k): v["cycles"] for k, v in out.items()},
+        "miss_throughput_speedup_2_walkers": round(out[1]["cycles"] / out[2]["cycles"], 3),
+        "miss_throughput_speedup_4_walkers": round(out[1]["cycles"] / out[4]["cycles"], 3),
+    }
+
+
+def _pattern(name: str, n: int, rng: random.Random) -> list[tuple[int, Access]]:
+    pages = 1024
+    if name == "sequential":          # 8 accesses per page, page after page
+        return [(REGION + ((i // 8) % pages) * 0x1000 + (i % 8) * 512, Access.READ) for i in range(n)]
+    if name == "random":
+        return [(REGION + rng.randrange(pages) * 0x1000 + rng.randrange(512) * 8, Access.READ)
+                for _ in range(n)]
+    if name == "strided":             # 64K stride: every access in a few TLB sets
+        return [(REGION + ((i * 16) % pages) * 0x1000, Access.READ) for i in range(n)]
+    if name == "huge":                # random over 32 2M pages
+        return [(REGION + (1 << 30) + rng.randrange(32 << 21) // 8 * 8, Access.READ) for _ in range(n)]
+    raise ValueError(name)
+
+
+PATTERNS = ("sequential", "random", "strided", "huge")
+TLB_SETS = (4, 16, 64)               # x 4 ways: 16, 64, 256 4K entries
+
+
+def pattern_sweep(n: int = 800) -> dict:
+    dram = DramConfig(read_latency=L)
+    out = {}
+    for name in PATTERNS:
+        rows = []
+        for sets in TLB_SETS:
+            h = _harness(dram, pages=1024, huge=32, tlb_sets=sets)
+            reqs = _pattern(name, n, random.Random(1))
+            ts = [h.translate(g, a) for g, a in reqs]       # one at a time: latency
+            c = h.counters()
+            hits = c["hits_4k"] + c["hits_2m"] + c["hits_1g"]
+            rows.append({"tlb_entries_4k": sets * 4, "hit_rate": round(hits / c["lookups"], 4),
+                         "cycles_per_translation": round(sum(t.cycles for t in ts) / len(ts), 2)})
+        out[name] = rows
+    return out
+
+
+def workload_sweep(accesses: int) -> dict:
+    from .run import run_workload
+    from .workload import WorkloadOptions
+    rows = []
+    for sets in TLB_SETS:
+        s = run_workload(WorkloadOptions(accesses=accesses), "rtl", unit={"tlb_sets": sets})
+        c = s["counters"]
+        hits = c["hits_4k"] + c["hits_2m"] + c["hits_1g"]
+        rows.append({"tlb_entries_4k": sets * 4, "hit_rate": round(hits / max(c["lookups"], 1), 4),
+                     "cycles_per_translation": s["cycles_per_translation"],
+                     "mismatches": s["mismatches"]})
+    return {"pageable_guest": rows}
+
+
+def default_workload_speed() -> dict:
+    from .run import run_workload
+    from .workload import WorkloadOptions
+    s = run_workload(WorkloadOptions(), "rtl")
+    return {"pysim_cycles_per_second": s["cycles_per_second"],
+            "default_workload": {"cycles": s["cycles"], "translations": s["translations"],
+                                 "elapsed_seconds": s["elapsed_seconds"], "mismatches": s["mismatches"],
+                                 "counters": s["counters"]}}
+
+
+def plot(results: dict, outdir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    sweeps = dict(results["patterns"]) | results["workload"]
+    for metric, label in (("hit_rate", "TLB hit rate"), ("cycles_per_translation", "cycles per translation")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, rows in sweeps.items():
+            ax.plot([r["tlb_entries_4k"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("4K TLB entries (4-way)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs TLB size (DRAM latency {L})")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = outdir / f"{metric}_vs_tlb_size.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(str(path))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    by = results["miss_cycles_by_walkers"]
+    ax.bar(list(by), [results["independent_misses"] * 1000 / v for v in by.values()])
+    ax.set_xlabel("walkers")
+    ax.set_ylabel("independent misses per 1000 cycles")
+    ax.set_title("miss throughput")
+    path = outdir / "miss_throughput_vs_walkers.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(str(path))
+    return written
+
+
+def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=print) -> dict:
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: dict = {"quick": quick}
+    progress("timing: hit latency/throughput, cold and PDE-cached walks")
+    results |= timing_figures()
+    progress("miss throughput: 1, 2 and 4 walkers")
+    results |= miss_throughput(16 if quick else 64)
+    progress("access patterns vs TLB size")
+    results["patterns"] = pattern_sweep(100 if quick else 800)
+    progress("pageable-guest workload vs TLB size")
+    results["workload"] = workload_sweep(100 if quick else 1000)
+    if not quick:
+        progress("default workload (pysim speed)")
+        results |= default_workload_speed()
+        try:
+            from .verilator_backend import measure_speed
+        except ImportError:
+            pass
+        else:
+            progress("verilator vs pysim")
+            results |= measure_speed()
+    results["plots"] = plot(results, outdir)
+    results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    tmp = outdir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, outdir / "results.json")
+    return results
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="build/bench", help="output directory (default build/bench)")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    args = p.parse_args(argv)
+    r = run_bench(args.out, args.quick, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    keys = ("tlb_hit_latency_cycles", "tlb_hit_throughput_per_cycle", "cold_walk_cycles",
+            "psc_pde_hit_walk_cycles", "miss_throughput_speedup_4_walkers", "pysim_cycles_per_second",
+            "verilator_cycles_per_second", "verilator_speedup_vs_pysim")
+    for k in keys:
+        if k in r:
+            print(f"{k:40s} {r[k]}")
+    print(f"results written to {Path(args.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
