@@ -260,7 +260,8 @@ def cmd_lint(args) -> int:
         ok, output = lint(args.verilog)
     except LintUnavailable as e:
         raise UsageError(f"{PROG} lint: {e}") from None
-    sys.stderr.write(output)
+    if not ok:                 # a clean run's output is only Verilator's statistics
+        sys.stderr.write(output)
     print(f"lint {'clean' if ok else 'FAILED'}: {args.verilog}")
     return 0 if ok else 1
 

@@ -69,9 +69,11 @@ def _tool(name: str) -> str:
                      f"or `make synth`)")
 
 
-def _run(cmd: list[str], log: Path, what: str) -> None:
+def _run(cmd: list[str], cwd: Path, log: Path, what: str) -> None:
+    # YoWASP tools run in a WebAssembly sandbox that sees the working directory
+    # only: run them in the work directory with relative file names.
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         last = ""
         for line in log.read_text(errors="replace").splitlines():
@@ -150,9 +152,9 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
     t0 = time.monotonic()
     say(f"yosys synth_ecp5 ({cls.__name__}) ...")
     netlist = work / f"{TOP_NAME}.json"
-    _run([yosys, "-q", "-l", str(work / "yosys.log"), "-p",
-          f"read_rtlil {il}; synth_ecp5 -top {TOP_NAME} -json {netlist}"],
-         work / "yosys.out", "yosys")
+    _run([yosys, "-q", "-l", "yosys.log", "-p",
+          f"read_rtlil {il.name}; synth_ecp5 -top {TOP_NAME} -json {netlist.name}"],
+         work, work / "yosys.out", "yosys")
     synth_s = time.monotonic() - t0
 
     results = {}
@@ -163,11 +165,11 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
         rpt = work / f"nextpnr-{name}.json"
         # --timing-allow-fail: a missed goal is a result to report, not an error;
         # --threads 1: the machines here are small and shared
-        _run([nextpnr, t.device, "--package", t.package, "--json", str(netlist),
+        _run([nextpnr, t.device, "--package", t.package, "--json", netlist.name,
               "--freq", str(freq_mhz), "--out-of-context", "--timing-allow-fail",
-              "--seed", str(seed), "--threads", "1", "--report", str(rpt),
-              "-l", str(work / f"nextpnr-{name}.log")],
-             work / f"nextpnr-{name}.out", f"nextpnr-ecp5 ({t.part})")
+              "--seed", str(seed), "--threads", "1", "--report", rpt.name,
+              "-l", f"nextpnr-{name}.log"],
+             work, work / f"nextpnr-{name}.out", f"nextpnr-ecp5 ({t.part})")
         r = parse_nextpnr_report(json.loads(rpt.read_text()))
         r.update(part=t.part, package=t.package, goal_mhz=t.goal_mhz, constraint_mhz=freq_mhz,
                  seconds=round(time.monotonic() - t1, 1))
