@@ -271,7 +271,7 @@ def cmd_synth(args) -> int:
     from .verilog import ParamError, build_top, parameter_values
     params = parameter_values(args)
     try:
-        build_top(params)          # refuse bad parameters before minutes of synthesis
+        build_top(params, elaborate=False)   # refuse bad parameters before any tool runs
     except ParamError as e:
         raise UsageError(f"{PROG} synth: {e}") from None
     _output_path("--report", args.report)

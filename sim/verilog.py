@@ -97,13 +97,20 @@ def parameter_values(args: argparse.Namespace) -> dict:
     return {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_")}
 
 
-def build_top(params: dict | None = None, cls=None):
-    """An instance of the top class; a refused parameter raises :class:`ParamError`."""
+def build_top(params: dict | None = None, cls=None, *, elaborate=True):
+    """An instance of the top class; a refused parameter raises :class:`ParamError`.
+
+    ``elaborate=False``: the instance is only checked or inspected, so Amaranth
+    is told not to warn that it was never elaborated.
+    """
     cls = top_class() if cls is None else cls
     try:
-        return cls(**(params or {}))
+        top = cls(**(params or {}))
     except ValueError as e:
         raise ParamError(str(e)) from None
+    if not elaborate:
+        top._MustUse__silence = True
+    return top
 
 
 def _describe(params: dict, cls) -> str:
@@ -140,6 +147,10 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        # mkstemp makes the file private (0600); give it a normal file's mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -157,7 +168,7 @@ def port_table(params: dict | None = None, cls=None) -> str:
     """
     from amaranth.hdl import Shape
     from amaranth.lib import data, wiring
-    top = build_top(params, cls)
+    top = build_top(params, cls, elaborate=False)
     rows = ["| port | dir | bits | fields (lsb first) |", "|---|---|---|---|"]
     for path, member, value in top.signature.flatten(top):
         name = "__".join(map(str, path))

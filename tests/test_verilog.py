@@ -169,6 +169,7 @@ def test_generic_options_for_another_top_class():
     from sim.verilog import add_parameter_options, parameter_values
 
     class Bigger(PageWalkUnit):
+        _MustUse__silence = True       # refused instances are never elaborated
         def __init__(self, *, tlb_ways=4, tlb_sets=16, walkers=1, psc=True, maxphyaddr=46,
                      name="x"):
             if tlb_ways not in (1, 2, 4, 8):
