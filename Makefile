@@ -4,14 +4,23 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+FPGA_STAMP := $(VENV)/.installed-fpga
+VERILOG := build/ept_walker.v
+# unit parameters for verilog/lint/synth, e.g. make verilog PARAMS="--maxphyaddr 39"
+PARAMS ?=
 
-.PHONY: sim test test-all clean distclean venv
+.PHONY: sim test test-all clean distclean venv verilog lint synth
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# the fpga extra (yowasp yosys + nextpnr) only for synthesis and the slow tests
+$(FPGA_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,fpga]'
+	touch $(FPGA_STAMP)
 
 venv: $(STAMP)
 
@@ -21,8 +30,18 @@ sim: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+test-all: $(FPGA_STAMP)
 	$(PY) -m pytest -q
+
+# not file targets: PARAMS may change between runs, and generation takes seconds
+verilog: $(STAMP)
+	$(PY) -m sim verilog --out $(VERILOG) $(PARAMS)
+
+lint: verilog
+	$(PY) -m sim lint $(VERILOG)
+
+synth: $(FPGA_STAMP)
+	$(PY) -m sim synth $(PARAMS)
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

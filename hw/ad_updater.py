@@ -75,6 +75,14 @@ class ADUpdater(wiring.Component):
             self.mem_req.payload.data.eq(new),
         ]
 
+        # The CAS in flight, kept from its issue: its response is judged against
+        # these registers rather than against `old` recomputed through the
+        # priority encoder and the 4:1 entry mux, which was the unit's critical
+        # path on ECP5 (sim/synth.py).  Same values (pend and the walker's
+        # entries do not change between issue and response), same timing.
+        sent_level = Signal(Level)
+        sent_old = Signal(64)
+
         m.d.sync += self.done.eq(0)
         with m.FSM(name="ad_fsm") as fsm:
             with m.State("IDLE"):
@@ -88,16 +96,17 @@ class ADUpdater(wiring.Component):
             with m.State("ISSUE"):
                 m.d.comb += [self.state.eq(ADState.ISSUE), self.mem_req.valid.eq(1)]
                 with m.If(self.mem_req.ready):
+                    m.d.sync += [sent_level.eq(cur), sent_old.eq(old)]
                     m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += [self.state.eq(ADState.WAIT), self.mem_resp.ready.eq(1)]
                 with m.If(self.mem_resp.valid):
                     rest = Signal(4)
-                    m.d.comb += rest.eq(pend & ~(1 << cur.as_value())[:4])
+                    m.d.comb += rest.eq(pend & ~(1 << sent_level.as_value())[:4])
                     with m.If(self.mem_resp.payload.error):
                         m.d.sync += [self.done.eq(1), self.status.eq(ADStatus.BUS_ERROR)]
                         m.next = "IDLE"
-                    with m.Elif(self.mem_resp.payload.data != old.as_value()):
+                    with m.Elif(self.mem_resp.payload.data != sent_old):
                         m.d.sync += [self.done.eq(1), self.status.eq(ADStatus.LOST_RACE)]
                         m.next = "IDLE"
                     with m.Elif(rest == 0):

