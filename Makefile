@@ -9,7 +9,7 @@ VERILOG := build/ept_walker.v
 # unit parameters for verilog/lint/synth, e.g. make verilog PARAMS="--maxphyaddr 39"
 PARAMS ?=
 
-.PHONY: sim test test-all clean distclean venv verilog lint synth
+.PHONY: sim test test-all bench clean distclean venv verilog lint synth
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ venv: $(STAMP)
 
 sim: $(STAMP)
 	$(PY) -m sim run
+
+bench: $(STAMP)
+	$(PY) -m sim.bench
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
