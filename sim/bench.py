@@ -140,10 +140,10 @@ def _pattern(name: str, n: int, rng: random.Random) -> list[tuple[int, Access]]:
     if name == "sequential":          # 8 accesses per page, page after page
         return [(REGION + ((i // 8) % pages) * 0x1000 + (i % 8) * 512, Access.READ) for i in range(n)]
     if name == "random":
-        return [(REGION + rng.randrange(pages) * 0x1000 + rng.randrange(512) * 8, Access.READ)
+        return [(REGION + rng.randrange(pages // 2) * 0x1000 + rng.randrange(512) * 8, Access.READ)
                 for _ in range(n)]
-    if name == "strided":             # 64K stride: every access in a few TLB sets
-        return [(REGION + ((i * 16) % pages) * 0x1000, Access.READ) for i in range(n)]
+    if name == "strided":             # 64K stride over 16 pages: they crowd into few TLB sets
+        return [(REGION + ((i * 16) % 256) * 0x1000, Access.READ) for i in range(n)]
     if name == "huge":                # random over 32 2M pages
         return [(REGION + (1 << 30) + rng.randrange(32 << 21) // 8 * 8, Access.READ) for _ in range(n)]
     raise ValueError(name)
