@@ -25,9 +25,13 @@ __all__ = ["ContextTable"]
 
 
 class ContextTable(wiring.Component):
-    def __init__(self, *, contexts=4):
+    @staticmethod
+    def check(contexts):
         if isinstance(contexts, bool) or not isinstance(contexts, int) or not 1 <= contexts <= 64:
             raise ValueError(f"contexts must be an integer in 1..64, not {contexts!r}")
+
+    def __init__(self, *, contexts=4):
+        self.check(contexts)
         self.contexts = contexts
         super().__init__({
             "eptp_valid": In(1),

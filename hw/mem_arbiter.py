@@ -19,10 +19,14 @@ __all__ = ["MemArbiter"]
 
 
 class MemArbiter(wiring.Component):
-    def __init__(self, *, ports, max_outstanding=8):
+    @staticmethod
+    def check(max_outstanding):
         if isinstance(max_outstanding, bool) or not isinstance(max_outstanding, int) \
                 or not 1 <= max_outstanding <= 64:
             raise ValueError(f"max_outstanding must be an integer in 1..64, not {max_outstanding!r}")
+
+    def __init__(self, *, ports, max_outstanding=8):
+        self.check(max_outstanding)
         self.ports = ports
         self.max_outstanding = max_outstanding
         members = {}

@@ -25,11 +25,15 @@ __all__ = ["PagingStructureCache"]
 
 
 class PagingStructureCache(wiring.Component):
-    def __init__(self, level, *, entries, contexts):
+    @staticmethod
+    def check(level, entries):
         if level not in (Level.PML4E, Level.PDPTE, Level.PDE):
             raise ValueError(f"a paging-structure cache holds PML4Es, PDPTEs or PDEs, not {level!r}")
         if isinstance(entries, bool) or not isinstance(entries, int) or not 0 <= entries <= 64:
             raise ValueError(f"{level.name} cache entries must be in 0..64, not {entries!r}")
+
+    def __init__(self, level, *, entries, contexts):
+        self.check(level, entries)
         self.level = level
         self.entries = entries
         self.contexts = contexts

@@ -24,7 +24,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from .layouts import GPA_BITS, PA_BITS, PageSize
 
-__all__ = ["Tlb", "TlbArray", "TlbEntry", "plru_victim", "plru_touch"]
+__all__ = ["Tlb", "TlbArray", "TlbEntry", "check_geometry", "plru_victim", "plru_touch"]
 
 TlbEntry = data.StructLayout({
     "hpa_page": PA_BITS - 12,    # HPA[51:12]; low bits below the page size are zero
@@ -36,7 +36,7 @@ TlbEntry = data.StructLayout({
 _SHIFT = {PageSize.SIZE_4K: 12, PageSize.SIZE_2M: 21, PageSize.SIZE_1G: 30}
 
 
-def _check_geometry(name, sets, ways):
+def check_geometry(name, sets, ways):
     for what, v in (("sets", sets), ("ways", ways)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1) or v > 1024:
             raise ValueError(f"{name} {what} must be a power of two in 1..1024, not {v!r}")
@@ -85,7 +85,7 @@ class TlbArray(wiring.Component):
     """One page size's set-associative array; see the module docstring."""
 
     def __init__(self, page_size, *, sets, ways, contexts):
-        _check_geometry(f"TLB {page_size.name[5:]}", sets, ways)
+        check_geometry(f"TLB {page_size.name[5:]}", sets, ways)
         self.page_size = page_size
         self.sets, self.ways, self.contexts = sets, ways, contexts
         self.shift = _SHIFT[page_size]

@@ -58,7 +58,7 @@ from .layouts import (
 from .mem_arbiter import MemArbiter
 from .perf import PerfCounterBank
 from .psc import PagingStructureCache
-from .tlb import Tlb
+from .tlb import Tlb, check_geometry
 from .walker import Walker
 
 __all__ = ["PageWalkUnit"]
@@ -106,6 +106,15 @@ class PageWalkUnit(wiring.Component):
         self.caches = caches
         self.walkers = _check_int("walkers", walkers, 1, 16)
         self.park_slots = _check_int("park_slots", park_slots, 1, 32)
+        # every parameter is checked before any block exists, so a refused one
+        # leaves no half-built design behind
+        ContextTable.check(contexts)
+        MemArbiter.check(max_outstanding)
+        for name, sets, ways in (("4K", tlb_sets, tlb_ways), ("2M", tlb_2m_sets, tlb_2m_ways),
+                                 ("1G", tlb_1g_sets, tlb_1g_ways)):
+            check_geometry(f"TLB {name}", sets, ways)
+        for level, n in ((Level.PML4E, pml4e_cache), (Level.PDPTE, pdpte_cache), (Level.PDE, pde_cache)):
+            PagingStructureCache.check(level, n)
         super().__init__()
         self.eptp_register = EptpRegister(maxphyaddr=self.maxphyaddr)
         self.context_table = ContextTable(contexts=contexts)
