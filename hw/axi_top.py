@@ -42,6 +42,8 @@ class EptWalkerAxi(wiring.Component):
     (12); everything else goes to ``PageWalkUnit`` untouched.
     """
 
+    forwards_params_to = PageWalkUnit      # ``**params`` go to the unit unchanged
+
     def __init__(self, *, axi_addr_width=52, axi_id_width=4, axi_max_outstanding=4,
                  csr_addr_width=12, **params):
         self.master = AxiMemoryMaster(addr_width=axi_addr_width, id_width=axi_id_width,

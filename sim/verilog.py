@@ -33,12 +33,12 @@ class ParamError(Exception):
 def top_class():
     """The class whose instance is the ``ept_walker`` module.
 
-    PageWalkUnit for now; it becomes ``hw.axi_top.EptWalkerAxi`` (the unit
-    behind AXI ports) when that lands.  Verilog, lint and synthesis all take
-    their top from here, so that is the only line to change.
+    ``hw.axi_top.EptWalkerAxi``: the unit with an AXI4 master for memory and
+    an AXI4-Lite slave for its registers, the bus FPGA interconnects speak.
+    Verilog, lint and synthesis all take their top from here.
     """
-    from hw.top import PageWalkUnit
-    return PageWalkUnit
+    from hw.axi_top import EptWalkerAxi
+    return EptWalkerAxi
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,10 @@ def parameters(cls=None) -> list[Param]:
     for p in inspect.signature(cls.__init__).parameters.values():
         if p.kind is inspect.Parameter.KEYWORD_ONLY and isinstance(p.default, (bool, int)):
             out.append(Param(p.name, p.default))
+    # a wrapper that passes ``**params`` on says to whom (EptWalkerAxi -> PageWalkUnit)
+    inner = getattr(cls, "forwards_params_to", None)
+    if inner is not None:
+        out += parameters(inner)
     return out
 
 
