@@ -147,36 +147,42 @@ class CsrBlock(wiring.Component):
             m.d.sync += bus.rvalid.eq(0)
         with m.If(bus.arvalid & bus.arready):
             m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0), bus.rresp.eq(Resp.OKAY)]
-            with m.Switch(bus.araddr[2:]):
-                for off, value in ((Reg.ID, CSR_ID), (Reg.VERSION, CSR_VERSION),
-                                   (Reg.NUM_COUNTERS, n_counters), (Reg.COUNTERS_CLEAR, 0),
-                                   (Reg.EPTP_LO, eptp_lo), (Reg.EPTP_HI, eptp_hi),
-                                   (Reg.EPTP_STATUS, Cat(self.eptp_valid, self.eptp_error)),
-                                   (Reg.INVEPT_KIND, inv_kind), (Reg.INVEPT_TAG_LO, inv_tag_lo),
-                                   (Reg.INVEPT_TAG_HI, inv_tag_hi), (Reg.INVEPT_TRIGGER, 0),
-                                   (Reg.INVEPT_COUNT, self.invept_count)):
-                    with m.Case(off >> 2):
-                        m.d.sync += bus.rdata.eq(value)
-                for i, word in enumerate(counter_words):
-                    with m.Case(Reg.counter_lo(i) >> 2):
-                        m.d.sync += [bus.rdata.eq(word[:32]), snap_hi.eq(word[32:]),
-                                     snap_idx.eq(i), snap_valid.eq(1)]
-                    with m.Case(Reg.counter_hi(i) >> 2):
-                        m.d.sync += bus.rdata.eq(Mux(snap_valid & (snap_idx == i),
-                                                     snap_hi, word[32:]))
-                        m.d.sync += snap_valid.eq(0)
-                with m.Default():
-                    m.d.sync += bus.rresp.eq(Resp.SLVERR)
+            # registers are aligned 32-bit words: any other address is an error
+            with m.If(bus.araddr[:2] != 0):
+                m.d.sync += bus.rresp.eq(Resp.SLVERR)
+            with m.Else():
+                with m.Switch(bus.araddr[2:]):
+                    for off, value in ((Reg.ID, CSR_ID), (Reg.VERSION, CSR_VERSION),
+                                       (Reg.NUM_COUNTERS, n_counters), (Reg.COUNTERS_CLEAR, 0),
+                                       (Reg.EPTP_LO, eptp_lo), (Reg.EPTP_HI, eptp_hi),
+                                       (Reg.EPTP_STATUS, Cat(self.eptp_valid, self.eptp_error)),
+                                       (Reg.INVEPT_KIND, inv_kind), (Reg.INVEPT_TAG_LO, inv_tag_lo),
+                                       (Reg.INVEPT_TAG_HI, inv_tag_hi), (Reg.INVEPT_TRIGGER, 0),
+                                       (Reg.INVEPT_COUNT, self.invept_count)):
+                        with m.Case(off >> 2):
+                            m.d.sync += bus.rdata.eq(value)
+                    for i, word in enumerate(counter_words):
+                        with m.Case(Reg.counter_lo(i) >> 2):
+                            m.d.sync += [bus.rdata.eq(word[:32]), snap_hi.eq(word[32:]),
+                                         snap_idx.eq(i), snap_valid.eq(1)]
+                        with m.Case(Reg.counter_hi(i) >> 2):
+                            m.d.sync += bus.rdata.eq(Mux(snap_valid & (snap_idx == i),
+                                                         snap_hi, word[32:]))
+                            m.d.sync += snap_valid.eq(0)
+                    with m.Default():
+                        m.d.sync += bus.rresp.eq(Resp.SLVERR)
 
         # --- writes: AW and W taken independently, performed when both are in -------------
         aw_full = Signal()
         aw_addr = Signal(self.addr_width - 2)
+        aw_misaligned = Signal()
         w_full = Signal()
         w_data = Signal(32)
         w_strb = Signal(4)
         m.d.comb += [bus.awready.eq(~aw_full), bus.wready.eq(~w_full)]
         with m.If(bus.awvalid & bus.awready):
-            m.d.sync += [aw_full.eq(1), aw_addr.eq(bus.awaddr[2:])]
+            m.d.sync += [aw_full.eq(1), aw_addr.eq(bus.awaddr[2:]),
+                         aw_misaligned.eq(bus.awaddr[:2] != 0)]
         with m.If(bus.wvalid & bus.wready):
             m.d.sync += [w_full.eq(1), w_data.eq(bus.wdata), w_strb.eq(bus.wstrb)]
         with m.If(bus.bvalid & bus.bready):
@@ -190,27 +196,30 @@ class CsrBlock(wiring.Component):
         trigger_busy = (aw_addr == Reg.INVEPT_TRIGGER >> 2) & self.invept.valid
         with m.If(aw_full & w_full & (~bus.bvalid | bus.bready) & ~trigger_busy):
             m.d.sync += [aw_full.eq(0), w_full.eq(0), bus.bvalid.eq(1), bus.bresp.eq(Resp.OKAY)]
-            with m.Switch(aw_addr):
-                with m.Case(Reg.COUNTERS_CLEAR >> 2):
-                    m.d.sync += self.counters_clear.eq(w_data[0])
-                with m.Case(Reg.EPTP_LO >> 2):
-                    m.d.sync += eptp_lo.eq(_merge(eptp_lo, w_data, w_strb))
-                with m.Case(Reg.EPTP_HI >> 2):
-                    m.d.sync += [eptp_hi.eq(_merge(eptp_hi, w_data, w_strb)), self.eptp_load.eq(1)]
-                with m.Case(Reg.INVEPT_KIND >> 2):
-                    with m.If(w_strb[0]):
-                        m.d.sync += inv_kind.eq(w_data[0])
-                with m.Case(Reg.INVEPT_TAG_LO >> 2):
-                    m.d.sync += inv_tag_lo.eq(_merge(inv_tag_lo, w_data, w_strb))
-                with m.Case(Reg.INVEPT_TAG_HI >> 2):
-                    with m.If(w_strb[0]):
-                        m.d.sync += inv_tag_hi.eq(w_data[:8])
-                with m.Case(Reg.INVEPT_TRIGGER >> 2):
-                    m.d.sync += [
-                        self.invept.valid.eq(1),
-                        self.invept.payload.kind.eq(inv_kind),
-                        self.invept.payload.tag.eq(Cat(inv_tag_lo, inv_tag_hi)),
-                    ]
-                with m.Default():
-                    m.d.sync += bus.bresp.eq(Resp.SLVERR)
+            with m.If(aw_misaligned):              # registers are aligned 32-bit words
+                m.d.sync += bus.bresp.eq(Resp.SLVERR)
+            with m.Else():
+                with m.Switch(aw_addr):
+                    with m.Case(Reg.COUNTERS_CLEAR >> 2):
+                        m.d.sync += self.counters_clear.eq(w_data[0])
+                    with m.Case(Reg.EPTP_LO >> 2):
+                        m.d.sync += eptp_lo.eq(_merge(eptp_lo, w_data, w_strb))
+                    with m.Case(Reg.EPTP_HI >> 2):
+                        m.d.sync += [eptp_hi.eq(_merge(eptp_hi, w_data, w_strb)), self.eptp_load.eq(1)]
+                    with m.Case(Reg.INVEPT_KIND >> 2):
+                        with m.If(w_strb[0]):
+                            m.d.sync += inv_kind.eq(w_data[0])
+                    with m.Case(Reg.INVEPT_TAG_LO >> 2):
+                        m.d.sync += inv_tag_lo.eq(_merge(inv_tag_lo, w_data, w_strb))
+                    with m.Case(Reg.INVEPT_TAG_HI >> 2):
+                        with m.If(w_strb[0]):
+                            m.d.sync += inv_tag_hi.eq(w_data[:8])
+                    with m.Case(Reg.INVEPT_TRIGGER >> 2):
+                        m.d.sync += [
+                            self.invept.valid.eq(1),
+                            self.invept.payload.kind.eq(inv_kind),
+                            self.invept.payload.tag.eq(Cat(inv_tag_lo, inv_tag_hi)),
+                        ]
+                    with m.Default():
+                        m.d.sync += bus.bresp.eq(Resp.SLVERR)
         return m

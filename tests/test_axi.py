@@ -648,6 +648,8 @@ def test_csr_unknown_addresses_answer_slverr():
         got["id"] = await bus.read(ctx, Reg.ID)
         got["partial"] = await bus.write(ctx, Reg.EPTP_LO, 0xAABBCCDD, strb=0b0101)
         got["eptp_lo"] = await bus.read(ctx, Reg.EPTP_LO)
+        got["read_misaligned"] = await bus.read(ctx, Reg.ID + 1)
+        got["write_misaligned"] = await bus.write(ctx, Reg.EPTP_HI + 2, 0x1)
 
     pulses = run_csr(body)
     assert got["read_hole"] == (0, Resp.SLVERR)
@@ -655,6 +657,8 @@ def test_csr_unknown_addresses_answer_slverr():
     assert got["write_hole"] == Resp.SLVERR and got["write_ro"] == Resp.SLVERR
     assert got["id"] == (CSR_ID, Resp.OKAY)
     assert got["partial"] == Resp.OKAY and got["eptp_lo"] == (0x00BB_00DD, Resp.OKAY)
+    # registers are aligned words: a misaligned address is an error, and loads nothing
+    assert got["read_misaligned"] == (0, Resp.SLVERR) and got["write_misaligned"] == Resp.SLVERR
     assert pulses["eptp"] == [] and pulses["invept"] == [] and pulses["clear"] == []
 
 
