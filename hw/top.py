@@ -52,7 +52,7 @@ from amaranth.utils import ceil_log2
 from .contexts import ContextTable
 from .eptp import EptpRegister
 from .layouts import (
-    GPA_BITS, TAG_BITS, Access, InveptRequest, Level, MemRequest, MemResponse, Outcome, PageSize,
+    GPA_BITS, PA_BITS, TAG_BITS, Access, InveptRequest, Level, MemRequest, MemResponse, Outcome, PageSize,
     PerfCounters, TranslateRequest, TranslateResponse, check_maxphyaddr,
 )
 from .mem_arbiter import MemArbiter
@@ -239,22 +239,30 @@ class PageWalkUnit(wiring.Component):
         if self.tlb is not None:
             m.d.comb += tlb.drop.eq(bad_hit)
 
-        hit_resp = Signal(TranslateResponse)
-        m.d.comb += [hit_resp.tag.eq(s1.tag), hit_resp.outcome.eq(Mux(refuse, Outcome.REFUSED, Outcome.OK))]
+        # The translation of a good hit (zero otherwise) is built in its own signal, and every
+        # field of the response is then assigned unconditionally: a hit has no exit
+        # qualification and restarted no walk, so those fields are zero.
+        hit = Signal(data.StructLayout({"hpa": PA_BITS, "page_size": PageSize,
+                                        "memtype": 3, "level": Level}))
         if tlb_entry is not None:
             page = tlb_entry.hpa_page
             with m.If(good_hit):
-                m.d.comb += [hit_resp.page_size.eq(tlb.size), hit_resp.memtype.eq(tlb_entry.memtype)]
+                m.d.comb += [hit.page_size.eq(tlb.size), hit.memtype.eq(tlb_entry.memtype)]
                 with m.Switch(tlb.size):
                     with m.Case(PageSize.SIZE_4K):
-                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:12], page)),
-                                     hit_resp.level.eq(Level.PTE)]
+                        m.d.comb += [hit.hpa.eq(Cat(s1.gpa[:12], page)), hit.level.eq(Level.PTE)]
                     with m.Case(PageSize.SIZE_2M):
-                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:21], page[9:])),
-                                     hit_resp.level.eq(Level.PDE)]
+                        m.d.comb += [hit.hpa.eq(Cat(s1.gpa[:21], page[9:])), hit.level.eq(Level.PDE)]
                     with m.Default():
-                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:30], page[18:])),
-                                     hit_resp.level.eq(Level.PDPTE)]
+                        m.d.comb += [hit.hpa.eq(Cat(s1.gpa[:30], page[18:])),
+                                     hit.level.eq(Level.PDPTE)]
+        hit_resp = Signal(TranslateResponse)
+        m.d.comb += [
+            hit_resp.outcome.eq(Mux(refuse, Outcome.REFUSED, Outcome.OK)),
+            hit_resp.hpa.eq(hit.hpa), hit_resp.page_size.eq(hit.page_size),
+            hit_resp.memtype.eq(hit.memtype), hit_resp.qual.eq(0), hit_resp.level.eq(hit.level),
+            hit_resp.retries.eq(0), hit_resp.tag.eq(s1.tag),
+        ]
 
         # -- the response port: walkers first, then S1 ---------------------------
         w_resp_any = Signal()
@@ -378,7 +386,7 @@ class PageWalkUnit(wiring.Component):
         sel_access = Signal(Access)
         sel_entries = Signal.like(walkers[0].entries)
         sel_perms_at = Signal.like(walkers[0].perms_at)
-        sel_walked = Signal(4)
+        sel_walked = Signal.like(walkers[0].walked)
         sel_ctx = Signal(ctx_bits)
         for k, w in enumerate(walkers):
             with m.If(fw == k):
@@ -402,7 +410,7 @@ class PageWalkUnit(wiring.Component):
         for level, psc in self.pscs.items():
             i = level.value
             m.d.comb += [
-                psc.fill.eq(install & sel_walked[i] & (leaf < i)),
+                psc.fill.eq(install & sel_walked[i - 1] & (leaf < i)),
                 psc.fill_gpa.eq(sel_gpa), psc.fill_ctx.eq(sel_ctx),
                 psc.fill_table.eq(sel_entries[i].addr), psc.fill_perms.eq(sel_perms_at[i]),
             ]

@@ -72,7 +72,9 @@ class Walker(wiring.Component):
     # what the walk used, for filling the caches when the response leaves
     entries: Out(data.ArrayLayout(EptEntry, 4))    # indexed by Level
     perms_at: Out(data.ArrayLayout(3, 4))          # R/W/X AND from the PML4E to each level
-    walked: Out(4)                                 # levels read from memory in this walk
+    # levels above the PTE read from memory in this walk, bit i-1 for level i: the ones a
+    # paging-structure cache can hold, and the ones whose A matters when the leaf is below
+    walked: Out(3)
     psc_drop: Out(1)       # strobe: a walk started from a cache faulted; walking again
     lost_race: Out(1)      # strobe: an A/D CAS lost; walking again
 
@@ -127,10 +129,14 @@ class Walker(wiring.Component):
         pending = Signal(4)
         for lv in Level:
             i = lv.value
-            above = (lvl < i) & self.walked[i]      # levels skipped via a cache have A set
             here = lvl == i
             leaf_needs = ~entry.a | ((self.access == Access.WRITE) & ~entry.d)
-            m.d.comb += pending[i].eq((above & ~entries[i].a) | (here & leaf_needs))
+            if i == 0:
+                # the PTE is never above the leaf
+                m.d.comb += pending[i].eq(here & leaf_needs)
+            else:
+                above = (lvl < i) & self.walked[i - 1]      # levels skipped via a cache have A set
+                m.d.comb += pending[i].eq((above & ~entries[i].a) | (here & leaf_needs))
 
         m.d.comb += [
             ad.entries.eq(entries),
@@ -205,7 +211,7 @@ class Walker(wiring.Component):
                 with m.If(self.mem_resp.valid):
                     m.d.sync += [entries[lvl].eq(entry), perms.eq(perms_next),
                                  self.perms_at[lvl].eq(perms_next),
-                                 self.walked.eq(self.walked | (1 << lvl)[:4])]
+                                 self.walked.eq(self.walked | (1 << lvl)[1:4])]
                     with m.If(self.mem_resp.payload.error):
                         m.d.sync += finish(Outcome.BUS_ERROR)
                     with m.Elif(~check.present):
