@@ -340,7 +340,7 @@ class PageWalkUnit(wiring.Component):
         psc_used = {}
         for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
             psc = self.pscs[level]
-            m.d.comb += [psc.lookup_gpa.eq(s1.gpa), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
+            m.d.comb += [psc.lookup_key.eq(s1.gpa[psc.lo:]), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
             use = Signal(name=f"use_{level.name.lower()}_cache")
             m.d.comb += use.eq(psc.hit & ~s1.stale)
             psc_used[level] = use
@@ -411,7 +411,7 @@ class PageWalkUnit(wiring.Component):
             i = level.value
             m.d.comb += [
                 psc.fill.eq(install & sel_walked[i - 1] & (leaf < i)),
-                psc.fill_gpa.eq(sel_gpa), psc.fill_ctx.eq(sel_ctx),
+                psc.fill_key.eq(sel_gpa[psc.lo:]), psc.fill_ctx.eq(sel_ctx),
                 psc.fill_table.eq(sel_entries[i].addr), psc.fill_perms.eq(sel_perms_at[i]),
             ]
         with m.If(done_any):
@@ -426,7 +426,7 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += psc.drop_ctx.eq(w_ctx[drop_walker])
             for k, w in enumerate(walkers):
                 with m.If(drop_walker == k):
-                    m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_gpa.eq(w.gpa)]
+                    m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_key.eq(w.gpa[psc.lo:])]
 
         # park slots: wake on their walker's answer; leave on replay
         for i in range(n_park):
