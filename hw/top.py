@@ -217,8 +217,9 @@ class PageWalkUnit(wiring.Component):
         tlb_entry = None
         if self.tlb is not None:
             m.submodules.tlb = tlb = self.tlb
-            m.d.comb += [tlb.lookup_en.eq(fire), tlb.lookup_gpa.eq(s0.gpa),
-                         tlb.s1_gpa.eq(s1.gpa), tlb.s1_ctx.eq(s1.ctx), tlb.flush.eq(flush),
+            # the TLB holds the page and context of S0 itself, as s1 does here
+            m.d.comb += [tlb.lookup_en.eq(fire), tlb.lookup_page.eq(s0.gpa[12:]),
+                         tlb.lookup_ctx.eq(s0.ctx), tlb.flush.eq(flush),
                          tlb_hit.eq(tlb.hit & ~s1.stale)]
             tlb_entry = tlb.entry
         allowed = Signal()
@@ -296,7 +297,7 @@ class PageWalkUnit(wiring.Component):
         same_page = Signal(n_walk)
         for k, w in enumerate(walkers):
             m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & (w_ctx[k] == s1.ctx)
-                                        & (w.gpa[12:] == s1.gpa[12:]))
+                                        & (w.page == s1.gpa[12:]))
         merge_walker = Signal.like(w_resp_sel)
         for k in reversed(range(n_walk)):
             with m.If(same_page[k]):
@@ -382,7 +383,7 @@ class PageWalkUnit(wiring.Component):
         resp = self.translate_resp.payload
         install = Signal()
         m.d.comb += install.eq(done_any & (resp.outcome == Outcome.OK) & ~w_stale.bit_select(fw, 1))
-        sel_gpa = Signal(GPA_BITS)
+        sel_page = Signal(GPA_BITS - 12)       # GPA[47:12]: what the caches are filled for
         sel_access = Signal(Access)
         sel_entries = Signal.like(walkers[0].entries)
         sel_perms_at = Signal.like(walkers[0].perms_at)
@@ -390,7 +391,8 @@ class PageWalkUnit(wiring.Component):
         sel_ctx = Signal(ctx_bits)
         for k, w in enumerate(walkers):
             with m.If(fw == k):
-                m.d.comb += [sel_gpa.eq(w.gpa), sel_access.eq(w.access), sel_entries.eq(w.entries),
+                m.d.comb += [sel_page.eq(w.page), sel_access.eq(w.access),
+                             sel_entries.eq(w.entries),
                              sel_perms_at.eq(w.perms_at), sel_walked.eq(w.walked),
                              sel_ctx.eq(w_ctx[k])]
         leaf = resp.level.as_value()
@@ -398,7 +400,7 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += [
                 tlb.fill.eq(install),
                 tlb.fill_size.eq(resp.page_size),
-                tlb.fill_gpa.eq(sel_gpa),
+                tlb.fill_page.eq(sel_page),
                 tlb.fill_ctx.eq(sel_ctx),
                 tlb.fill_entry.hpa_page.eq(resp.hpa[12:]),
                 tlb.fill_entry.perms.eq(sel_perms_at[leaf]),
@@ -411,7 +413,7 @@ class PageWalkUnit(wiring.Component):
             i = level.value
             m.d.comb += [
                 psc.fill.eq(install & sel_walked[i - 1] & (leaf < i)),
-                psc.fill_key.eq(sel_gpa[psc.lo:]), psc.fill_ctx.eq(sel_ctx),
+                psc.fill_key.eq(sel_page[psc.lo - 12:]), psc.fill_ctx.eq(sel_ctx),
                 psc.fill_table.eq(sel_entries[i].addr), psc.fill_perms.eq(sel_perms_at[i]),
             ]
         with m.If(done_any):
@@ -426,7 +428,7 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += psc.drop_ctx.eq(w_ctx[drop_walker])
             for k, w in enumerate(walkers):
                 with m.If(drop_walker == k):
-                    m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_key.eq(w.gpa[psc.lo:])]
+                    m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_key.eq(w.page[psc.lo - 12:])]
 
         # park slots: wake on their walker's answer; leave on replay
         for i in range(n_park):

@@ -67,7 +67,7 @@ class Walker(wiring.Component):
     mem_resp: In(stream.Signature(MemResponse))
     state: Out(WalkerState)
     level: Out(Level)
-    gpa: Out(GPA_BITS)
+    page: Out(GPA_BITS - 12)      # GPA[47:12] of the walk: the parent's same-page check, cache fills
     access: Out(Access)
     # what the walk used, for filling the caches when the response leaves
     entries: Out(data.ArrayLayout(EptEntry, 4))    # indexed by Level
@@ -90,6 +90,8 @@ class Walker(wiring.Component):
         m.submodules.check = check = self.entry_check
         m.submodules.ad = ad = self.ad_updater
 
+        gpa = Signal(GPA_BITS)
+        m.d.comb += self.page.eq(gpa[12:])
         pml4 = Signal(40)
         ad_enabled = Signal()
         table = Signal(40)                 # frame of the table being read
@@ -110,7 +112,7 @@ class Walker(wiring.Component):
             for level in Level:
                 with m.Case(level):
                     lo = 12 + 9 * level.value
-                    m.d.comb += index.eq(self.gpa[lo:lo + 9])
+                    m.d.comb += index.eq(gpa[lo:lo + 9])
         entry_addr = Signal(PA_BITS)
         m.d.comb += entry_addr.eq(Cat(C(0, 3), index, table))
 
@@ -190,7 +192,7 @@ class Walker(wiring.Component):
                 with m.If(self.req.valid):
                     p = self.req.payload
                     m.d.sync += [
-                        self.gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
+                        gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
                         ad_enabled.eq(p.ad_enabled), retries.eq(0), result.eq(0),
                         tag.eq(p.tag),
                         self.level.eq(p.start_level), table.eq(p.start_table),
@@ -225,13 +227,13 @@ class Walker(wiring.Component):
                             # the successful result, kept while A/D is set
                             with m.Switch(self.level):
                                 with m.Case(Level.PTE):
-                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:12], entry.addr)),
+                                    m.d.sync += [result.hpa.eq(Cat(gpa[:12], entry.addr)),
                                                  result.page_size.eq(PageSize.SIZE_4K)]
                                 with m.Case(Level.PDE):
-                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:21], entry.addr[9:])),
+                                    m.d.sync += [result.hpa.eq(Cat(gpa[:21], entry.addr[9:])),
                                                  result.page_size.eq(PageSize.SIZE_2M)]
                                 with m.Default():
-                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:30], entry.addr[18:])),
+                                    m.d.sync += [result.hpa.eq(Cat(gpa[:30], entry.addr[18:])),
                                                  result.page_size.eq(PageSize.SIZE_1G)]
                             m.d.sync += [result.memtype.eq(entry.memtype), result.qual.eq(0)]
                             with m.If(ad_enabled & (pending != 0)):
