@@ -284,14 +284,16 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += [self.translate_resp.valid.eq(refuse | good_hit),
                          self.translate_resp.payload.eq(hit_resp)]
         s1_answered = (refuse | good_hit) & ~w_resp_any & self.translate_resp.ready
-        with m.If(s1_answered & good_hit):
-            with m.Switch(tlb.size if self.tlb is not None else C(0, 2)):
-                with m.Case(PageSize.SIZE_4K):
-                    m.d.comb += ev.hits_4k.eq(1)
-                with m.Case(PageSize.SIZE_2M):
-                    m.d.comb += ev.hits_2m.eq(1)
-                with m.Default():
-                    m.d.comb += ev.hits_1g.eq(1)
+        # by the size of the hit's page (zero unless it is a good hit; so also without a TLB)
+        hit_counted = Signal()
+        m.d.comb += hit_counted.eq(s1_answered & good_hit)
+        hit_4k = hit.page_size == PageSize.SIZE_4K
+        hit_2m = hit.page_size == PageSize.SIZE_2M
+        m.d.comb += [
+            ev.hits_4k.eq(hit_counted & hit_4k),
+            ev.hits_2m.eq(hit_counted & hit_2m),
+            ev.hits_1g.eq(hit_counted & ~hit_4k & ~hit_2m),
+        ]
 
         # -- S1 miss: park behind a walk of the same page, or start a walk -------
         same_page = Signal(n_walk)
@@ -410,6 +412,8 @@ class PageWalkUnit(wiring.Component):
                                     | sel_entries[leaf].d),
             ]
         for level, psc in self.pscs.items():
+            if not psc.entries:
+                continue         # nothing to fill (caches off, or a level without a cache)
             i = level.value
             m.d.comb += [
                 psc.fill.eq(install & sel_walked[i - 1] & (leaf < i)),
