@@ -26,8 +26,17 @@ class PerfCounterBank(wiring.Component):
         m = Module()
         for name in PERF_EVENTS:
             counter = self.counters[name]
+            event = self.events[name]
+            # The add is split at the event's width so that both adders see operands of one
+            # width (Amaranth writes a zero-extended operand at its own width, which lint
+            # rightly reports): the low bits add the event and give a carry, which the high
+            # bits take as an increment.  The result is the 48-bit wrapping sum.
+            n = len(event)
+            low = Signal(n + 1, name=f"{name}_low")
+            m.d.comb += low.eq(counter[:n] + event)
+            high = Mux(low[n], counter[n:] + 1, counter[n:])
             with m.If(self.clear):
                 m.d.sync += counter.eq(0)
-            with m.Elif(self.events[name] != 0):
-                m.d.sync += counter.eq(counter + self.events[name])
+            with m.Elif(event != 0):
+                m.d.sync += counter.eq(Cat(low[:n], high))
         return m

@@ -7,7 +7,9 @@ non-leaf entries of a walk that succeeded (so, with A/D on, whose A is set)
 are filled, so a walk that starts below it reads exactly what a full walk
 would have used (``ept-reference.md``, caching rules).
 
-Lookup is combinational.  A fill replaces the entry with the same key, else
+Keys are GPA[47:lo], ``lo`` = 12 + 9 * level: the index of this level's
+entry and of every entry above it, the bits that name the entry (the parent
+slices them off the GPA).  Lookup is combinational.  A fill replaces the entry with the same key, else
 the first free one, else the next in round-robin order.  ``flush`` drops
 every entry of the given contexts; ``drop`` drops the entry for one key
 (a walk that started from it faulted: the reference page wants the fault
@@ -39,19 +41,20 @@ class PagingStructureCache(wiring.Component):
         self.contexts = contexts
         self.lo = 12 + 9 * level.value        # lowest GPA bit of this level's index
         ctx_bits = max(1, ceil_log2(contexts))
+        key_bits = GPA_BITS - self.lo
         super().__init__({
-            "lookup_gpa": In(GPA_BITS),
+            "lookup_key": In(key_bits),      # GPA[47:lo]
             "lookup_ctx": In(ctx_bits),
             "hit": Out(1),
             "table": Out(40),      # frame of the next-level table
             "perms": Out(3),
             "fill": In(1),
-            "fill_gpa": In(GPA_BITS),
+            "fill_key": In(key_bits),
             "fill_ctx": In(ctx_bits),
             "fill_table": In(40),
             "fill_perms": In(3),
             "drop": In(1),
-            "drop_gpa": In(GPA_BITS),
+            "drop_key": In(key_bits),
             "drop_ctx": In(ctx_bits),
             "flush": In(contexts),
         })
@@ -61,29 +64,25 @@ class PagingStructureCache(wiring.Component):
         n = self.entries
         if n == 0:
             return m
-        key_bits = GPA_BITS - self.lo
-        layout = data.StructLayout({"key": key_bits, "ctx": len(self.lookup_ctx),
+        layout = data.StructLayout({"key": len(self.lookup_key), "ctx": len(self.lookup_ctx),
                                     "table": 40, "perms": 3})
         valid = Signal(n)
         slots = Array(Signal(layout, name=f"slot{i}") for i in range(n))
         next_slot = Signal(range(n))
 
-        def key(gpa):
-            return gpa[self.lo:GPA_BITS]
-
-        def matches(gpa, ctx):
+        def matches(key, ctx):
             v = Signal(n)
-            m.d.comb += v.eq(Cat(valid[i] & (slots[i].key == key(gpa)) & (slots[i].ctx == ctx)
+            m.d.comb += v.eq(Cat(valid[i] & (slots[i].key == key) & (slots[i].ctx == ctx)
                                  for i in range(n)))
             return v
 
-        hit = matches(self.lookup_gpa, self.lookup_ctx)
+        hit = matches(self.lookup_key, self.lookup_ctx)
         m.d.comb += self.hit.eq(hit.any())
         for i in range(n):
             with m.If(hit[i]):
                 m.d.comb += [self.table.eq(slots[i].table), self.perms.eq(slots[i].perms)]
 
-        same = matches(self.fill_gpa, self.fill_ctx)
+        same = matches(self.fill_key, self.fill_ctx)
         where = Signal(range(n))
         m.d.comb += where.eq(next_slot)
         for i in reversed(range(n)):
@@ -93,7 +92,7 @@ class PagingStructureCache(wiring.Component):
             with m.If(same[i]):
                 m.d.comb += where.eq(i)
 
-        dropped = matches(self.drop_gpa, self.drop_ctx)
+        dropped = matches(self.drop_key, self.drop_ctx)
         flushed = Signal(n)
         m.d.comb += flushed.eq(Cat(self.flush.bit_select(slots[i].ctx, 1) for i in range(n)))
         fill_flushed = self.flush.bit_select(self.fill_ctx, 1)
@@ -105,7 +104,7 @@ class PagingStructureCache(wiring.Component):
         with m.If(self.fill & ~fill_flushed):
             m.d.comb += [new_valid.eq(valid | (1 << where)[:n]), filled.eq((1 << where)[:n])]
             m.d.sync += [
-                slots[where].key.eq(key(self.fill_gpa)), slots[where].ctx.eq(self.fill_ctx),
+                slots[where].key.eq(self.fill_key), slots[where].ctx.eq(self.fill_ctx),
                 slots[where].table.eq(self.fill_table), slots[where].perms.eq(self.fill_perms),
             ]
             with m.If(~same.any() & valid.all()):

@@ -6,11 +6,17 @@ parallel.  Tags and translations live in :class:`~amaranth.lib.memory.Memory`
 that INVEPT clears any set of contexts in one cycle.  Entries are tagged by a
 context id, which :class:`~hw.contexts.ContextTable` maps to EPTP[51:12].
 
-Timing: a lookup presents its GPA in cycle S0 (``lookup_en`` high); the
-result (``hit``, ``entry``, ``size``) is valid in cycle S1, the next one, and
-holds while ``lookup_en`` stays low.  One lookup per cycle.  While a lookup
+Timing: a lookup presents its page number GPA[47:12] and context in cycle
+S0 (``lookup_en`` high); the result (``hit``, ``entry``, ``size``) is valid in
+cycle S1, the next one, and holds while ``lookup_en`` stays low.  One lookup
+per cycle.  Each array reads its set in S0 and holds the page and context for
+the S1 compare itself, so its ports carry exactly the bits it uses (an array
+sees GPA[47:shift] of its page size: set index, then tag).  While a lookup
 waits in S1, a fill into its set hides the way it overwrites (the data read
 in S0 is then old), so a hit is never built from a stale read.
+
+An array of one set has no set index; it keeps its ways in registers rather
+than in a one-word memory (which would have a 0-bit address).
 
 Replacement: first invalid way, else tree pseudo-LRU, per set.  A hit
 refreshes the LRU state; so does a fill.
@@ -90,18 +96,18 @@ class TlbArray(wiring.Component):
         self.sets, self.ways, self.contexts = sets, ways, contexts
         self.shift = _SHIFT[page_size]
         self.index_bits = exact_log2(sets)
-        self.tag_bits = GPA_BITS - self.shift - self.index_bits
+        self.page_bits = GPA_BITS - self.shift
+        self.tag_bits = self.page_bits - self.index_bits
         ctx_bits = max(1, ceil_log2(contexts))
         super().__init__({
             "lookup_en": In(1),
-            "lookup_gpa": In(GPA_BITS),     # S0
-            "s1_gpa": In(GPA_BITS),         # S1: the same GPA, held by the caller
-            "s1_ctx": In(ctx_bits),
-            "hit": Out(1),                  # S1
+            "lookup_page": In(self.page_bits),  # S0: GPA[47:shift]
+            "lookup_ctx": In(ctx_bits),         # S0
+            "hit": Out(1),                      # S1
             "entry": Out(TlbEntry),
-            "drop": In(1),                  # S1: invalidate the way that hit
+            "drop": In(1),                      # S1: invalidate the way that hit
             "fill": In(1),
-            "fill_gpa": In(GPA_BITS),
+            "fill_page": In(self.page_bits),    # GPA[47:shift]
             "fill_ctx": In(ctx_bits),
             "fill_entry": In(TlbEntry),
             "flush": In(contexts),          # invalidate every entry of these contexts
@@ -112,21 +118,26 @@ class TlbArray(wiring.Component):
         sets, ways = self.sets, self.ways
         entry_layout = data.StructLayout({"tag": self.tag_bits, "data": TlbEntry})
 
-        def index(gpa):
-            return gpa[self.shift:self.shift + self.index_bits] if self.index_bits else C(0, 1)
+        def index(page):
+            return page[:self.index_bits] if self.index_bits else C(0, 1)
 
-        def tag(gpa):
-            return gpa[self.shift + self.index_bits:GPA_BITS]
+        def tag(page):
+            return page[self.index_bits:]
 
         valid = Array(Signal(ways, name=f"valid_{s}") for s in range(sets))
-        ctx = Array(Array(Signal.like(self.s1_ctx, name=f"ctx_{s}_{w}") for w in range(ways))
+        ctx = Array(Array(Signal.like(self.lookup_ctx, name=f"ctx_{s}_{w}") for w in range(ways))
                     for s in range(sets))
         plru = Array(Signal(max(1, ways - 1), name=f"plru_{s}") for s in range(sets))
 
-        s1_index = Signal(max(1, self.index_bits))
+        # the lookup's page and context, held for the S1 compare
+        s1_page = Signal.like(self.lookup_page)
+        s1_ctx = Signal.like(self.lookup_ctx)
+        with m.If(self.lookup_en):
+            m.d.sync += [s1_page.eq(self.lookup_page), s1_ctx.eq(self.lookup_ctx)]
+        s1_index = index(s1_page)
         seen = Signal(ways)          # ways whose S0 read is still current
-        fill_index = Signal.like(s1_index)
-        m.d.comb += fill_index.eq(index(self.fill_gpa))
+        fill_index = Signal(max(1, self.index_bits))
+        m.d.comb += fill_index.eq(index(self.fill_page))
 
         # victim for a fill: first invalid way, else pseudo-LRU
         fill_valid = valid[fill_index]
@@ -146,30 +157,40 @@ class TlbArray(wiring.Component):
         hits = Signal(ways)
         hit_way = Signal.like(victim)
         for w in range(ways):
-            mem = Memory(shape=entry_layout, depth=sets, init=[])
-            m.submodules[f"way{w}"] = mem
-            wr = mem.write_port()
-            rd = mem.read_port(transparent_for=(wr,))
-            m.d.comb += [
-                wr.addr.eq(fill_index),
-                wr.data.tag.eq(tag(self.fill_gpa)),
-                wr.data.data.eq(self.fill_entry),
-                wr.en.eq(fill_onehot[w]),
-                rd.addr.eq(index(self.lookup_gpa)),
-                rd.en.eq(self.lookup_en),
-            ]
+            if sets > 1:
+                mem = Memory(shape=entry_layout, depth=sets, init=[])
+                m.submodules[f"way{w}"] = mem
+                wr = mem.write_port()
+                rd = mem.read_port(transparent_for=(wr,))
+                m.d.comb += [
+                    wr.addr.eq(fill_index),
+                    wr.data.tag.eq(tag(self.fill_page)),
+                    wr.data.data.eq(self.fill_entry),
+                    wr.en.eq(fill_onehot[w]),
+                    rd.addr.eq(index(self.lookup_page)),
+                    rd.en.eq(self.lookup_en),
+                ]
+                stored = rd.data
+            else:
+                # One set: the way itself, read in S1 without an S0 read register.  That is
+                # what the memory's transparent read would give whenever it can matter: a
+                # way written since the lookup is not in `seen`, so it does not hit.  No
+                # reset, like the memory: `valid` says what is live.
+                stored = Signal(entry_layout, name=f"way{w}", reset_less=True)
+                with m.If(fill_onehot[w]):
+                    m.d.sync += [stored.tag.eq(tag(self.fill_page)),
+                                 stored.data.eq(self.fill_entry)]
             live = valid[s1_index][w] & seen[w]
-            m.d.comb += hits[w].eq(live & (rd.data.tag == tag(self.s1_gpa))
-                                   & (ctx[s1_index][w] == self.s1_ctx))
+            m.d.comb += hits[w].eq(live & (stored.tag == tag(s1_page))
+                                   & (ctx[s1_index][w] == s1_ctx))
             with m.If(hits[w]):
-                m.d.comb += [hit_way.eq(w), self.entry.eq(rd.data.data)]
+                m.d.comb += [hit_way.eq(w), self.entry.eq(stored.data)]
         m.d.comb += self.hit.eq(hits.any())
 
         # the S0 read's snapshot of which ways it may trust
-        same_set = fill_index == index(self.lookup_gpa)
+        same_set = fill_index == index(self.lookup_page)
         with m.If(self.lookup_en):
-            m.d.sync += [s1_index.eq(index(self.lookup_gpa)),
-                         seen.eq(valid[index(self.lookup_gpa)] | Mux(same_set, fill_onehot, 0))]
+            m.d.sync += seen.eq(valid[index(self.lookup_page)] | Mux(same_set, fill_onehot, 0))
         with m.Elif(fill_index == s1_index):
             m.d.sync += seen.eq(seen & ~fill_onehot)
 
@@ -211,16 +232,15 @@ class Tlb(wiring.Component):
         ctx_bits = max(1, ceil_log2(contexts))
         super().__init__({
             "lookup_en": In(1),
-            "lookup_gpa": In(GPA_BITS),
-            "s1_gpa": In(GPA_BITS),
-            "s1_ctx": In(ctx_bits),
-            "hit": Out(1),
+            "lookup_page": In(GPA_BITS - 12),   # S0: GPA[47:12]
+            "lookup_ctx": In(ctx_bits),         # S0
+            "hit": Out(1),                      # S1
             "size": Out(PageSize),
             "entry": Out(TlbEntry),
-            "drop": In(1),
+            "drop": In(1),                      # S1
             "fill": In(1),
             "fill_size": In(PageSize),
-            "fill_gpa": In(GPA_BITS),
+            "fill_page": In(GPA_BITS - 12),     # GPA[47:12]
             "fill_ctx": In(ctx_bits),
             "fill_entry": In(TlbEntry),
             "flush": In(contexts),
@@ -234,11 +254,12 @@ class Tlb(wiring.Component):
         m = Module()
         for size, arr in self.arrays.items():
             m.submodules[f"tlb_{size.name[5:].lower()}"] = arr
+            low = arr.shift - 12          # the array's page number starts at GPA[shift]
             m.d.comb += [
-                arr.lookup_en.eq(self.lookup_en), arr.lookup_gpa.eq(self.lookup_gpa),
-                arr.s1_gpa.eq(self.s1_gpa), arr.s1_ctx.eq(self.s1_ctx),
+                arr.lookup_en.eq(self.lookup_en), arr.lookup_page.eq(self.lookup_page[low:]),
+                arr.lookup_ctx.eq(self.lookup_ctx),
                 arr.fill.eq(self.fill & (self.fill_size == size)),
-                arr.fill_gpa.eq(self.fill_gpa), arr.fill_ctx.eq(self.fill_ctx),
+                arr.fill_page.eq(self.fill_page[low:]), arr.fill_ctx.eq(self.fill_ctx),
                 arr.fill_entry.eq(self.fill_entry), arr.flush.eq(self.flush),
             ]
         # priority 1G < 2M < 4K: the last assignment wins

@@ -52,7 +52,7 @@ from amaranth.utils import ceil_log2
 from .contexts import ContextTable
 from .eptp import EptpRegister
 from .layouts import (
-    GPA_BITS, TAG_BITS, Access, InveptRequest, Level, MemRequest, MemResponse, Outcome, PageSize,
+    GPA_BITS, PA_BITS, TAG_BITS, Access, InveptRequest, Level, MemRequest, MemResponse, Outcome, PageSize,
     PerfCounters, TranslateRequest, TranslateResponse, check_maxphyaddr,
 )
 from .mem_arbiter import MemArbiter
@@ -226,8 +226,9 @@ class PageWalkUnit(wiring.Component):
         tlb_entry = None
         if self.tlb is not None:
             m.submodules.tlb = tlb = self.tlb
-            m.d.comb += [tlb.lookup_en.eq(fire), tlb.lookup_gpa.eq(s0.gpa),
-                         tlb.s1_gpa.eq(s1.gpa), tlb.s1_ctx.eq(s1.ctx), tlb.flush.eq(flush),
+            # the TLB holds the page and context of S0 itself, as s1 does here
+            m.d.comb += [tlb.lookup_en.eq(fire), tlb.lookup_page.eq(s0.gpa[12:]),
+                         tlb.lookup_ctx.eq(s0.ctx), tlb.flush.eq(flush),
                          tlb_hit.eq(tlb.hit & ~s1.stale)]
             tlb_entry = tlb.entry
         allowed = Signal()
@@ -248,22 +249,30 @@ class PageWalkUnit(wiring.Component):
         if self.tlb is not None:
             m.d.comb += tlb.drop.eq(bad_hit)
 
-        hit_resp = Signal(TranslateResponse)
-        m.d.comb += [hit_resp.tag.eq(s1.tag), hit_resp.outcome.eq(Mux(refuse, Outcome.REFUSED, Outcome.OK))]
+        # The translation of a good hit (zero otherwise) is built in its own signal, and every
+        # field of the response is then assigned unconditionally: a hit has no exit
+        # qualification and restarted no walk, so those fields are zero.
+        hit = Signal(data.StructLayout({"hpa": PA_BITS, "page_size": PageSize,
+                                        "memtype": 3, "level": Level}))
         if tlb_entry is not None:
             page = tlb_entry.hpa_page
             with m.If(good_hit):
-                m.d.comb += [hit_resp.page_size.eq(tlb.size), hit_resp.memtype.eq(tlb_entry.memtype)]
+                m.d.comb += [hit.page_size.eq(tlb.size), hit.memtype.eq(tlb_entry.memtype)]
                 with m.Switch(tlb.size):
                     with m.Case(PageSize.SIZE_4K):
-                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:12], page)),
-                                     hit_resp.level.eq(Level.PTE)]
+                        m.d.comb += [hit.hpa.eq(Cat(s1.gpa[:12], page)), hit.level.eq(Level.PTE)]
                     with m.Case(PageSize.SIZE_2M):
-                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:21], page[9:])),
-                                     hit_resp.level.eq(Level.PDE)]
+                        m.d.comb += [hit.hpa.eq(Cat(s1.gpa[:21], page[9:])), hit.level.eq(Level.PDE)]
                     with m.Default():
-                        m.d.comb += [hit_resp.hpa.eq(Cat(s1.gpa[:30], page[18:])),
-                                     hit_resp.level.eq(Level.PDPTE)]
+                        m.d.comb += [hit.hpa.eq(Cat(s1.gpa[:30], page[18:])),
+                                     hit.level.eq(Level.PDPTE)]
+        hit_resp = Signal(TranslateResponse)
+        m.d.comb += [
+            hit_resp.outcome.eq(Mux(refuse, Outcome.REFUSED, Outcome.OK)),
+            hit_resp.hpa.eq(hit.hpa), hit_resp.page_size.eq(hit.page_size),
+            hit_resp.memtype.eq(hit.memtype), hit_resp.qual.eq(0), hit_resp.level.eq(hit.level),
+            hit_resp.retries.eq(0), hit_resp.tag.eq(s1.tag),
+        ]
 
         # -- the response port: walkers first, then S1 ---------------------------
         w_resp_any = Signal()
@@ -284,20 +293,22 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += [self.translate_resp.valid.eq(refuse | good_hit),
                          self.translate_resp.payload.eq(hit_resp)]
         s1_answered = (refuse | good_hit) & ~w_resp_any & self.translate_resp.ready
-        with m.If(s1_answered & good_hit):
-            with m.Switch(tlb.size if self.tlb is not None else C(0, 2)):
-                with m.Case(PageSize.SIZE_4K):
-                    m.d.comb += ev.hits_4k.eq(1)
-                with m.Case(PageSize.SIZE_2M):
-                    m.d.comb += ev.hits_2m.eq(1)
-                with m.Default():
-                    m.d.comb += ev.hits_1g.eq(1)
+        # by the size of the hit's page (zero unless it is a good hit; so also without a TLB)
+        hit_counted = Signal()
+        m.d.comb += hit_counted.eq(s1_answered & good_hit)
+        hit_4k = hit.page_size == PageSize.SIZE_4K
+        hit_2m = hit.page_size == PageSize.SIZE_2M
+        m.d.comb += [
+            ev.hits_4k.eq(hit_counted & hit_4k),
+            ev.hits_2m.eq(hit_counted & hit_2m),
+            ev.hits_1g.eq(hit_counted & ~hit_4k & ~hit_2m),
+        ]
 
         # -- S1 miss: park behind a walk of the same page, or start a walk -------
         same_page = Signal(n_walk)
         for k, w in enumerate(walkers):
             m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & (w_ctx[k] == s1.ctx)
-                                        & (w.gpa[12:] == s1.gpa[12:]))
+                                        & (w.page == s1.gpa[12:]))
         merge_walker = Signal.like(w_resp_sel)
         for k in reversed(range(n_walk)):
             with m.If(same_page[k]):
@@ -341,7 +352,7 @@ class PageWalkUnit(wiring.Component):
         psc_used = {}
         for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
             psc = self.pscs[level]
-            m.d.comb += [psc.lookup_gpa.eq(s1.gpa), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
+            m.d.comb += [psc.lookup_key.eq(s1.gpa[psc.lo:]), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
             use = Signal(name=f"use_{level.name.lower()}_cache")
             m.d.comb += use.eq(psc.hit & ~s1.stale)
             psc_used[level] = use
@@ -383,15 +394,16 @@ class PageWalkUnit(wiring.Component):
         resp = self.translate_resp.payload
         install = Signal()
         m.d.comb += install.eq(done_any & (resp.outcome == Outcome.OK) & ~w_stale.bit_select(fw, 1))
-        sel_gpa = Signal(GPA_BITS)
+        sel_page = Signal(GPA_BITS - 12)       # GPA[47:12]: what the caches are filled for
         sel_access = Signal(Access)
         sel_entries = Signal.like(walkers[0].entries)
         sel_perms_at = Signal.like(walkers[0].perms_at)
-        sel_walked = Signal(4)
+        sel_walked = Signal.like(walkers[0].walked)
         sel_ctx = Signal(ctx_bits)
         for k, w in enumerate(walkers):
             with m.If(fw == k):
-                m.d.comb += [sel_gpa.eq(w.gpa), sel_access.eq(w.access), sel_entries.eq(w.entries),
+                m.d.comb += [sel_page.eq(w.page), sel_access.eq(w.access),
+                             sel_entries.eq(w.entries),
                              sel_perms_at.eq(w.perms_at), sel_walked.eq(w.walked),
                              sel_ctx.eq(w_ctx[k])]
         leaf = resp.level.as_value()
@@ -399,7 +411,7 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += [
                 tlb.fill.eq(install),
                 tlb.fill_size.eq(resp.page_size),
-                tlb.fill_gpa.eq(sel_gpa),
+                tlb.fill_page.eq(sel_page),
                 tlb.fill_ctx.eq(sel_ctx),
                 tlb.fill_entry.hpa_page.eq(resp.hpa[12:]),
                 tlb.fill_entry.perms.eq(sel_perms_at[leaf]),
@@ -409,10 +421,12 @@ class PageWalkUnit(wiring.Component):
                                     | sel_entries[leaf].d),
             ]
         for level, psc in self.pscs.items():
+            if not psc.entries:
+                continue         # nothing to fill (caches off, or a level without a cache)
             i = level.value
             m.d.comb += [
-                psc.fill.eq(install & sel_walked[i] & (leaf < i)),
-                psc.fill_gpa.eq(sel_gpa), psc.fill_ctx.eq(sel_ctx),
+                psc.fill.eq(install & sel_walked[i - 1] & (leaf < i)),
+                psc.fill_key.eq(sel_page[psc.lo - 12:]), psc.fill_ctx.eq(sel_ctx),
                 psc.fill_table.eq(sel_entries[i].addr), psc.fill_perms.eq(sel_perms_at[i]),
             ]
         with m.If(done_any):
@@ -427,7 +441,7 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += psc.drop_ctx.eq(w_ctx[drop_walker])
             for k, w in enumerate(walkers):
                 with m.If(drop_walker == k):
-                    m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_gpa.eq(w.gpa)]
+                    m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_key.eq(w.page[psc.lo - 12:])]
 
         # park slots: wake on their walker's answer; leave on replay
         for i in range(n_park):

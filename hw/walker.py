@@ -67,12 +67,14 @@ class Walker(wiring.Component):
     mem_resp: In(stream.Signature(MemResponse))
     state: Out(WalkerState)
     level: Out(Level)
-    gpa: Out(GPA_BITS)
+    page: Out(GPA_BITS - 12)      # GPA[47:12] of the walk: the parent's same-page check, cache fills
     access: Out(Access)
     # what the walk used, for filling the caches when the response leaves
     entries: Out(data.ArrayLayout(EptEntry, 4))    # indexed by Level
     perms_at: Out(data.ArrayLayout(3, 4))          # R/W/X AND from the PML4E to each level
-    walked: Out(4)                                 # levels read from memory in this walk
+    # levels above the PTE read from memory in this walk, bit i-1 for level i: the ones a
+    # paging-structure cache can hold, and the ones whose A matters when the leaf is below
+    walked: Out(3)
     psc_drop: Out(1)       # strobe: a walk started from a cache faulted; walking again
     lost_race: Out(1)      # strobe: an A/D CAS lost; walking again
 
@@ -88,6 +90,8 @@ class Walker(wiring.Component):
         m.submodules.check = check = self.entry_check
         m.submodules.ad = ad = self.ad_updater
 
+        gpa = Signal(GPA_BITS)
+        m.d.comb += self.page.eq(gpa[12:])
         pml4 = Signal(40)
         ad_enabled = Signal()
         table = Signal(40)                 # frame of the table being read
@@ -108,7 +112,7 @@ class Walker(wiring.Component):
             for level in Level:
                 with m.Case(level):
                     lo = 12 + 9 * level.value
-                    m.d.comb += index.eq(self.gpa[lo:lo + 9])
+                    m.d.comb += index.eq(gpa[lo:lo + 9])
         entry_addr = Signal(PA_BITS)
         m.d.comb += entry_addr.eq(Cat(C(0, 3), index, table))
 
@@ -127,10 +131,14 @@ class Walker(wiring.Component):
         pending = Signal(4)
         for lv in Level:
             i = lv.value
-            above = (lvl < i) & self.walked[i]      # levels skipped via a cache have A set
             here = lvl == i
             leaf_needs = ~entry.a | ((self.access == Access.WRITE) & ~entry.d)
-            m.d.comb += pending[i].eq((above & ~entries[i].a) | (here & leaf_needs))
+            if i == 0:
+                # the PTE is never above the leaf
+                m.d.comb += pending[i].eq(here & leaf_needs)
+            else:
+                above = (lvl < i) & self.walked[i - 1]      # levels skipped via a cache have A set
+                m.d.comb += pending[i].eq((above & ~entries[i].a) | (here & leaf_needs))
 
         m.d.comb += [
             ad.entries.eq(entries),
@@ -184,7 +192,7 @@ class Walker(wiring.Component):
                 with m.If(self.req.valid):
                     p = self.req.payload
                     m.d.sync += [
-                        self.gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
+                        gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
                         ad_enabled.eq(p.ad_enabled), retries.eq(0), result.eq(0),
                         tag.eq(p.tag),
                         self.level.eq(p.start_level), table.eq(p.start_table),
@@ -205,7 +213,7 @@ class Walker(wiring.Component):
                 with m.If(self.mem_resp.valid):
                     m.d.sync += [entries[lvl].eq(entry), perms.eq(perms_next),
                                  self.perms_at[lvl].eq(perms_next),
-                                 self.walked.eq(self.walked | (1 << lvl)[:4])]
+                                 self.walked.eq(self.walked | (1 << lvl)[1:4])]
                     with m.If(self.mem_resp.payload.error):
                         m.d.sync += finish(Outcome.BUS_ERROR)
                     with m.Elif(~check.present):
@@ -219,13 +227,13 @@ class Walker(wiring.Component):
                             # the successful result, kept while A/D is set
                             with m.Switch(self.level):
                                 with m.Case(Level.PTE):
-                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:12], entry.addr)),
+                                    m.d.sync += [result.hpa.eq(Cat(gpa[:12], entry.addr)),
                                                  result.page_size.eq(PageSize.SIZE_4K)]
                                 with m.Case(Level.PDE):
-                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:21], entry.addr[9:])),
+                                    m.d.sync += [result.hpa.eq(Cat(gpa[:21], entry.addr[9:])),
                                                  result.page_size.eq(PageSize.SIZE_2M)]
                                 with m.Default():
-                                    m.d.sync += [result.hpa.eq(Cat(self.gpa[:30], entry.addr[18:])),
+                                    m.d.sync += [result.hpa.eq(Cat(gpa[:30], entry.addr[18:])),
                                                  result.page_size.eq(PageSize.SIZE_1G)]
                             m.d.sync += [result.memtype.eq(entry.memtype), result.qual.eq(0)]
                             with m.If(ad_enabled & (pending != 0)):

@@ -18,6 +18,9 @@ PARAMETER_SETS = [
     ("maxphyaddr39", ["--maxphyaddr", "39"]),
     ("maxphyaddr52", ["--maxphyaddr", "52"]),
     ("no_execute_only", ["--no-execute-only"]),
+    ("walkers1", ["--walkers", "1"]),           # one walker: 0-bit walker selects
+    ("no_caches", ["--no-caches"]),             # no TLB, empty paging-structure caches
+    ("tlb_sets64", ["--tlb-sets", "64"]),       # a 4K array of 64 sets (6-bit index)
 ]
 
 
