@@ -1,9 +1,10 @@
 """Performance counters: one 48-bit wrapping counter per event.
 
 Each cycle, every counter adds its event input (a count, so several walkers
-can report in one cycle).  ``clear`` zeroes them all; events in the same cycle
-are dropped.  The counters are registers: a count shows the cycle after its
-event.
+can report in one cycle).  The events are registered first, so that the
+logic that raises them (the TLB compare, the dispatch) does not also drive
+48-bit adders: a count shows two cycles after its event.  ``clear`` zeroes
+every counter; events registered in the same cycle are dropped.
 """
 
 from amaranth import *
@@ -24,9 +25,11 @@ class PerfCounterBank(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        events = Signal(PerfEvents)
+        m.d.sync += events.eq(self.events)
         for name in PERF_EVENTS:
             counter = self.counters[name]
-            event = self.events[name]
+            event = events[name]
             # The add is split at the event's width so that both adders see operands of one
             # width (Amaranth writes a zero-extended operand at its own width, which lint
             # rightly reports): the low bits add the event and give a carry, which the high

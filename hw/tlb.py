@@ -9,11 +9,13 @@ context id, which :class:`~hw.contexts.ContextTable` maps to EPTP[51:12].
 Timing: a lookup presents its page number GPA[47:12] and context in cycle
 S0 (``lookup_en`` high); the result (``hit``, ``entry``, ``size``) is valid in
 cycle S1, the next one, and holds while ``lookup_en`` stays low.  One lookup
-per cycle.  Each array reads its set in S0 and holds the page and context for
-the S1 compare itself, so its ports carry exactly the bits it uses (an array
-sees GPA[47:shift] of its page size: set index, then tag).  While a lookup
-waits in S1, a fill into its set hides the way it overwrites (the data read
-in S0 is then old), so a hit is never built from a stale read.
+per cycle.  Each array reads its set and compares the ways' contexts in S0,
+and holds the page for the S1 tag compare itself, so its ports carry exactly
+the bits it uses (an array sees GPA[47:shift] of its page size: set index,
+then tag).  While a lookup waits in S1, a fill into its set hides the way it
+overwrites (the data read in S0 is then old), so a hit is never built from a
+stale read.  A drop (``drop`` with a hit) and the LRU refresh of a hit take
+effect one cycle after S1.
 
 An array of one set has no set index; it keeps its ways in registers rather
 than in a one-word memory (which would have a 0-bit address).
@@ -131,9 +133,8 @@ class TlbArray(wiring.Component):
 
         # the lookup's page and context, held for the S1 compare
         s1_page = Signal.like(self.lookup_page)
-        s1_ctx = Signal.like(self.lookup_ctx)
         with m.If(self.lookup_en):
-            m.d.sync += [s1_page.eq(self.lookup_page), s1_ctx.eq(self.lookup_ctx)]
+            m.d.sync += s1_page.eq(self.lookup_page)
         s1_index = index(s1_page)
         seen = Signal(ways)          # ways whose S0 read is still current
         fill_index = Signal(max(1, self.index_bits))
@@ -180,25 +181,41 @@ class TlbArray(wiring.Component):
                 with m.If(fill_onehot[w]):
                     m.d.sync += [stored.tag.eq(tag(self.fill_page)),
                                  stored.data.eq(self.fill_entry)]
+            # the context was compared in S0 (``seen``); a fill since then clears it
             live = valid[s1_index][w] & seen[w]
-            m.d.comb += hits[w].eq(live & (stored.tag == tag(s1_page))
-                                   & (ctx[s1_index][w] == s1_ctx))
+            m.d.comb += hits[w].eq(live & (stored.tag == tag(s1_page)))
             with m.If(hits[w]):
                 m.d.comb += [hit_way.eq(w), self.entry.eq(stored.data)]
         m.d.comb += self.hit.eq(hits.any())
 
-        # the S0 read's snapshot of which ways it may trust
-        same_set = fill_index == index(self.lookup_page)
+        # The S0 snapshot of the ways that may hit: valid, of the lookup's context, and
+        # read from memory as they are now.  Comparing the context here keeps the
+        # context registers out of the S1 compare (the unit's critical path).
+        index0 = index(self.lookup_page)
+        same_set = fill_index == index0
+        ctx_match = Signal(ways)
+        for w in range(ways):
+            filled_now = same_set & fill_onehot[w]
+            m.d.comb += ctx_match[w].eq(Mux(filled_now, self.fill_ctx, ctx[index0][w]) == self.lookup_ctx)
         with m.If(self.lookup_en):
-            m.d.sync += seen.eq(valid[index(self.lookup_page)] | Mux(same_set, fill_onehot, 0))
+            m.d.sync += seen.eq((valid[index0] | Mux(same_set, fill_onehot, 0)) & ctx_match)
         with m.Elif(fill_index == s1_index):
             m.d.sync += seen.eq(seen & ~fill_onehot)
 
+        # A drop and the LRU refresh of a hit land one cycle later, off the compare path.
+        # Harmless: until then the entry is still one the reference page allows.
+        pend_drop = Signal()
+        pend_touch = Signal()
+        pend_set = Signal(len(s1_index))
+        pend_way = Signal.like(hit_way)
+        m.d.sync += [pend_drop.eq(self.hit & self.drop), pend_touch.eq(self.hit & ~self.drop),
+                     pend_set.eq(s1_index), pend_way.eq(hit_way)]
+
         # order matters: a drop, then a fill, then a flush (which wins)
-        with m.If(self.hit & self.drop):
-            m.d.sync += valid[s1_index].eq(valid[s1_index] & ~(1 << hit_way)[:ways])
-        with m.Elif(self.hit):
-            m.d.sync += plru[s1_index].eq(plru_touch(plru[s1_index], hit_way, ways))
+        with m.If(pend_drop):
+            m.d.sync += valid[pend_set].eq(valid[pend_set] & ~(1 << pend_way)[:ways])
+        with m.Elif(pend_touch):
+            m.d.sync += plru[pend_set].eq(plru_touch(plru[pend_set], pend_way, ways))
         with m.If(do_fill):
             m.d.sync += [
                 valid[fill_index].eq(valid[fill_index] | fill_onehot),

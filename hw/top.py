@@ -274,7 +274,21 @@ class PageWalkUnit(wiring.Component):
             hit_resp.retries.eq(0), hit_resp.tag.eq(s1.tag),
         ]
 
-        # -- the response port: walkers first, then S1 ---------------------------
+        # -- S1 resolves into the response port, the skid register or S2 ----------
+        # S1 moves on whenever the skid register and S2 can take its result, whatever
+        # the compare says: the compare then only steers data, and stays off the
+        # enables of S0/S1 (the unit's critical path).
+        skid = Signal(TranslateResponse)
+        skid_full = Signal()
+        s2 = Signal(Pending)
+        s2_valid = Signal()
+        s2_dropped = Signal()          # S2 holds a hit that lacked the permission or D
+        s2_leaving = Signal()
+        m.d.comb += s1_advance.eq(~s1_valid | (~skid_full & (~s2_valid | s2_leaving)))
+        s1_resolves = s1_valid & s1_advance
+        answer = refuse | good_hit
+
+        # -- the response port: the skid register, then walkers, then S1 ----------
         w_resp_any = Signal()
         w_resp_sel = Signal(range(n_walk) if n_walk > 1 else 1)
         for k in reversed(range(n_walk)):
@@ -282,20 +296,27 @@ class PageWalkUnit(wiring.Component):
                 m.d.comb += [w_resp_any.eq(1), w_resp_sel.eq(k)]
         w_done = Signal(n_walk)           # walker k's response leaves this cycle
         for k, w in enumerate(walkers):
-            m.d.comb += [w.resp.ready.eq(self.translate_resp.ready & (w_resp_sel == k)),
+            m.d.comb += [w.resp.ready.eq(self.translate_resp.ready & ~skid_full & (w_resp_sel == k)),
                          w_done[k].eq(w.resp.valid & w.resp.ready)]
-        with m.If(w_resp_any):
+        with m.If(skid_full):
+            m.d.comb += [self.translate_resp.valid.eq(1), self.translate_resp.payload.eq(skid)]
+        with m.Elif(w_resp_any):
             for k, w in enumerate(walkers):
                 with m.If(w_resp_sel == k):
                     m.d.comb += [self.translate_resp.valid.eq(1),
                                  self.translate_resp.payload.eq(w.resp.payload)]
         with m.Else():
-            m.d.comb += [self.translate_resp.valid.eq(refuse | good_hit),
+            # only when S1 moves on, or the same answer would leave twice
+            m.d.comb += [self.translate_resp.valid.eq(answer & s1_resolves),
                          self.translate_resp.payload.eq(hit_resp)]
-        s1_answered = (refuse | good_hit) & ~w_resp_any & self.translate_resp.ready
+        s1_direct = ~skid_full & ~w_resp_any & self.translate_resp.ready
+        with m.If(skid_full & self.translate_resp.ready):
+            m.d.sync += skid_full.eq(0)
+        with m.If(s1_resolves & answer & ~s1_direct):
+            m.d.sync += [skid.eq(hit_resp), skid_full.eq(1)]
         # by the size of the hit's page (zero unless it is a good hit; so also without a TLB)
         hit_counted = Signal()
-        m.d.comb += hit_counted.eq(s1_answered & good_hit)
+        m.d.comb += hit_counted.eq(s1_resolves & good_hit)
         hit_4k = hit.page_size == PageSize.SIZE_4K
         hit_2m = hit.page_size == PageSize.SIZE_2M
         m.d.comb += [
@@ -303,12 +324,19 @@ class PageWalkUnit(wiring.Component):
             ev.hits_2m.eq(hit_counted & hit_2m),
             ev.hits_1g.eq(hit_counted & ~hit_4k & ~hit_2m),
         ]
+        with m.If(s1_resolves & miss):
+            m.d.sync += [s2.eq(s1), s2.stale.eq(s1.stale | flushed(s1.ctx)), s2_valid.eq(1),
+                         s2_dropped.eq(bad_hit)]
+        with m.Elif(s2_leaving):
+            m.d.sync += s2_valid.eq(0)
+        with m.Elif(s2_valid):
+            m.d.sync += s2.stale.eq(s2.stale | flushed(s2.ctx))
 
-        # -- S1 miss: park behind a walk of the same page, or start a walk -------
+        # -- S2, a miss: park behind a walk of the same page, or start a walk ------
         same_page = Signal(n_walk)
         for k, w in enumerate(walkers):
-            m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & (w_ctx[k] == s1.ctx)
-                                        & (w.page == s1.gpa[12:]))
+            m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & (w_ctx[k] == s2.ctx)
+                                        & (w.page == s2.gpa[12:]))
         merge_walker = Signal.like(w_resp_sel)
         for k in reversed(range(n_walk)):
             with m.If(same_page[k]):
@@ -328,17 +356,17 @@ class PageWalkUnit(wiring.Component):
         parked = Signal()
         dispatched = Signal()
         m.d.comb += [
-            parked.eq(miss & same_page.any() & ~park_valid.all()),
-            dispatched.eq(miss & ~same_page.any() & walker_idle.any()),
+            parked.eq(s2_valid & same_page.any() & ~park_valid.all()),
+            dispatched.eq(s2_valid & ~same_page.any() & walker_idle.any()),
+            s2_leaving.eq(parked | dispatched),
         ]
-        m.d.comb += s1_advance.eq(~s1_valid | s1_answered | parked | dispatched)
-        with m.If(parked | dispatched):
-            m.d.comb += [ev.misses.eq(1), ev.dropped.eq(bad_hit)]
+        with m.If(s2_leaving):
+            m.d.comb += [ev.misses.eq(1), ev.dropped.eq(s2_dropped)]
         with m.If(parked):
             m.d.comb += ev.merged.eq(1)
             m.d.sync += [
-                park[free_park].eq(s1),
-                park[free_park].stale.eq(s1.stale | flushed(s1.ctx)),
+                park[free_park].eq(s2),
+                park[free_park].stale.eq(s2.stale | flushed(s2.ctx)),
                 park_wait[free_park].eq(merge_walker),
                 park_valid.bit_select(free_park, 1).eq(1),
                 park_ready.bit_select(free_park, 1).eq(w_done.bit_select(merge_walker, 1)),
@@ -348,14 +376,12 @@ class PageWalkUnit(wiring.Component):
         start_level = Signal(Level)
         start_table = Signal(40)
         start_perms = Signal(3)
-        m.d.comb += [start_level.eq(Level.PML4E), start_table.eq(s1.pml4), start_perms.eq(0b111)]
-        psc_used = {}
+        m.d.comb += [start_level.eq(Level.PML4E), start_table.eq(s2.pml4), start_perms.eq(0b111)]
         for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
             psc = self.pscs[level]
-            m.d.comb += [psc.lookup_key.eq(s1.gpa[psc.lo:]), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
+            m.d.comb += [psc.lookup_key.eq(s2.gpa[psc.lo:]), psc.lookup_ctx.eq(s2.ctx), psc.flush.eq(flush)]
             use = Signal(name=f"use_{level.name.lower()}_cache")
-            m.d.comb += use.eq(psc.hit & ~s1.stale)
-            psc_used[level] = use
+            m.d.comb += use.eq(psc.hit & ~s2.stale)
             with m.If(use):           # lower levels come later and win
                 m.d.comb += [start_level.eq(below), start_table.eq(psc.table), start_perms.eq(psc.perms)]
         with m.If(dispatched):
@@ -373,61 +399,80 @@ class PageWalkUnit(wiring.Component):
             p = w.req.payload
             m.d.comb += [
                 w.req.valid.eq(go),
-                p.gpa.eq(s1.gpa), p.access.eq(s1.access), p.tag.eq(s1.tag),
-                p.pml4.eq(s1.pml4), p.ad_enabled.eq(s1.ad_enabled), p.ctx_valid.eq(1),
+                p.gpa.eq(s2.gpa), p.access.eq(s2.access), p.tag.eq(s2.tag),
+                p.pml4.eq(s2.pml4), p.ad_enabled.eq(s2.ad_enabled), p.ctx_valid.eq(1),
                 p.start_level.eq(start_level), p.start_table.eq(start_table),
                 p.start_perms.eq(start_perms),
             ]
             with m.If(go):
-                m.d.sync += [w_busy[k].eq(1), w_ctx[k].eq(s1.ctx), w_ad[k].eq(s1.ad_enabled),
-                             w_stale[k].eq(s1.stale | flushed(s1.ctx))]
+                m.d.sync += [w_busy[k].eq(1), w_ctx[k].eq(s2.ctx), w_ad[k].eq(s2.ad_enabled),
+                             w_stale[k].eq(s2.stale | flushed(s2.ctx))]
             with m.Else():
                 with m.If(w_done[k]):
                     m.d.sync += w_busy[k].eq(0)
                 m.d.sync += w_stale[k].eq(w_stale[k] | flushed(w_ctx[k]))
 
-        # -- a walker answers: fill the caches, wake its park slots --------------
-        fill_walker = w_resp_sel
+        # -- a walker answers: fill the caches (a cycle later), wake its park slots -
         fw = Signal(range(n_walk) if n_walk > 1 else 1)
-        m.d.comb += fw.eq(fill_walker)
+        m.d.comb += fw.eq(w_resp_sel)
         done_any = w_done.any()
         resp = self.translate_resp.payload
-        install = Signal()
-        m.d.comb += install.eq(done_any & (resp.outcome == Outcome.OK) & ~w_stale.bit_select(fw, 1))
-        sel_page = Signal(GPA_BITS - 12)       # GPA[47:12]: what the caches are filled for
+        Fill = data.StructLayout({
+            "page": GPA_BITS - 12, "ctx": ctx_bits, "size": PageSize, "hpa_page": PA_BITS - 12,
+            "memtype": 3, "leaf": Level, "perms": 3, "d": 1,
+            "walked": len(walkers[0].walked),
+            "tables": data.ArrayLayout(40, 3),        # next-table frames, PDE..PML4E
+            "table_perms": data.ArrayLayout(3, 3),
+        })
+        fill = Signal(Fill)
+        fill_valid = Signal()
         sel_access = Signal(Access)
         sel_entries = Signal.like(walkers[0].entries)
         sel_perms_at = Signal.like(walkers[0].perms_at)
-        sel_walked = Signal.like(walkers[0].walked)
-        sel_ctx = Signal(ctx_bits)
+        sel = Signal(Fill)
         for k, w in enumerate(walkers):
             with m.If(fw == k):
-                m.d.comb += [sel_page.eq(w.page), sel_access.eq(w.access),
-                             sel_entries.eq(w.entries),
-                             sel_perms_at.eq(w.perms_at), sel_walked.eq(w.walked),
-                             sel_ctx.eq(w_ctx[k])]
+                m.d.comb += [sel.page.eq(w.page), sel_access.eq(w.access),
+                             sel_entries.eq(w.entries), sel_perms_at.eq(w.perms_at),
+                             sel.walked.eq(w.walked), sel.ctx.eq(w_ctx[k])]
         leaf = resp.level.as_value()
+        m.d.comb += [
+            sel.size.eq(resp.page_size), sel.hpa_page.eq(resp.hpa[12:]),
+            sel.memtype.eq(resp.memtype), sel.leaf.eq(resp.level),
+            sel.perms.eq(sel_perms_at[leaf]),
+            # D is set in memory now, or A/D is off and writes need no D
+            sel.d.eq(~w_ad.bit_select(fw, 1) | (sel_access == Access.WRITE) | sel_entries[leaf].d),
+        ]
+        for i in range(3):
+            m.d.comb += [sel.tables[i].eq(sel_entries[i + 1].addr),
+                         sel.table_perms[i].eq(sel_perms_at[i + 1])]
+        # A successful walk of a context not flushed since it started, nor now, installs.
+        # The install lands a cycle after the response: a flush in that cycle still wins
+        # (the TLB and caches drop a fill of a context being flushed).
+        m.d.sync += [
+            fill.eq(sel),
+            fill_valid.eq(done_any & (resp.outcome == Outcome.OK) & ~w_stale.bit_select(fw, 1)
+                          & ~flushed(sel.ctx)),
+        ]
         if self.tlb is not None:
             m.d.comb += [
-                tlb.fill.eq(install),
-                tlb.fill_size.eq(resp.page_size),
-                tlb.fill_page.eq(sel_page),
-                tlb.fill_ctx.eq(sel_ctx),
-                tlb.fill_entry.hpa_page.eq(resp.hpa[12:]),
-                tlb.fill_entry.perms.eq(sel_perms_at[leaf]),
-                tlb.fill_entry.memtype.eq(resp.memtype),
-                # D is set in memory now, or A/D is off and writes need no D
-                tlb.fill_entry.d.eq(~w_ad.bit_select(fw, 1) | (sel_access == Access.WRITE)
-                                    | sel_entries[leaf].d),
+                tlb.fill.eq(fill_valid),
+                tlb.fill_size.eq(fill.size),
+                tlb.fill_page.eq(fill.page),
+                tlb.fill_ctx.eq(fill.ctx),
+                tlb.fill_entry.hpa_page.eq(fill.hpa_page),
+                tlb.fill_entry.perms.eq(fill.perms),
+                tlb.fill_entry.memtype.eq(fill.memtype),
+                tlb.fill_entry.d.eq(fill.d),
             ]
         for level, psc in self.pscs.items():
             if not psc.entries:
                 continue         # nothing to fill (caches off, or a level without a cache)
             i = level.value
             m.d.comb += [
-                psc.fill.eq(install & sel_walked[i - 1] & (leaf < i)),
-                psc.fill_key.eq(sel_page[psc.lo - 12:]), psc.fill_ctx.eq(sel_ctx),
-                psc.fill_table.eq(sel_entries[i].addr), psc.fill_perms.eq(sel_perms_at[i]),
+                psc.fill.eq(fill_valid & fill.walked[i - 1] & (fill.leaf.as_value() < i)),
+                psc.fill_key.eq(fill.page[psc.lo - 12:]), psc.fill_ctx.eq(fill.ctx),
+                psc.fill_table.eq(fill.tables[i - 1]), psc.fill_perms.eq(fill.table_perms[i - 1]),
             ]
         with m.If(done_any):
             m.d.comb += ev.walks_completed.eq(1)

@@ -17,11 +17,11 @@ A walk may start below the PML4E (``start_level``/``start_table``/
 violation or misconfiguration, it pulses ``psc_drop`` and walks again from
 the PML4E, so every fault it reports was decided by memory.
 
-Timing: the request is taken in IDLE; each level costs one cycle to issue the
-read plus the memory latency (the next read leaves the cycle after the
-response); the response is registered.  With memory latency L (response L
-cycles after the request is accepted) a cold 4-level walk answers in
-4(L+1)+1 cycles.  The walker keeps at most one memory request outstanding.
+Timing: the first read leaves in the cycle the request is taken (when the
+memory port is ready); each level costs the memory latency plus one cycle
+(the next read leaves the cycle after the response); the response is
+registered.  With memory latency L (response L cycles after the request is
+accepted) a cold 4-level walk answers 4(L+1) cycles after the request.  The walker keeps at most one memory request outstanding.
 """
 
 from amaranth import *
@@ -107,14 +107,26 @@ class Walker(wiring.Component):
         m.d.comb += [self.resp.payload.eq(result), self.resp.payload.tag.eq(tag)]
 
         # entry address: table base + 9-bit GPA index of this level * 8
+        # In IDLE the first read leaves in the cycle the request is taken, so the
+        # address comes from the request; afterwards from the walk's registers.
+        idle = self.state == WalkerState.IDLE
+        req = self.req.payload
+        cur_level = Signal(Level)
+        cur_gpa = Signal(GPA_BITS)
+        cur_table = Signal(40)
+        m.d.comb += [
+            cur_level.eq(Mux(idle, req.start_level, self.level)),
+            cur_gpa.eq(Mux(idle, req.gpa, gpa)),
+            cur_table.eq(Mux(idle, req.start_table, table)),
+        ]
         index = Signal(9)
-        with m.Switch(self.level):
+        with m.Switch(cur_level):
             for level in Level:
                 with m.Case(level):
                     lo = 12 + 9 * level.value
-                    m.d.comb += index.eq(gpa[lo:lo + 9])
+                    m.d.comb += index.eq(cur_gpa[lo:lo + 9])
         entry_addr = Signal(PA_BITS)
-        m.d.comb += entry_addr.eq(Cat(C(0, 3), index, table))
+        m.d.comb += entry_addr.eq(Cat(C(0, 3), index, cur_table))
 
         # the entry arriving from memory, judged combinationally
         entry = EptEntry(self.mem_resp.payload.data)
@@ -162,7 +174,8 @@ class Walker(wiring.Component):
             m.d.comb += [
                 self.mem_req.payload.op.eq(MemOp.READ),
                 self.mem_req.payload.addr.eq(entry_addr),
-                self.mem_req.valid.eq(self.state == WalkerState.READ),
+                self.mem_req.valid.eq((self.state == WalkerState.READ)
+                                      | (idle & self.req.valid & req.ctx_valid)),
                 self.mem_resp.ready.eq(self.state == WalkerState.WAIT),
             ]
 
@@ -199,7 +212,10 @@ class Walker(wiring.Component):
                         perms.eq(p.start_perms), self.walked.eq(0),
                         skipped.eq(p.start_level != Level.PML4E),
                     ]
-                    with m.If(p.ctx_valid):
+                    with m.If(p.ctx_valid & self.mem_req.ready):
+                        m.d.sync += [addrs[p.start_level.as_value()].eq(entry_addr),
+                                     self.state.eq(WalkerState.WAIT)]
+                    with m.Elif(p.ctx_valid):
                         m.d.sync += self.state.eq(WalkerState.READ)
                     with m.Else():
                         m.d.sync += [result.outcome.eq(Outcome.REFUSED),

@@ -341,6 +341,7 @@ class PysimHarness:
 
     def counters(self) -> dict[str, int]:
         """The unit's performance counters, read through the port (one cycle)."""
+        self.step(2)                  # events reach the counters two cycles later
         self._want_counters = True
         self.step(1)
         return {name: _PERF.get(self._counters_raw, name) for name in PERF_EVENTS}

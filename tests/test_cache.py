@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The TLB, paging-structure caches, INVEPT and concurrent walks, on the RTL.
 
 Every response goes through the scoreboard (``Rig.translate``/``run_all``),
@@ -7,7 +8,6 @@ while the request was in flight.  On top of that, each test states what the
 caches must have done (hit, walk, drop) through the unit's counters and the
 port timing.
 """
-# amaranth: UnusedElaboratable=no
 
 import random
 
