@@ -2,26 +2,32 @@
 
 ::
 
-                 +----------------------------- PageWalkUnit -----------------------------+
-  eptp_load ---->| EptpRegister -> ContextTable (EPTP -> context id) --flush--+            |
-  invept ------->|------------------------^                                 v            |
-  translate_req >| S0: TLB read --> S1: compare --hit--------------------------> resp mux >|> translate_resp
-                 |   ^ replays        |  miss: same page walking? -> park slot   ^        |
-                 |   +-- park slots <-+  else PSC lookup -> free walker ---------+        |
-                 |                          Walker x N (+ADUpdater) -> MemArbiter --------|> mem_req / mem_resp
-                 +------------------------------------------------------------------------+
+                 +------------------------------ PageWalkUnit ------------------------------+
+  eptp_load ---->| EptpRegister -> ContextTable (EPTP -> context id) --flush--+              |
+  invept ------->|------------------------^                                 v              |
+  translate_req >| S0: TLB read, -> S1: tag compare --hit--> port (or skid reg) -> resp mux >|> translate_resp
+                 |     ctx compare     |  miss                                   ^          |
+                 |   ^ replays         v                                         |          |
+                 |   +-- park slots <- S2: same page walking? park : PSC lookup  |          |
+                 |                        -> free walker (Walker x N + ADUpdater)+          |
+                 |                           -> MemArbiter ------------------------------- |> mem_req / mem_resp
+                 +--------------------------------------------------------------------------+
 
 Promises:
 
 * **Hits**: a request taken in cycle ``t`` that hits the TLB is answered in
   cycle ``t+1`` (``cycles`` = 1) if the response port is free, and a new
-  request is taken every cycle while hits continue.  Walker responses have
-  priority over hits on the response port (so walks cannot starve).
+  request is taken every cycle while hits continue.  If the port is busy the
+  answer waits in a skid register, which has the port first, then walker
+  responses, then S1 (so walks cannot starve).
+* **Pipeline**: S1 moves on whenever the skid register is empty and S2 can
+  take a miss, whatever its compare says; the compare only steers data.  That
+  keeps the TLB compare off the pipeline enables (the unit's critical path).
 * **Walk timing**: with memory latency L (no A/D writes, no row misses) a
-  cold 4-level walk answers 4(L+1)+2 cycles after the request: one cycle of
-  TLB lookup, then one issue cycle plus L per level, then the registered
-  response.  A walk that starts from a PDE-cache hit reads only the PTE and
-  answers in (L+1)+2.
+  cold 4-level walk answers 4(L+1)+2 cycles after the request: S1 (lookup),
+  S2 (dispatch, and the walker's first read leaves in the same cycle), L+1
+  per level, then the registered response.  A walk that starts from a
+  PDE-cache hit reads only the PTE and answers in (L+1)+2.
 * **Ordering**: responses leave **out of order**; each carries the request's
   ``tag``.  A requester must not reuse a tag that is still outstanding.
 * **Misses**: a miss goes to a free walker (``walkers``, default 2) with the
@@ -38,7 +44,9 @@ Promises:
   contexts are cleared); a walk, request or park slot of a covered context in
   flight at that edge completes, but installs nothing.
 * A request with no valid EPTP is answered ``REFUSED``; nothing is walked.
-* Performance counters (:data:`~hw.layouts.PERF_EVENTS`) count every cycle.
+* Performance counters (:data:`~hw.layouts.PERF_EVENTS`) count every cycle;
+  a count shows two cycles after its event.  Cache fills land one cycle after
+  the walk's response (a flush in that cycle still wins).
 
 With ``caches=False`` the unit has no TLB and no paging-structure caches:
 every request walks from the PML4E.
