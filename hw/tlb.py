@@ -15,7 +15,9 @@ the bits it uses (an array sees GPA[47:shift] of its page size: set index,
 then tag).  While a lookup waits in S1, a fill into its set hides the way it
 overwrites (the data read in S0 is then old), so a hit is never built from a
 stale read.  A drop (``drop`` with a hit) and the LRU refresh of a hit take
-effect one cycle after S1.
+effect one cycle after S1; a fill is written two cycles after ``fill`` (one
+to pick the way, one to write), so a lookup in S0 from the cycle after next
+sees it.
 
 An array of one set has no set index; it keeps its ways in registers rather
 than in a one-word memory (which would have a 0-bit address).
@@ -137,21 +139,34 @@ class TlbArray(wiring.Component):
             m.d.sync += s1_page.eq(self.lookup_page)
         s1_index = index(s1_page)
         seen = Signal(ways)          # ways whose S0 read is still current
-        fill_index = Signal(max(1, self.index_bits))
-        m.d.comb += fill_index.eq(index(self.fill_page))
-
-        # victim for a fill: first invalid way, else pseudo-LRU
-        fill_valid = valid[fill_index]
-        lru = plru_victim(m, plru[fill_index], ways)
-        victim = Signal(range(ways) if ways > 1 else 1)
-        m.d.comb += victim.eq(lru)
+        # A fill takes two cycles: the first picks the victim way (first invalid, else
+        # pseudo-LRU) and registers it, the second writes.  Splitting them keeps the
+        # set-indexed victim choice and the write enables off one path.  A second fill
+        # into the same set in between may pick the same way; that only loses an entry.
+        way_bits = range(ways) if ways > 1 else 1
+        pick_index = index(self.fill_page)
+        pick_valid = valid[pick_index]
+        lru = plru_victim(m, plru[pick_index], ways)
+        pick = Signal(way_bits)
+        m.d.comb += pick.eq(lru)
         for w in reversed(range(ways)):
-            with m.If(~fill_valid[w]):
-                m.d.comb += victim.eq(w)
+            with m.If(~pick_valid[w]):
+                m.d.comb += pick.eq(w)
+        write = Signal()
+        fill_index = Signal(max(1, self.index_bits))
+        fill_tag = Signal(self.tag_bits)
+        fill_entry = Signal(TlbEntry)
+        fill_ctx = Signal.like(self.fill_ctx)
+        victim = Signal(way_bits)
+        m.d.sync += [
+            write.eq(self.fill & ~self.flush.bit_select(self.fill_ctx, 1)),
+            fill_index.eq(pick_index), fill_tag.eq(tag(self.fill_page)),
+            fill_entry.eq(self.fill_entry), fill_ctx.eq(self.fill_ctx), victim.eq(pick),
+        ]
         flushed = Signal()
-        m.d.comb += flushed.eq(self.flush.bit_select(self.fill_ctx, 1))
+        m.d.comb += flushed.eq(self.flush.bit_select(fill_ctx, 1))
         do_fill = Signal()
-        m.d.comb += do_fill.eq(self.fill & ~flushed)
+        m.d.comb += do_fill.eq(write & ~flushed)
         fill_onehot = Signal(ways)
         m.d.comb += fill_onehot.eq(Mux(do_fill, 1 << victim, 0))
 
@@ -165,8 +180,8 @@ class TlbArray(wiring.Component):
                 rd = mem.read_port(transparent_for=(wr,))
                 m.d.comb += [
                     wr.addr.eq(fill_index),
-                    wr.data.tag.eq(tag(self.fill_page)),
-                    wr.data.data.eq(self.fill_entry),
+                    wr.data.tag.eq(fill_tag),
+                    wr.data.data.eq(fill_entry),
                     wr.en.eq(fill_onehot[w]),
                     rd.addr.eq(index(self.lookup_page)),
                     rd.en.eq(self.lookup_en),
@@ -179,8 +194,7 @@ class TlbArray(wiring.Component):
                 # reset, like the memory: `valid` says what is live.
                 stored = Signal(entry_layout, name=f"way{w}", reset_less=True)
                 with m.If(fill_onehot[w]):
-                    m.d.sync += [stored.tag.eq(tag(self.fill_page)),
-                                 stored.data.eq(self.fill_entry)]
+                    m.d.sync += [stored.tag.eq(fill_tag), stored.data.eq(fill_entry)]
             # the context was compared in S0 (``seen``); a fill since then clears it
             live = valid[s1_index][w] & seen[w]
             m.d.comb += hits[w].eq(live & (stored.tag == tag(s1_page)))
@@ -196,7 +210,7 @@ class TlbArray(wiring.Component):
         ctx_match = Signal(ways)
         for w in range(ways):
             filled_now = same_set & fill_onehot[w]
-            m.d.comb += ctx_match[w].eq(Mux(filled_now, self.fill_ctx, ctx[index0][w]) == self.lookup_ctx)
+            m.d.comb += ctx_match[w].eq(Mux(filled_now, fill_ctx, ctx[index0][w]) == self.lookup_ctx)
         with m.If(self.lookup_en):
             m.d.sync += seen.eq((valid[index0] | Mux(same_set, fill_onehot, 0)) & ctx_match)
         with m.Elif(fill_index == s1_index):
@@ -219,7 +233,7 @@ class TlbArray(wiring.Component):
         with m.If(do_fill):
             m.d.sync += [
                 valid[fill_index].eq(valid[fill_index] | fill_onehot),
-                ctx[fill_index][victim].eq(self.fill_ctx),
+                ctx[fill_index][victim].eq(fill_ctx),
                 plru[fill_index].eq(plru_touch(plru[fill_index], victim, ways)),
             ]
         with m.If(self.flush.any()):

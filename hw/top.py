@@ -377,7 +377,7 @@ class PageWalkUnit(wiring.Component):
                 park[free_park].stale.eq(s2.stale | flushed(s2.ctx)),
                 park_wait[free_park].eq(merge_walker),
                 park_valid.bit_select(free_park, 1).eq(1),
-                park_ready.bit_select(free_park, 1).eq(w_done.bit_select(merge_walker, 1)),
+                park_ready.bit_select(free_park, 1).eq(0),
             ]
 
         # where the walk starts: the lowest level a paging-structure cache skips to
@@ -496,9 +496,12 @@ class PageWalkUnit(wiring.Component):
                 with m.If(drop_walker == k):
                     m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_key.eq(w.page[psc.lo - 12:])]
 
-        # park slots: wake on their walker's answer; leave on replay
+        # park slots: wake a cycle after their walker's answer, so that the replay's S0
+        # read comes after the TLB has written the walk's result; leave on replay
+        w_done_q = Signal(n_walk)
+        m.d.sync += w_done_q.eq(w_done)
         for i in range(n_park):
-            with m.If(park_valid[i] & w_done.bit_select(park_wait[i], 1)):
+            with m.If(park_valid[i] & w_done_q.bit_select(park_wait[i], 1)):
                 m.d.sync += park_ready[i].eq(1)
             with m.If(park_valid[i]):
                 m.d.sync += park[i].stale.eq(park[i].stale | flushed(park[i].ctx))
