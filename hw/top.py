@@ -320,8 +320,9 @@ class PageWalkUnit(wiring.Component):
         s1_direct = ~skid_full & ~w_resp_any & self.translate_resp.ready
         with m.If(skid_full & self.translate_resp.ready):
             m.d.sync += skid_full.eq(0)
-        with m.If(s1_resolves & answer & ~s1_direct):
-            m.d.sync += [skid.eq(hit_resp), skid_full.eq(1)]
+        # the registers load whenever S1 moves on; only their valid bits follow the compare
+        with m.If(s1_resolves & ~s1_direct):
+            m.d.sync += [skid.eq(hit_resp), skid_full.eq(answer)]
         # by the size of the hit's page (zero unless it is a good hit; so also without a TLB)
         hit_counted = Signal()
         m.d.comb += hit_counted.eq(s1_resolves & good_hit)
@@ -332,8 +333,8 @@ class PageWalkUnit(wiring.Component):
             ev.hits_2m.eq(hit_counted & hit_2m),
             ev.hits_1g.eq(hit_counted & ~hit_4k & ~hit_2m),
         ]
-        with m.If(s1_resolves & miss):
-            m.d.sync += [s2.eq(s1), s2.stale.eq(s1.stale | flushed(s1.ctx)), s2_valid.eq(1),
+        with m.If(s1_resolves):
+            m.d.sync += [s2.eq(s1), s2.stale.eq(s1.stale | flushed(s1.ctx)), s2_valid.eq(miss),
                          s2_dropped.eq(bad_hit)]
         with m.Elif(s2_leaving):
             m.d.sync += s2_valid.eq(0)
