@@ -32,7 +32,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from .layouts import GPA_BITS, PA_BITS, PageSize
+from .layouts import GPA_BITS, PA_BITS, Access, PageSize
 
 __all__ = ["Tlb", "TlbArray", "TlbEntry", "check_geometry", "plru_victim", "plru_touch"]
 
@@ -107,9 +107,11 @@ class TlbArray(wiring.Component):
             "lookup_en": In(1),
             "lookup_page": In(self.page_bits),  # S0: GPA[47:shift]
             "lookup_ctx": In(ctx_bits),         # S0
-            "hit": Out(1),                      # S1
+            "lookup_access": In(Access),        # S0
+            "hit": Out(1),                      # S1: some way holds the page
+            "ok": Out(1),                       # S1: and allows the access (``entry``)
             "entry": Out(TlbEntry),
-            "drop": In(1),                      # S1: invalidate the way that hit
+            "drop": In(1),                      # S1: invalidate the ways that hit
             "fill": In(1),
             "fill_page": In(self.page_bits),    # GPA[47:shift]
             "fill_ctx": In(ctx_bits),
@@ -170,8 +172,13 @@ class TlbArray(wiring.Component):
         fill_onehot = Signal(ways)
         m.d.comb += fill_onehot.eq(Mux(do_fill, 1 << victim, 0))
 
+        # the S1 access, held like the page: each way checks it next to its tag
+        s1_access = Signal(Access)
+        with m.If(self.lookup_en):
+            m.d.sync += s1_access.eq(self.lookup_access)
         hits = Signal(ways)
-        hit_way = Signal.like(victim)
+        oks = Signal(ways)
+        ok_way = Signal.like(victim)
         for w in range(ways):
             if sets > 1:
                 mem = Memory(shape=entry_layout, depth=sets, init=[])
@@ -197,10 +204,14 @@ class TlbArray(wiring.Component):
                     m.d.sync += [stored.tag.eq(fill_tag), stored.data.eq(fill_entry)]
             # the context was compared in S0 (``seen``); a fill since then clears it
             live = valid[s1_index][w] & seen[w]
-            m.d.comb += hits[w].eq(live & (stored.tag == tag(s1_page)))
-            with m.If(hits[w]):
-                m.d.comb += [hit_way.eq(w), self.entry.eq(stored.data)]
-        m.d.comb += self.hit.eq(hits.any())
+            entry = stored.data
+            allows = (entry.perms.bit_select(s1_access.as_value(), 1)
+                      & ((s1_access != Access.WRITE) | entry.d))
+            m.d.comb += [hits[w].eq(live & (stored.tag == tag(s1_page))),
+                         oks[w].eq(hits[w] & allows)]
+            with m.If(oks[w]):
+                m.d.comb += [ok_way.eq(w), self.entry.eq(entry)]
+        m.d.comb += [self.hit.eq(hits.any()), self.ok.eq(oks.any())]
 
         # The S0 snapshot of the ways that may hit: valid, of the lookup's context, and
         # read from memory as they are now.  Comparing the context here keeps the
@@ -218,16 +229,16 @@ class TlbArray(wiring.Component):
 
         # A drop and the LRU refresh of a hit land one cycle later, off the compare path.
         # Harmless: until then the entry is still one the reference page allows.
-        pend_drop = Signal()
+        pend_drop = Signal(ways)
         pend_touch = Signal()
         pend_set = Signal(len(s1_index))
-        pend_way = Signal.like(hit_way)
-        m.d.sync += [pend_drop.eq(self.hit & self.drop), pend_touch.eq(self.hit & ~self.drop),
-                     pend_set.eq(s1_index), pend_way.eq(hit_way)]
+        pend_way = Signal.like(ok_way)
+        m.d.sync += [pend_drop.eq(Mux(self.drop, hits, 0)), pend_touch.eq(self.ok),
+                     pend_set.eq(s1_index), pend_way.eq(ok_way)]
 
         # order matters: a drop, then a fill, then a flush (which wins)
-        with m.If(pend_drop):
-            m.d.sync += valid[pend_set].eq(valid[pend_set] & ~(1 << pend_way)[:ways])
+        with m.If(pend_drop.any()):
+            m.d.sync += valid[pend_set].eq(valid[pend_set] & ~pend_drop)
         with m.Elif(pend_touch):
             m.d.sync += plru[pend_set].eq(plru_touch(plru[pend_set], pend_way, ways))
         with m.If(do_fill):
@@ -249,9 +260,12 @@ class TlbArray(wiring.Component):
 class Tlb(wiring.Component):
     """The three arrays behind one lookup/fill/flush interface.
 
-    When entries of two sizes both hit (the host remapped a region without
-    INVEPT), the smaller page wins; both are translations the reference page
-    allows until the next INVEPT.
+    Each way checks the access against its permissions and D next to its tag
+    compare, so "hit and allowed" (``ok``) is a wide OR, not a compare followed
+    by a mux.  When entries of two sizes both allow the access (the host
+    remapped a region without INVEPT), the smaller page wins; both are
+    translations the reference page allows until the next INVEPT.  A drop
+    removes every entry that held the page (none allowed the access).
     """
 
     def __init__(self, *, sets_4k=16, ways_4k=4, sets_2m=4, ways_2m=4, sets_1g=1, ways_1g=4,
@@ -265,10 +279,12 @@ class Tlb(wiring.Component):
             "lookup_en": In(1),
             "lookup_page": In(GPA_BITS - 12),   # S0: GPA[47:12]
             "lookup_ctx": In(ctx_bits),         # S0
-            "hit": Out(1),                      # S1
+            "lookup_access": In(Access),        # S0
+            "hit": Out(1),                      # S1: an entry holds the page
+            "ok": Out(1),                       # S1: one allows the access: ``size``, ``entry``
             "size": Out(PageSize),
             "entry": Out(TlbEntry),
-            "drop": In(1),                      # S1
+            "drop": In(1),                      # S1: drop every entry that hit
             "fill": In(1),
             "fill_size": In(PageSize),
             "fill_page": In(GPA_BITS - 12),     # GPA[47:12]
@@ -288,16 +304,17 @@ class Tlb(wiring.Component):
             low = arr.shift - 12          # the array's page number starts at GPA[shift]
             m.d.comb += [
                 arr.lookup_en.eq(self.lookup_en), arr.lookup_page.eq(self.lookup_page[low:]),
-                arr.lookup_ctx.eq(self.lookup_ctx),
+                arr.lookup_ctx.eq(self.lookup_ctx), arr.lookup_access.eq(self.lookup_access),
                 arr.fill.eq(self.fill & (self.fill_size == size)),
                 arr.fill_page.eq(self.fill_page[low:]), arr.fill_ctx.eq(self.fill_ctx),
                 arr.fill_entry.eq(self.fill_entry), arr.flush.eq(self.flush),
             ]
-        # priority 1G < 2M < 4K: the last assignment wins
+        # priority 1G < 2M < 4K among entries that allow the access: the last assignment wins
         for size in (PageSize.SIZE_1G, PageSize.SIZE_2M, PageSize.SIZE_4K):
             arr = self.arrays[size]
-            with m.If(arr.hit):
-                m.d.comb += [self.hit.eq(1), self.size.eq(size), self.entry.eq(arr.entry)]
-        for size, arr in self.arrays.items():
-            m.d.comb += arr.drop.eq(self.drop & self.hit & (self.size == size))
+            with m.If(arr.ok):
+                m.d.comb += [self.ok.eq(1), self.size.eq(size), self.entry.eq(arr.entry)]
+        m.d.comb += self.hit.eq(Cat(arr.hit for arr in self.arrays.values()).any())
+        for arr in self.arrays.values():
+            m.d.comb += arr.drop.eq(self.drop)
         return m

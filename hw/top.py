@@ -230,19 +230,17 @@ class PageWalkUnit(wiring.Component):
             m.d.sync += s1.stale.eq(s1.stale | flushed(s1.ctx))
 
         # -- S1: compare -----------------------------------------------------------
-        tlb_hit = Signal()
+        tlb_hit = Signal()          # an entry holds the page
+        tlb_ok = Signal()           # and allows the access (checked per way, in the TLB)
         tlb_entry = None
         if self.tlb is not None:
             m.submodules.tlb = tlb = self.tlb
-            # the TLB holds the page and context of S0 itself, as s1 does here
+            # the TLB holds the page, context and access of S0 itself, as s1 does here
             m.d.comb += [tlb.lookup_en.eq(fire), tlb.lookup_page.eq(s0.gpa[12:]),
-                         tlb.lookup_ctx.eq(s0.ctx), tlb.flush.eq(flush),
-                         tlb_hit.eq(tlb.hit & ~s1.stale)]
+                         tlb.lookup_ctx.eq(s0.ctx), tlb.lookup_access.eq(s0.access),
+                         tlb.flush.eq(flush),
+                         tlb_hit.eq(tlb.hit & ~s1.stale), tlb_ok.eq(tlb.ok & ~s1.stale)]
             tlb_entry = tlb.entry
-        allowed = Signal()
-        if tlb_entry is not None:
-            m.d.comb += allowed.eq(tlb_entry.perms.bit_select(s1.access.as_value(), 1)
-                                   & ((s1.access != Access.WRITE) | tlb_entry.d))
         active = s1_valid & s1.ctx_valid
         refuse = Signal()
         good_hit = Signal()
@@ -250,9 +248,9 @@ class PageWalkUnit(wiring.Component):
         miss = Signal()
         m.d.comb += [
             refuse.eq(s1_valid & ~s1.ctx_valid),
-            good_hit.eq(active & tlb_hit & allowed),
-            bad_hit.eq(active & tlb_hit & ~allowed),
-            miss.eq(active & ~(tlb_hit & allowed)),
+            good_hit.eq(active & tlb_ok),
+            bad_hit.eq(active & tlb_hit & ~tlb_ok),
+            miss.eq(active & ~tlb_ok),
         ]
         if self.tlb is not None:
             m.d.comb += tlb.drop.eq(bad_hit)

@@ -179,7 +179,7 @@ class PysimHarness:
             "control": [dut.eptp_load, dut.eptp_value, dut.eptp_valid, dut.eptp_error,
                         dut.invept.valid, dut.invept.payload, dut.invept_count,
                         dut.context_table.ready, dut.context_table.cur_id, dut.context_table.flush],
-            "TLB": ([dut.tlb.lookup_en, dut.tlb.lookup_page, dut.tlb.hit, dut.tlb.size, dut.tlb.entry,
+            "TLB": ([dut.tlb.lookup_en, dut.tlb.lookup_page, dut.tlb.hit, dut.tlb.ok, dut.tlb.size, dut.tlb.entry,
                      dut.tlb.drop, dut.tlb.fill, dut.tlb.fill_size, dut.tlb.fill_page,
                      dut.tlb.fill_entry] if dut.tlb is not None else []),
             "paging-structure caches": [sig for psc in dut.pscs.values()
