@@ -112,19 +112,19 @@ class Walker(wiring.Component):
         idle = self.state == WalkerState.IDLE
         req = self.req.payload
         cur_level = Signal(Level)
-        cur_gpa = Signal(GPA_BITS)
+        cur_page = Signal(GPA_BITS - 12)         # GPA[47:12]: what the entry index uses
         cur_table = Signal(40)
         m.d.comb += [
             cur_level.eq(Mux(idle, req.start_level, self.level)),
-            cur_gpa.eq(Mux(idle, req.gpa, gpa)),
+            cur_page.eq(Mux(idle, req.gpa[12:], gpa[12:])),
             cur_table.eq(Mux(idle, req.start_table, table)),
         ]
         index = Signal(9)
         with m.Switch(cur_level):
             for level in Level:
                 with m.Case(level):
-                    lo = 12 + 9 * level.value
-                    m.d.comb += index.eq(cur_gpa[lo:lo + 9])
+                    lo = 9 * level.value
+                    m.d.comb += index.eq(cur_page[lo:lo + 9])
         entry_addr = Signal(PA_BITS)
         m.d.comb += entry_addr.eq(Cat(C(0, 3), index, cur_table))
 
