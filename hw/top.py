@@ -289,8 +289,11 @@ class PageWalkUnit(wiring.Component):
         s2 = Signal(Pending)
         s2_valid = Signal()
         s2_dropped = Signal()          # S2 holds a hit that lacked the permission or D
+        s2_start = Signal(data.StructLayout({"level": Level, "table": 40, "perms": 3}))
         s2_leaving = Signal()
-        m.d.comb += s1_advance.eq(~s1_valid | (~skid_full & (~s2_valid | s2_leaving)))
+        # S2 must be empty (not merely leaving): its dispatch logic stays off S1's enables,
+        # at the cost of a bubble after each miss
+        m.d.comb += s1_advance.eq(~s1_valid | (~skid_full & ~s2_valid))
         s1_resolves = s1_valid & s1_advance
         answer = refuse | good_hit
 
@@ -331,9 +334,22 @@ class PageWalkUnit(wiring.Component):
             ev.hits_2m.eq(hit_counted & hit_2m),
             ev.hits_1g.eq(hit_counted & ~hit_4k & ~hit_2m),
         ]
+        # Where a walk starts: the lowest level a paging-structure cache skips to, looked
+        # up in S1 beside the TLB and registered with S2.  If the caches change in
+        # between, S2 may start a full walk (a fill it missed) or from an entry dropped
+        # since (a fault from it walks again): both correct.  A flush marks S2 stale.
+        start = Signal(s2_start.shape())
+        m.d.comb += [start.level.eq(Level.PML4E), start.table.eq(s1.pml4), start.perms.eq(0b111)]
+        for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
+            psc = self.pscs[level]
+            m.d.comb += [psc.lookup_key.eq(s1.gpa[psc.lo:]), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
+            use = Signal(name=f"use_{level.name.lower()}_cache")
+            m.d.comb += use.eq(psc.hit & ~s1.stale)
+            with m.If(use):           # lower levels come later and win
+                m.d.comb += [start.level.eq(below), start.table.eq(psc.table), start.perms.eq(psc.perms)]
         with m.If(s1_resolves):
             m.d.sync += [s2.eq(s1), s2.stale.eq(s1.stale | flushed(s1.ctx)), s2_valid.eq(miss),
-                         s2_dropped.eq(bad_hit)]
+                         s2_dropped.eq(bad_hit), s2_start.eq(start)]
         with m.Elif(s2_leaving):
             m.d.sync += s2_valid.eq(0)
         with m.Elif(s2_valid):
@@ -379,18 +395,9 @@ class PageWalkUnit(wiring.Component):
                 park_ready.bit_select(free_park, 1).eq(0),
             ]
 
-        # where the walk starts: the lowest level a paging-structure cache skips to
-        start_level = Signal(Level)
-        start_table = Signal(40)
-        start_perms = Signal(3)
-        m.d.comb += [start_level.eq(Level.PML4E), start_table.eq(s2.pml4), start_perms.eq(0b111)]
-        for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
-            psc = self.pscs[level]
-            m.d.comb += [psc.lookup_key.eq(s2.gpa[psc.lo:]), psc.lookup_ctx.eq(s2.ctx), psc.flush.eq(flush)]
-            use = Signal(name=f"use_{level.name.lower()}_cache")
-            m.d.comb += use.eq(psc.hit & ~s2.stale)
-            with m.If(use):           # lower levels come later and win
-                m.d.comb += [start_level.eq(below), start_table.eq(psc.table), start_perms.eq(psc.perms)]
+        start_level = s2_start.level
+        start_table = s2_start.table
+        start_perms = s2_start.perms
         with m.If(dispatched):
             m.d.comb += ev.walks.eq(1)
             with m.Switch(start_level):

@@ -275,8 +275,13 @@ def test_hits_under_a_miss_leave_out_of_order():
     tb.map(BASE + (1 << 30), HPA + 0x1000)
     loaded(rig, tb)
     rig.translate(BASE, Access.READ)
-    miss, hit = run_all(rig, [(BASE + (1 << 30), Access.READ), (BASE, Access.READ)])
-    assert hit.cycles == 1 and hit.answered < miss.answered and hit.tag != miss.tag
+    miss, hit, *more = run_all(rig, [(BASE + (1 << 30), Access.READ)] + [(BASE + 8 * i, Access.READ)
+                                                                        for i in range(6)])
+    # the hit right behind the miss waits one cycle (S1 moves on once S2 is empty);
+    # the hits after it answer in one cycle each, all before the miss
+    assert hit.cycles == 2 and [t.cycles for t in more] == [1] * 5
+    assert max(t.answered for t in [hit] + more) < miss.answered
+    assert len({t.tag for t in [miss, hit] + more}) == 7
 
 
 def _independent_misses(walkers):
