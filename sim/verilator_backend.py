@@ -177,6 +177,8 @@ def _runtime(build_dir: Path, root: Path, version: str, cxx: str) -> list[Path]:
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
+PERFORM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64,
+                              ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64))
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -198,6 +200,7 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64], I),
+            "sim_set_perform": ([P, PERFORM_FN], None),
         }
         for name, (args, res) in sig.items():
             f = getattr(lib, name)
@@ -277,6 +280,9 @@ class VerilatorHarness:
         self._tresp = (ctypes.c_uint32 * 3)()
         self._head = (ctypes.c_uint64 * 4)()
         self.python_cycles = 0          # cycles Python ran (the rest ran compiled)
+        self._perform_error: BaseException | None = None
+        self._perform_cb = PERFORM_FN(self._perform_in_run)    # kept alive with the harness
+        lib.sim_set_perform(self._h, self._perform_cb)
 
     @property
     def dram(self) -> Dram:
@@ -297,10 +303,7 @@ class VerilatorHarness:
         p = d.config.stall_probability
         if lib.sim_drive_dram(h, bool(p and d.rng.random() < p)):
             lib.sim_head(h, self._head)
-            op, addr, compare, data = self._head
-            req = DramRequest("cas" if op else "read", addr, compare=compare, data=data)
-            d.cycle = self.cycle
-            d._perform(req)        # the memory contents, exactly as pysim's DRAM does
+            req = self._perform(*self._head, self.cycle)
             lib.sim_perform(h, req.result, req.error)
         tk = self.pending[0] if self.pending and self.free_tags else None
         if tk is not self._driven_req:
@@ -318,6 +321,24 @@ class VerilatorHarness:
                            load is not None, load[0] if load else 0,
                            inv is not None, _INV.pack(kind=inv[0], tag=inv[1]) if inv else 0)
         self._cur = (tk, resp_ready, load, inv)
+
+    def _perform(self, op: int, addr: int, compare: int, data: int, cycle: int) -> DramRequest:
+        """The access itself, on the memory contents, exactly as pysim's DRAM does it."""
+        req = DramRequest("cas" if op else "read", addr, compare=compare, data=data)
+        d = self._dram
+        d.cycle = cycle
+        d._perform(req)
+        return req
+
+    def _perform_in_run(self, op, addr, compare, data, cycle, out) -> int:
+        try:
+            req = self._perform(op, addr, compare, data, cycle)
+        except BaseException as e:        # never let an exception die inside the C callback
+            self._perform_error = e
+            return 1
+        out[0] = req.result
+        out[1] = req.error
+        return 0
 
     def _second_half(self) -> None:
         lib, h = self._lib, self._h
@@ -390,8 +411,11 @@ class VerilatorHarness:
         if self.cycle < until and not (stop_on_event and self._event) and self._quiet():
             wake = min((self._hook_wake.get(hk, 0) for hk in self.hooks), default=NEVER)
             self._lib.sim_set_hook_wake(self._h, wake)
-            self._lib.sim_run(self._h, until)
+            stopped = self._lib.sim_run(self._h, until)
             self.cycle = self._lib.sim_cycle(self._h)
+            if stopped == 2:
+                e, self._perform_error = self._perform_error, None
+                raise e
             self._lib.sim_sampled(self._h, self._flags, self._tresp)
             self.eptp_valid, self.eptp_error = bool(self._flags[2]), bool(self._flags[3])
         self._first_half()

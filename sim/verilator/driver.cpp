@@ -41,7 +41,13 @@ struct Req {
     uint64_t result;
 };
 
+// Python performs a due DRAM access on the memory contents; returns nonzero
+// if it raised (sim_run then stops and Python re-raises).
+typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data, uint64_t cycle,
+                          uint64_t* result_error);
+
 struct Sim {
+    perform_fn perform = nullptr;
     VerilatedContext* ctx;
     Vpwu* top;
     uint64_t cycle = 0;
@@ -158,6 +164,7 @@ void sim_free(void* p) {
     delete s;
 }
 
+void sim_set_perform(void* p, perform_fn f) { ((Sim*)p)->perform = f; }
 uint64_t sim_cycle(void* p) { return ((Sim*)p)->cycle; }
 void sim_set_hook_wake(void* p, uint64_t cycle) { ((Sim*)p)->hook_wake = cycle; }
 
@@ -234,7 +241,9 @@ void sim_dram_stats(void* p, uint64_t* out) {
 }
 
 // Clock quiet cycles until `until`.  Stops at the start of a cycle that needs
-// Python and returns 1 (Python then runs that cycle), or returns 0 at `until`.
+// Python and returns 1 (Python then runs that cycle), or returns 0 at `until`
+// (2: the perform callback raised).  A due DRAM access is performed through
+// the callback without stopping.
 // The caller guarantees that Python's own inputs would not change and that no
 // per-cycle random draw is needed (no stalls).
 int sim_run(void* p, uint64_t until) {
@@ -243,8 +252,16 @@ int sim_run(void* p, uint64_t until) {
     while (s->cycle < until) {
         if (s->cycle >= s->hook_wake) return 1;
         if (!s->queue.empty()) {
-            const Req& h = s->queue.front();
-            if (s->cycle >= h.due && !h.done) return 1;
+            Req& h = s->queue.front();
+            if (s->cycle >= h.due && !h.done) {
+                // a call into Python costs far less than leaving the loop
+                if (!s->perform) return 1;
+                uint64_t re[2];
+                if (s->perform(h.op, h.addr, h.compare, h.data, s->cycle, re)) return 2;
+                h.done = true;
+                h.result = re[0];
+                h.error = re[1];
+            }
         }
         drive_dram(s, false);
         settle(s);
