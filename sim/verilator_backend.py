@@ -179,6 +179,9 @@ def _runtime(build_dir: Path, root: Path, version: str, cxx: str) -> list[Path]:
 _LIBS: dict[str, ctypes.CDLL] = {}
 PERFORM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64,
                               ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64))
+ACCEPT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
+RESPOND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
+                              ctypes.c_uint32)
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -199,8 +202,8 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_sampled": ([P, ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
-            "sim_run": ([P, U64], I),
-            "sim_set_perform": ([P, PERFORM_FN], None),
+            "sim_run": ([P, U64, U64], I),
+            "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
         }
         for name, (args, res) in sig.items():
             f = getattr(lib, name)
@@ -280,9 +283,10 @@ class VerilatorHarness:
         self._tresp = (ctypes.c_uint32 * 3)()
         self._head = (ctypes.c_uint64 * 4)()
         self.python_cycles = 0          # cycles Python ran (the rest ran compiled)
-        self._perform_error: BaseException | None = None
-        self._perform_cb = PERFORM_FN(self._perform_in_run)    # kept alive with the harness
-        lib.sim_set_perform(self._h, self._perform_cb)
+        self._callback_error: BaseException | None = None
+        self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
+                           RESPOND_FN(self._respond_in_run))    # kept alive with the harness
+        lib.sim_set_callbacks(self._h, *self._callbacks)
 
     @property
     def dram(self) -> Dram:
@@ -330,15 +334,54 @@ class VerilatorHarness:
         d._perform(req)
         return req
 
+    # The callbacks from the compiled loop; an exception must not die inside C.
     def _perform_in_run(self, op, addr, compare, data, cycle, out) -> int:
         try:
             req = self._perform(op, addr, compare, data, cycle)
-        except BaseException as e:        # never let an exception die inside the C callback
-            self._perform_error = e
+        except BaseException as e:
+            self._callback_error = e
             return 1
         out[0] = req.result
         out[1] = req.error
         return 0
+
+    def _accept_in_run(self, cycle) -> int:
+        try:
+            self.cycle = cycle
+            self._accept(self._driven_req)
+            if not (self.pending and self.free_tags):
+                self._driven_req = None     # the loop drops valid, as Python would
+                return 0
+            return 1
+        except BaseException as e:
+            self._callback_error = e
+            return 2
+
+    def _respond_in_run(self, cycle, w0, w1, w2) -> int:
+        try:
+            self.cycle = cycle
+            self._complete(w0 | w1 << 32 | w2 << 64)
+            return 0
+        except BaseException as e:
+            self._callback_error = e
+            return 1
+
+    def _accept(self, tk: Ticket) -> None:
+        self.pending.popleft()
+        self.free_tags.popleft()
+        tk.accepted = self.cycle
+        tk.eptp = self.eptp if self.eptp_valid else None
+        tk.seq_start = self.store_seq()
+        tk.seq_cache = self.cache_floor(tk.eptp.tag) if tk.eptp and self.caches else tk.seq_start
+        self.inflight[tk.tag] = tk
+        self._driven_req = _UNSET
+
+    def _complete(self, raw: int) -> None:
+        done = self.inflight.pop(_TRESP.get(raw, "tag"))
+        self.free_tags.append(done.tag)
+        self._fill(done, raw)
+        done.seq_end = self.store_seq()
+        self.completed.append(done)
 
     def _second_half(self) -> None:
         lib, h = self._lib, self._h
@@ -357,23 +400,11 @@ class VerilatorHarness:
             else:
                 self._inv_by_tag[inv[1]] = inv[2]
         if tk is not None and treq_ready:
-            self.pending.popleft()
-            self.free_tags.popleft()
-            tk.accepted = self.cycle
-            tk.eptp = self.eptp if self.eptp_valid else None
-            tk.seq_start = self.store_seq()
-            tk.seq_cache = self.cache_floor(tk.eptp.tag) if tk.eptp and self.caches else tk.seq_start
-            self.inflight[tk.tag] = tk
-            self._driven_req = _UNSET
+            self._accept(tk)
             event = True
         if tresp_valid and resp_ready:
             t = self._tresp
-            raw = t[0] | t[1] << 32 | t[2] << 64
-            done = self.inflight.pop(_TRESP.get(raw, "tag"))
-            self.free_tags.append(done.tag)
-            self._fill(done, raw)
-            done.seq_end = self.store_seq()
-            self.completed.append(done)
+            self._complete(t[0] | t[1] << 32 | t[2] << 64)
             event = True
         if self._want_counters:
             w = (ctypes.c_uint32 * 26)()
@@ -394,30 +425,47 @@ class VerilatorHarness:
     def _quiet(self) -> bool:
         """Would Python's next first half leave every input as it is and draw nothing?"""
         tk = self.pending[0] if self.pending and self.free_tags else None
-        load, inv = self._cur[2], self._cur[3]
-        return (tk is self._driven_req and load is None and inv is None and not self._loaded
-                and not self._eptp_loads and not self._invepts and not self._want_counters
-                and not self.resp_stall_probability and not self._dram.config.stall_probability)
+        return (tk is self._driven_req and self._plain() and not self._eptp_loads
+                and not self._invepts)
+
+    def _plain(self) -> bool:
+        """May the compiled loop run this cycle's edge (its first half done by Python)?
+        Not with an EPTP load or INVEPT strobe, a load's result to sample, the
+        counters to read, or a per-cycle random draw."""
+        return (self._cur[2] is None and self._cur[3] is None and not self._loaded
+                and not self._want_counters and not self.resp_stall_probability
+                and not self._dram.config.stall_probability)
+
+    def _run_compiled(self, until: int, first_half_done: int) -> None:
+        lib, h = self._lib, self._h
+        lib.sim_set_hook_wake(h, min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER))
+        stopped = lib.sim_run(h, until, first_half_done)
+        self.cycle = lib.sim_cycle(h)
+        if stopped == 2:
+            e, self._callback_error = self._callback_error, None
+            raise e
+        lib.sim_sampled(h, self._flags, self._tresp)
+        self.eptp_valid, self.eptp_error = bool(self._flags[2]), bool(self._flags[3])
 
     def _advance(self, until: int, stop_on_event: bool) -> None:
-        """One pysim ``advance``: the edge of this cycle, then as many quiet
-        cycles as the compiled side can run alone, then the first half of the
-        next cycle (pysim runs it right after the edge, before control returns)."""
+        """One pysim ``advance``: the edge of this cycle, then as many cycles as
+        the compiled side can run alone, then the first half of the next cycle
+        (pysim runs it right after the edge, before control returns)."""
         if not self._started:
             self._started = True
             self._first_half()
             return
-        self._second_half()
-        if self.cycle < until and not (stop_on_event and self._event) and self._quiet():
-            wake = min((self._hook_wake.get(hk, 0) for hk in self.hooks), default=NEVER)
-            self._lib.sim_set_hook_wake(self._h, wake)
-            stopped = self._lib.sim_run(self._h, until)
-            self.cycle = self._lib.sim_cycle(self._h)
-            if stopped == 2:
-                e, self._perform_error = self._perform_error, None
-                raise e
-            self._lib.sim_sampled(self._h, self._flags, self._tresp)
-            self.eptp_valid, self.eptp_error = bool(self._flags[2]), bool(self._flags[3])
+        c = self.cycle
+        if self._plain():
+            # this edge and the quiet cycles after it run compiled; stop after
+            # this edge if Python's next first half would change an input
+            self._run_compiled(until if self._quiet() else c + 1, c)
+            if self.cycle == c:          # not even this edge (a bus error to count)
+                self._second_half()
+        else:
+            self._second_half()
+            if self.cycle < until and not (stop_on_event and self._event) and self._quiet():
+                self._run_compiled(until, NEVER)
         self._first_half()
 
     # -- driving time -------------------------------------------------------------

@@ -46,8 +46,15 @@ struct Req {
 typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data, uint64_t cycle,
                           uint64_t* result_error);
 
+// Python's bookkeeping for a translate request taken (returns 1 when another
+// request waits: stop so Python drives it) and for a response taken; 2: raised.
+typedef int (*accept_fn)(uint64_t cycle);
+typedef int (*respond_fn)(uint64_t cycle, uint32_t w0, uint32_t w1, uint32_t w2);
+
 struct Sim {
     perform_fn perform = nullptr;
+    accept_fn on_accept = nullptr;
+    respond_fn on_response = nullptr;
     VerilatedContext* ctx;
     Vpwu* top;
     uint64_t cycle = 0;
@@ -164,7 +171,12 @@ void sim_free(void* p) {
     delete s;
 }
 
-void sim_set_perform(void* p, perform_fn f) { ((Sim*)p)->perform = f; }
+void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond_fn on_response) {
+    Sim* s = (Sim*)p;
+    s->perform = perform;
+    s->on_accept = on_accept;
+    s->on_response = on_response;
+}
 uint64_t sim_cycle(void* p) { return ((Sim*)p)->cycle; }
 void sim_set_hook_wake(void* p, uint64_t cycle) { ((Sim*)p)->hook_wake = cycle; }
 
@@ -241,16 +253,19 @@ void sim_dram_stats(void* p, uint64_t* out) {
 }
 
 // Clock quiet cycles until `until`.  Stops at the start of a cycle that needs
-// Python and returns 1 (Python then runs that cycle), or returns 0 at `until`
-// (2: the perform callback raised).  A due DRAM access is performed through
-// the callback without stopping.
+// Python and returns 1 (Python then runs that cycle), or returns 0 at `until`,
+// or 3 right after an edge whose handshake Python must look at (2: a callback
+// raised).  A due DRAM access and the bookkeeping of a handshake go through
+// callbacks, which cost far less than leaving the loop.
 // The caller guarantees that Python's own inputs would not change and that no
 // per-cycle random draw is needed (no stalls).
-int sim_run(void* p, uint64_t until) {
+// `first_half_done`: the cycle whose first half (hooks, DRAM drive, inputs)
+// Python has just run; the loop runs its edge without calling hooks again.
+int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
     Sim* s = (Sim*)p;
     Vpwu* t = s->top;
     while (s->cycle < until) {
-        if (s->cycle >= s->hook_wake) return 1;
+        if (s->cycle >= s->hook_wake && s->cycle != first_half_done) return 1;
         if (!s->queue.empty()) {
             Req& h = s->queue.front();
             if (s->cycle >= h.due && !h.done) {
@@ -265,11 +280,23 @@ int sim_run(void* p, uint64_t until) {
         }
         drive_dram(s, false);
         settle(s);
-        if ((t->translate_req___05Fvalid && t->translate_req___05Fready) ||
-            (t->translate_resp___05Fvalid && t->translate_resp___05Fready) ||
-            (t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error))
-            return 1;
+        bool accept = t->translate_req___05Fvalid && t->translate_req___05Fready;
+        bool respond = t->translate_resp___05Fvalid && t->translate_resp___05Fready;
+        bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
+        if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return 1;
         edge(s);
+        bool stop = false;
+        if (accept) {
+            int r = s->on_accept(s->cycle - 1);
+            if (r == 2) return 2;
+            t->translate_req___05Fvalid = 0;
+            stop = r == 1;
+        }
+        if (respond) {
+            if (s->on_response(s->cycle - 1, s->tresp[0], s->tresp[1], s->tresp[2])) return 2;
+            stop = true;        // Python's predicates wait for responses: let it look
+        }
+        if (stop) return 3;
     }
     return 0;
 }
