@@ -176,6 +176,12 @@ def _runtime(build_dir: Path, root: Path, version: str, cxx: str) -> list[Path]:
     return objs
 
 
+class Status(ctypes.Structure):
+    """driver.cpp's Status, shared: reading it costs no call into C."""
+    _fields_ = [("cycle", ctypes.c_uint64), ("hook_wake", ctypes.c_uint64),
+                ("flags", ctypes.c_uint8 * 8), ("tresp", ctypes.c_uint32 * 3)]
+
+
 _LIBS: dict[str, ctypes.CDLL] = {}
 PERFORM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64,
                               ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64))
@@ -192,14 +198,12 @@ def _load(path: Path) -> ctypes.CDLL:
         sig = {
             "sim_new": ([I, I, I, U64, U64, I], P),
             "sim_free": ([P], None),
-            "sim_cycle": ([P], U64),
-            "sim_set_hook_wake": ([P, U64], None),
+            "sim_status": ([P], ctypes.POINTER(Status)),
             "sim_set_inputs": ([P, I, U64, I, I, U64, I, U64], None),
             "sim_drive_dram": ([P, I], I),
             "sim_head": ([P, ctypes.POINTER(U64)], None),
             "sim_perform": ([P, U64, I], None),
             "sim_edge": ([P], None),
-            "sim_sampled": ([P, ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64, U64], I),
@@ -279,8 +283,8 @@ class VerilatorHarness:
         self._cur = (None, True, None, None)   # this cycle: ticket, resp ready, load, INVEPT
         self._loaded = False
         self._event = False
-        self._flags = (ctypes.c_uint8 * 7)()
-        self._tresp = (ctypes.c_uint32 * 3)()
+        self._status = lib.sim_status(self._h).contents
+        self._inputs = None             # the last inputs set, to skip setting them again
         self._head = (ctypes.c_uint64 * 4)()
         self.python_cycles = 0          # cycles Python ran (the rest ran compiled)
         self._callback_error: BaseException | None = None
@@ -321,9 +325,12 @@ class VerilatorHarness:
         inv = self._invepts.popleft() if self._invepts else None
         if inv is not None:
             self.invepts_sent += 1
-        lib.sim_set_inputs(h, tk is not None, self._req_raw if tk is not None else 0, resp_ready,
-                           load is not None, load[0] if load else 0,
-                           inv is not None, _INV.pack(kind=inv[0], tag=inv[1]) if inv else 0)
+        inputs = (tk is not None, self._req_raw if tk is not None else 0, resp_ready,
+                  load is not None, load[0] if load else 0,
+                  inv is not None, _INV.pack(kind=inv[0], tag=inv[1]) if inv else 0)
+        if inputs != self._inputs:
+            lib.sim_set_inputs(h, *inputs)
+            self._inputs = inputs
         self._cur = (tk, resp_ready, load, inv)
 
     def _perform(self, op: int, addr: int, compare: int, data: int, cycle: int) -> DramRequest:
@@ -349,6 +356,7 @@ class VerilatorHarness:
         try:
             self.cycle = cycle
             self._accept(self._driven_req)
+            self._inputs = None             # the loop dropped translate_req.valid itself
             if not (self.pending and self.free_tags):
                 self._driven_req = None     # the loop drops valid, as Python would
                 return 0
@@ -387,8 +395,8 @@ class VerilatorHarness:
         lib, h = self._lib, self._h
         tk, resp_ready, load, inv = self._cur
         lib.sim_edge(h)
-        lib.sim_sampled(h, self._flags, self._tresp)
-        treq_ready, tresp_valid, eptp_valid, eptp_error, _, _, error_taken = self._flags
+        st = self._status
+        treq_ready, tresp_valid, eptp_valid, eptp_error, _, _, error_taken, _ = st.flags
         event = bool(load or inv or self._loaded or self._want_counters)
         if error_taken:
             for t in self.inflight.values():
@@ -403,7 +411,7 @@ class VerilatorHarness:
             self._accept(tk)
             event = True
         if tresp_valid and resp_ready:
-            t = self._tresp
+            t = st.tresp
             self._complete(t[0] | t[1] << 32 | t[2] << 64)
             event = True
         if self._want_counters:
@@ -437,15 +445,15 @@ class VerilatorHarness:
                 and not self._dram.config.stall_probability)
 
     def _run_compiled(self, until: int, first_half_done: int) -> None:
-        lib, h = self._lib, self._h
-        lib.sim_set_hook_wake(h, min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER))
-        stopped = lib.sim_run(h, until, first_half_done)
-        self.cycle = lib.sim_cycle(h)
+        st = self._status
+        st.hook_wake = min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER)
+        stopped = self._lib.sim_run(self._h, until, first_half_done)
+        self.cycle = st.cycle
         if stopped == 2:
             e, self._callback_error = self._callback_error, None
             raise e
-        lib.sim_sampled(h, self._flags, self._tresp)
-        self.eptp_valid, self.eptp_error = bool(self._flags[2]), bool(self._flags[3])
+        flags = st.flags
+        self.eptp_valid, self.eptp_error = bool(flags[2]), bool(flags[3])
 
     def _advance(self, until: int, stop_on_event: bool) -> None:
         """One pysim ``advance``: the edge of this cycle, then as many cycles as

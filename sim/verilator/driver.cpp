@@ -51,13 +51,24 @@ typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data
 typedef int (*accept_fn)(uint64_t cycle);
 typedef int (*respond_fn)(uint64_t cycle, uint32_t w0, uint32_t w1, uint32_t w2);
 
+// Shared with Python (a ctypes Structure over the same memory), so reading
+// the cycle or what was sampled costs no call.
+struct Status {
+    uint64_t cycle;
+    uint64_t hook_wake;       // written by Python: the first cycle a hook wants to run
+    // sampled at the last edge (values before the edge): treq_ready, tresp_valid,
+    // eptp_valid, eptp_error, mresp_ready, resp_taken, resp_error_taken
+    uint8_t flags[8];
+    uint32_t tresp[3];        // the translate response payload
+};
+
 struct Sim {
+    Status st{};
     perform_fn perform = nullptr;
     accept_fn on_accept = nullptr;
     respond_fn on_response = nullptr;
     VerilatedContext* ctx;
     Vpwu* top;
-    uint64_t cycle = 0;
     // DRAM timing (sim/dram.py semantics)
     int read_latency, cas_latency, row_miss_penalty, max_outstanding;
     uint64_t row_bytes, banks;
@@ -65,12 +76,6 @@ struct Sim {
     std::vector<int64_t> open_rows;     // -1: no open row
     uint64_t row_hits = 0, row_misses = 0, stall_cycles = 0;
     bool ready = true;                  // mem_req.ready this cycle
-    // Python's wake-up: the first cycle a hook wants to run
-    uint64_t hook_wake = 0;
-    // sampled at the last edge (values before the edge)
-    uint8_t treq_ready = 0, tresp_valid = 0, eptp_valid = 0, eptp_error = 0, mresp_ready = 0;
-    uint8_t resp_taken = 0, resp_error_taken = 0;
-    uint32_t tresp[3] = {0, 0, 0};
 };
 
 void drive_dram(Sim* s, bool stall) {
@@ -83,7 +88,7 @@ void drive_dram(Sim* s, bool stall) {
 void settle(Sim* s) {
     Vpwu* t = s->top;
     t->mem_req___05Fready = s->ready;
-    const Req* head = (!s->queue.empty() && s->cycle >= s->queue.front().due) ? &s->queue.front() : nullptr;
+    const Req* head = (!s->queue.empty() && s->st.cycle >= s->queue.front().due) ? &s->queue.front() : nullptr;
     t->mem_resp___05Fvalid = head != nullptr;
     if (head) {
         t->mem_resp___05Fpayload[0] = (uint32_t)head->result;
@@ -98,12 +103,13 @@ void settle(Sim* s) {
 void edge(Sim* s) {
     Vpwu* t = s->top;
     bool head_valid = t->mem_resp___05Fvalid;
-    s->treq_ready = t->translate_req___05Fready;
-    s->tresp_valid = t->translate_resp___05Fvalid;
-    s->eptp_valid = t->eptp_valid;
-    s->eptp_error = t->eptp_error;
-    s->mresp_ready = t->mem_resp___05Fready;
-    for (int i = 0; i < 3; i++) s->tresp[i] = t->translate_resp___05Fpayload[i];
+    uint8_t* f = s->st.flags;
+    f[0] = t->translate_req___05Fready;
+    f[1] = t->translate_resp___05Fvalid;
+    f[2] = t->eptp_valid;
+    f[3] = t->eptp_error;
+    f[4] = t->mem_resp___05Fready;
+    for (int i = 0; i < 3; i++) s->st.tresp[i] = t->translate_resp___05Fpayload[i];
     bool offered = t->mem_req___05Fvalid;
     Req req{};
     if (offered) {
@@ -116,9 +122,10 @@ void edge(Sim* s) {
     t->clk = 1;
     t->eval();
     // sim/dram.py Dram.clock
-    s->resp_taken = head_valid && s->mresp_ready;
-    s->resp_error_taken = s->resp_taken && s->queue.front().error;
-    if (s->resp_taken) s->queue.pop_front();
+    bool taken = head_valid && f[4];
+    f[5] = taken;
+    f[6] = taken && s->queue.front().error;
+    if (taken) s->queue.pop_front();
     if (offered && s->ready) {
         uint64_t row = req.addr / s->row_bytes;
         uint64_t bank = row % s->banks;
@@ -130,11 +137,11 @@ void edge(Sim* s) {
             s->open_rows[bank] = (int64_t)row;
             lat += s->row_miss_penalty;
         }
-        req.due = s->cycle + lat;
+        req.due = s->st.cycle + lat;
         if (!s->queue.empty() && req.due < s->queue.back().due + 1) req.due = s->queue.back().due + 1;
         s->queue.push_back(req);
     }
-    s->cycle++;
+    s->st.cycle++;
 }
 
 }  // namespace
@@ -177,8 +184,7 @@ void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond
     s->on_accept = on_accept;
     s->on_response = on_response;
 }
-uint64_t sim_cycle(void* p) { return ((Sim*)p)->cycle; }
-void sim_set_hook_wake(void* p, uint64_t cycle) { ((Sim*)p)->hook_wake = cycle; }
+Status* sim_status(void* p) { return &((Sim*)p)->st; }
 
 // The unit's inputs that Python drives; held until changed.
 void sim_set_inputs(void* p, int treq_valid, uint64_t treq_payload, int tresp_ready,
@@ -200,7 +206,7 @@ int sim_drive_dram(void* p, int stall) {
     drive_dram(s, stall);
     if (s->queue.empty()) return 0;
     const Req& h = s->queue.front();
-    return s->cycle >= h.due && !h.done;
+    return s->st.cycle >= h.due && !h.done;
 }
 
 void sim_head(void* p, uint64_t* out) {
@@ -223,20 +229,6 @@ void sim_edge(void* p) {
     Sim* s = (Sim*)p;
     settle(s);
     edge(s);
-}
-
-// Sampled at the last edge: [treq_ready, tresp_valid, eptp_valid, eptp_error,
-// mresp_ready, resp_taken, resp_error_taken], the response payload words.
-void sim_sampled(void* p, uint8_t* flags, uint32_t* tresp) {
-    Sim* s = (Sim*)p;
-    flags[0] = s->treq_ready;
-    flags[1] = s->tresp_valid;
-    flags[2] = s->eptp_valid;
-    flags[3] = s->eptp_error;
-    flags[4] = s->mresp_ready;
-    flags[5] = s->resp_taken;
-    flags[6] = s->resp_error_taken;
-    for (int i = 0; i < 3; i++) tresp[i] = s->tresp[i];
 }
 
 void sim_counters(void* p, uint32_t* out) {
@@ -264,15 +256,15 @@ void sim_dram_stats(void* p, uint64_t* out) {
 int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
     Sim* s = (Sim*)p;
     Vpwu* t = s->top;
-    while (s->cycle < until) {
-        if (s->cycle >= s->hook_wake && s->cycle != first_half_done) return 1;
+    while (s->st.cycle < until) {
+        if (s->st.cycle >= s->st.hook_wake && s->st.cycle != first_half_done) return 1;
         if (!s->queue.empty()) {
             Req& h = s->queue.front();
-            if (s->cycle >= h.due && !h.done) {
+            if (s->st.cycle >= h.due && !h.done) {
                 // a call into Python costs far less than leaving the loop
                 if (!s->perform) return 1;
                 uint64_t re[2];
-                if (s->perform(h.op, h.addr, h.compare, h.data, s->cycle, re)) return 2;
+                if (s->perform(h.op, h.addr, h.compare, h.data, s->st.cycle, re)) return 2;
                 h.done = true;
                 h.result = re[0];
                 h.error = re[1];
@@ -287,13 +279,13 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         edge(s);
         bool stop = false;
         if (accept) {
-            int r = s->on_accept(s->cycle - 1);
+            int r = s->on_accept(s->st.cycle - 1);
             if (r == 2) return 2;
             t->translate_req___05Fvalid = 0;
             stop = r == 1;
         }
         if (respond) {
-            if (s->on_response(s->cycle - 1, s->tresp[0], s->tresp[1], s->tresp[2])) return 2;
+            if (s->on_response(s->st.cycle - 1, s->st.tresp[0], s->st.tresp[1], s->st.tresp[2])) return 2;
             stop = true;        // Python's predicates wait for responses: let it look
         }
         if (stop) return 3;
