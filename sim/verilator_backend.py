@@ -179,7 +179,8 @@ def _runtime(build_dir: Path, root: Path, version: str, cxx: str) -> list[Path]:
 class Status(ctypes.Structure):
     """driver.cpp's Status, shared: reading it costs no call into C."""
     _fields_ = [("cycle", ctypes.c_uint64), ("hook_wake", ctypes.c_uint64),
-                ("flags", ctypes.c_uint8 * 8), ("tresp", ctypes.c_uint32 * 3)]
+                ("flags", ctypes.c_uint8 * 8), ("tresp", ctypes.c_uint32 * 3),
+                ("queue_len", ctypes.c_uint32)]
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -309,7 +310,9 @@ class VerilatorHarness:
         run_hooks(self.hooks, self._hook_wake, self.cycle)
         d = self._dram
         p = d.config.stall_probability
-        if lib.sim_drive_dram(h, bool(p and d.rng.random() < p)):
+        # as Dram.drive: a stall is drawn only while the queue has room
+        stall = bool(p and self._status.queue_len < d.config.max_outstanding and d.rng.random() < p)
+        if lib.sim_drive_dram(h, stall):
             lib.sim_head(h, self._head)
             req = self._perform(*self._head, self.cycle)
             lib.sim_perform(h, req.result, req.error)

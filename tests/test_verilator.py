@@ -57,7 +57,7 @@ def dram_row(d):
 
 
 def random_session(harness_cls, seed: int, unit: dict, dram: DramConfig | None = None,
-                   resp_stall: float = 0.0, every_cycle_hook: bool = False, ops: int = 30):
+                   resp_stall: float = 0.0, every_cycle_hook: bool = False, ops: int = 80):
     """Random table sets, bursts of out-of-order translations, host stores
     racing the walks (from a hook), INVEPTs, EPTP reloads, idle gaps and
     counter reads.  Returns everything observable."""
@@ -145,9 +145,9 @@ def test_slow_path_equals_pysim_with_per_cycle_draws():
     dram = lambda: DramConfig(stall_probability=0.2, error_probability=0.03, seed=9,
                               read_latency=5, max_outstanding=2)
     py = random_session(PysimHarness, 6, DEFAULT, dram=dram(), resp_stall=0.3,
-                        every_cycle_hook=True, ops=15)
+                        every_cycle_hook=True, ops=40)
     vl = random_session(vb.VerilatorHarness, 6, DEFAULT, dram=dram(), resp_stall=0.3,
-                        every_cycle_hook=True, ops=15)
+                        every_cycle_hook=True, ops=40)
     assert py == vl
     assert vl["dram"][5] > 0 and vl["dram"][6] > 0        # errors and stalls did happen
 
@@ -158,8 +158,8 @@ def test_bus_errors_on_the_fast_path_equal_pysim():
     ts, _ = random_table_set(memory_probe, 0x100_0000, 7 * 8, n_paths=6)
     bad = frozenset(list(ts.words)[:3])
     dram = lambda: DramConfig(error_addrs=bad)
-    py = random_session(PysimHarness, 8, DEFAULT, dram=dram(), ops=12)
-    vl = random_session(vb.VerilatorHarness, 8, DEFAULT, dram=dram(), ops=12)
+    py = random_session(PysimHarness, 8, DEFAULT, dram=dram(), ops=40)
+    vl = random_session(vb.VerilatorHarness, 8, DEFAULT, dram=dram(), ops=40)
     assert py == vl
 
 

@@ -60,6 +60,7 @@ struct Status {
     // eptp_valid, eptp_error, mresp_ready, resp_taken, resp_error_taken
     uint8_t flags[8];
     uint32_t tresp[3];        // the translate response payload
+    uint32_t queue_len;       // DRAM requests in flight (pysim draws a stall only with room)
 };
 
 struct Sim {
@@ -141,6 +142,7 @@ void edge(Sim* s) {
         if (!s->queue.empty() && req.due < s->queue.back().due + 1) req.due = s->queue.back().due + 1;
         s->queue.push_back(req);
     }
+    s->st.queue_len = s->queue.size();
     s->st.cycle++;
 }
 
