@@ -158,7 +158,9 @@ def build_model(params: dict, build_dir: Path = BUILD_DIR) -> BuildResult:
         os.replace(tmp_lib, lib)          # last: a library present means a complete build
         shutil.rmtree(work, ignore_errors=True)
     index.parent.mkdir(parents=True, exist_ok=True)
-    index.write_text(key + "\n")
+    tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+    tmp.write_text(key + "\n")
+    os.replace(tmp, index)          # another process may be reading it
     return BuildResult(lib, key, hit, time.monotonic() - started)
 
 
