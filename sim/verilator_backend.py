@@ -210,6 +210,7 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64, U64], I),
+            "sim_stage_request": ([P, U64, U64], None),
             "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
         }
         for name, (args, res) in sig.items():
@@ -449,6 +450,20 @@ class VerilatorHarness:
                 and not self._want_counters and not self.resp_stall_probability
                 and not self._dram.config.stall_probability)
 
+    def _stage_request(self) -> None:
+        """A request submitted while nothing is driven: Python's next first
+        half would only start driving it, so hand it to the compiled loop to
+        drive from the next cycle on (the tag is the one pysim gives it then:
+        the pool's head cannot change before, since no request can be taken)."""
+        if (self._driven_req is None and self.pending and self.free_tags
+                and not self._eptp_loads and not self._invepts):
+            tk = self.pending[0]
+            tk.tag = self.free_tags[0]
+            self._req_raw = _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag)
+            self._driven_req = tk
+            self._inputs = (True, self._req_raw, True, False, 0, False, 0)
+            self._lib.sim_stage_request(self._h, self.cycle + 1, self._req_raw)
+
     def _run_compiled(self, until: int, first_half_done: int) -> None:
         st = self._status
         st.hook_wake = min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER)
@@ -472,6 +487,7 @@ class VerilatorHarness:
         if self._plain():
             # this edge and the quiet cycles after it run compiled; stop after
             # this edge if Python's next first half would change an input
+            self._stage_request()
             self._run_compiled(until if self._quiet() else c + 1, c)
             if self.cycle == c:          # not even this edge (a bus error to count)
                 self._second_half()

@@ -77,6 +77,10 @@ struct Sim {
     std::vector<int64_t> open_rows;     // -1: no open row
     uint64_t row_hits = 0, row_misses = 0, stall_cycles = 0;
     bool ready = true;                  // mem_req.ready this cycle
+    // a translate request Python has already decided to drive from cycle
+    // staged_from on (saves a return to Python just to drive it)
+    bool staged = false;
+    uint64_t staged_from = 0, staged_payload = 0;
 };
 
 void drive_dram(Sim* s, bool stall) {
@@ -88,6 +92,11 @@ void drive_dram(Sim* s, bool stall) {
 // Put the DRAM side of the ports on the unit and settle the logic (clk low).
 void settle(Sim* s) {
     Vpwu* t = s->top;
+    if (s->staged && s->st.cycle >= s->staged_from) {
+        t->translate_req___05Fvalid = 1;
+        t->translate_req___05Fpayload = s->staged_payload;
+        s->staged = false;
+    }
     t->mem_req___05Fready = s->ready;
     const Req* head = (!s->queue.empty() && s->st.cycle >= s->queue.front().due) ? &s->queue.front() : nullptr;
     t->mem_resp___05Fvalid = head != nullptr;
@@ -191,7 +200,9 @@ Status* sim_status(void* p) { return &((Sim*)p)->st; }
 // The unit's inputs that Python drives; held until changed.
 void sim_set_inputs(void* p, int treq_valid, uint64_t treq_payload, int tresp_ready,
                     int eptp_load, uint64_t eptp_value, int invept_valid, uint64_t invept_payload) {
-    Vpwu* t = ((Sim*)p)->top;
+    Sim* s = (Sim*)p;
+    Vpwu* t = s->top;
+    s->staged = false;
     t->translate_req___05Fvalid = treq_valid;
     t->translate_req___05Fpayload = treq_payload;
     t->translate_resp___05Fready = tresp_ready;
@@ -199,6 +210,13 @@ void sim_set_inputs(void* p, int treq_valid, uint64_t treq_payload, int tresp_re
     if (eptp_load) t->eptp_value = eptp_value;
     t->invept___05Fvalid = invept_valid;
     if (invept_valid) t->invept___05Fpayload = invept_payload;
+}
+
+void sim_stage_request(void* p, uint64_t from_cycle, uint64_t payload) {
+    Sim* s = (Sim*)p;
+    s->staged = true;
+    s->staged_from = from_cycle;
+    s->staged_payload = payload;
 }
 
 // Dram.drive for this cycle.  Returns 1 when the head's access is due and not
