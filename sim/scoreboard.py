@@ -96,6 +96,13 @@ def format_result(outcome, hpa=None, page_size=None, memtype=None, qual=None) ->
     return outcome.value
 
 
+class _Branch(Exception):
+    """A walk read an entry that held several values in the window: explore each."""
+
+    def __init__(self, addr, values):
+        self.addr, self.values = addr, values
+
+
 class Scoreboard:
     def __init__(self, history: MemoryHistory, config: EptConfig = EptConfig(), limit: int = 50):
         self.history = history
@@ -121,21 +128,17 @@ class Scoreboard:
         hi = t.seq_end
         out: list[Translation] = []
 
-        class Branch(Exception):
-            def __init__(self, addr, values):
-                self.addr, self.values = addr, values
-
         def explore(fixed: dict[int, int]) -> None:
             def read(addr: int) -> int:
                 if addr not in fixed:
                     values = h.values_in(addr, lo, hi)
                     if len(values) > 1:
-                        raise Branch(addr, values)
+                        raise _Branch(addr, values)
                     fixed[addr] = values[0]
                 return fixed[addr]
             try:
                 out.append(walk(read, t.eptp, t.gpa, t.access, self.config))
-            except Branch as b:
+            except _Branch as b:
                 for v in b.values:
                     if len(out) >= limit:
                         return
