@@ -9,10 +9,12 @@ by the ``hw/`` sources and the parameters skips regenerating the Verilog when
 nothing changed (generation alone takes ~10 s).
 
 Running: the C++ side owns the DRAM model's timing and runs the clock on its
-own through cycles that need no Python; :class:`VerilatorHarness` runs in
-Python exactly the cycles that do (a hook due, a DRAM access due, a translate
-handshake, an EPTP load or INVEPT, a response with a bus error, any per-cycle
-random draw), with the same steps and in the same order as
+own; it calls back into Python to perform a due DRAM access on the memory
+contents and for the bookkeeping of a translate request or response taken,
+and returns to Python when a hook is due, after a response, and when Python's
+inputs would change (a new request, an EPTP load or INVEPT, a counter read).
+:class:`VerilatorHarness` runs those cycles, and every cycle when a per-cycle
+random draw is needed, with the same steps and in the same order as
 :class:`~sim.harness.PysimHarness`, so both give the same results cycle for
 cycle on the same seeds.
 """
@@ -226,10 +228,11 @@ class VerilatorHarness:
 
     Public calls that do not touch the clock are PysimHarness's own
     functions (borrowed below), so the two cannot drift apart.
-    ``run_until`` evaluates its predicate whenever Python-visible state may
-    have changed (after every cycle Python runs), not in the cycles the
-    compiled side runs alone: a predicate on the cycle count alone should
-    use :meth:`step`.
+    ``run_until`` evaluates its predicate after every cycle Python runs, every
+    hook call and every translate response, but not after the other cycles
+    the compiled side runs alone (a request taken is a callback, not a
+    stop): wait for responses or EPTP loads, and use :meth:`step` for a
+    number of cycles.
     """
 
     submit = PysimHarness.submit
@@ -290,7 +293,7 @@ class VerilatorHarness:
         self._status = lib.sim_status(self._h).contents
         self._inputs = None             # the last inputs set, to skip setting them again
         self._head = (ctypes.c_uint64 * 4)()
-        self.python_cycles = 0          # cycles Python ran (the rest ran compiled)
+        self.python_cycles = 0          # edges Python ran itself (the rest ran compiled)
         self._callback_error: BaseException | None = None
         self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
                            RESPOND_FN(self._respond_in_run))    # kept alive with the harness
