@@ -553,7 +553,7 @@ def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: 
     n_py = pysim_accesses or accesses
     py, py_cps = run("rtl", n_py)
     vl, vl_cps = run("verilator", accesses)
-    vl_prefix = vl if n_py == accesses else run("verilator", n_py)[0]
+    vl_prefix, vl_prefix_cps = (vl, vl_cps) if n_py == accesses else run("verilator", n_py)
     drop = ("backend", "elapsed_seconds", "cycles_per_second")
     same = {k: v for k, v in py.items() if k not in drop} == \
            {k: v for k, v in vl_prefix.items() if k not in drop}
@@ -562,6 +562,9 @@ def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: 
         "verilator_cycles_per_second": round(vl_cps),
         "verilator_speedup_vs_pysim": round(vl_cps / py_cps, 1),
         "identical": same,
+        # the same prefix on both: the like-for-like ratio (the prefix walks more)
+        "verilator_prefix_cycles_per_second": round(vl_prefix_cps),
+        "verilator_speedup_same_prefix": round(vl_prefix_cps / py_cps, 1),
         "pysim_accesses": n_py,
         "verilator_accesses": accesses,
         "pysim_cycles": py["cycles"],
