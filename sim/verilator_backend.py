@@ -364,6 +364,8 @@ class VerilatorHarness:
     def _accept_in_run(self, cycle) -> int:
         try:
             self.cycle = cycle
+            # as pysim: the EPTP validity sampled at the edge before this one
+            self.eptp_valid = bool(self._status.flags[7])
             self._accept(self._driven_req)
             self._inputs = None             # the loop dropped translate_req.valid itself
             if not (self.pending and self.free_tags):

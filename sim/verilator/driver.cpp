@@ -57,7 +57,8 @@ struct Status {
     uint64_t cycle;
     uint64_t hook_wake;       // written by Python: the first cycle a hook wants to run
     // sampled at the last edge (values before the edge): treq_ready, tresp_valid,
-    // eptp_valid, eptp_error, mresp_ready, resp_taken, resp_error_taken
+    // eptp_valid, eptp_error, mresp_ready, resp_taken, resp_error_taken,
+    // eptp_valid sampled at the edge before
     uint8_t flags[8];
     uint32_t tresp[3];        // the translate response payload
     uint32_t queue_len;       // DRAM requests in flight (pysim draws a stall only with room)
@@ -114,6 +115,7 @@ void edge(Sim* s) {
     Vpwu* t = s->top;
     bool head_valid = t->mem_resp___05Fvalid;
     uint8_t* f = s->st.flags;
+    f[7] = f[2];      // eptp_valid as Python knew it during this cycle (the last edge's)
     f[0] = t->translate_req___05Fready;
     f[1] = t->translate_resp___05Fvalid;
     f[2] = t->eptp_valid;
