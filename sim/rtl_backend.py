@@ -39,9 +39,9 @@ class RtlBackend(Backend):
         self.history = MemoryHistory(memory)
         self.scoreboard = Scoreboard(self.history, config)
         self.harness = self.harness_class(memory, dram, maxphyaddr=config.maxphyaddr,
-                                    execute_only=config.execute_only,
-                                    resp_stall_probability=resp_stall_probability, seed=seed,
-                                    vcd=vcd, store_seq=lambda: self.history.seq, **(unit or {}))
+                                          execute_only=config.execute_only,
+                                          resp_stall_probability=resp_stall_probability, seed=seed,
+                                          vcd=vcd, store_seq=lambda: self.history.seq, **(unit or {}))
         self.watchdog = watchdog
         self.tickets = 0
 
