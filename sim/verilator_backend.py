@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hw.layouts import PERF_EVENTS, TAG_BITS, InveptKind
-from model.formats import Access, Eptp
+from hw.layouts import TAG_BITS, InveptKind
+from model.formats import Eptp
 from model.physmem import PhysicalMemory
 
 from .backend import BackendUnavailable

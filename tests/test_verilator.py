@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from model.formats import EPT_A, EPT_D, Access, EptConfig, Eptp
+from model.formats import EPT_A, EPT_D, Access, EptConfig
 from model.physmem import PhysicalMemory
 from sim.dram import DramConfig
 from sim.harness import PysimHarness
