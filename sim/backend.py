@@ -79,7 +79,12 @@ def _rtl_backend(memory, config, **kw):
     return RtlBackend(memory, config, **kw)
 
 
-BACKENDS = {"model": ModelBackend, "rtl": _rtl_backend}
+def _verilator_backend(memory, config, **kw):
+    from .verilator_backend import VerilatorBackend
+    return VerilatorBackend(memory, config, **kw)
+
+
+BACKENDS = {"model": ModelBackend, "rtl": _rtl_backend, "verilator": _verilator_backend}
 
 
 def make_backend(name: str, memory: PhysicalMemory, config: EptConfig, **kw) -> Backend:

@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "line per read and translate (see README, Replay contract).")
     r.add_argument("scenario", metavar="SCENARIO.json")
     r.add_argument("--backend", default="model", choices=sorted(BACKENDS),
-                   help="model (golden model) or rtl (the Amaranth unit in pysim)")
+                   help="model (golden model), rtl (the Amaranth unit in pysim) or verilator "
+                        "(the same unit compiled with Verilator: same results, faster)")
     _add_rtl_options(r)
 
     w = sub.add_parser("run", help="run the pageable-guest workload and print a summary",
@@ -146,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "EPT violations fault pages in with pmap_enter, a clock page "
                                    "daemon evicts using the A/D bits the walker sets.")
     w.add_argument("--backend", default="rtl", choices=sorted(BACKENDS),
-                   help="rtl (cosimulation, default) or model (golden model alone)")
+                   help="rtl (cosimulation in pysim, default), verilator (the same, compiled "
+                        "with Verilator) or model (golden model alone)")
     w.add_argument("--accesses", type=_positive, default=4000, help="guest accesses (default 4000)")
     w.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     w.add_argument("--guest-pages", type=_positive, default=256,

@@ -40,7 +40,7 @@ from model.physmem import PhysicalMemory
 
 from .dram import Dram, DramConfig, DramRequest
 
-__all__ = ["Ticket", "PysimHarness", "HangError", "HW_OUTCOME"]
+__all__ = ["Ticket", "PysimHarness", "HangError", "HW_OUTCOME", "run_hooks"]
 
 HW_OUTCOME = {
     HwOutcome.OK: Outcome.OK, HwOutcome.VIOLATION: Outcome.VIOLATION,
@@ -81,6 +81,17 @@ _TREQ = _Fields(TranslateRequest)
 _TRESP = _Fields(TranslateResponse)
 _INV = _Fields(InveptRequest)
 _PERF = _Fields(PerfCounters)
+
+
+def run_hooks(hooks: list, wake: dict, cycle: int) -> None:
+    """Call the between-cycle hooks that are due.  A hook may return a cycle
+    number N: it is not called again before cycle N (so a simulator may run
+    the clock without Python until then); any other return value means "call
+    me next cycle"."""
+    for hook in hooks:
+        if wake.get(hook, 0) <= cycle:
+            n = hook(cycle)
+            wake[hook] = n if type(n) is int else 0
 
 
 class HangError(RuntimeError):
@@ -144,7 +155,8 @@ class PysimHarness:
         self.inflight: dict[int, Ticket] = {}     # taken, not yet answered, by tag
         self.free_tags: deque[int] = deque(range(1 << TAG_BITS))
         self.completed: deque[Ticket] = deque()
-        self.hooks: list[Callable[[int], None]] = []
+        self.hooks: list[Callable[[int], int | None]] = []
+        self._hook_wake: dict = {}       # hook -> first cycle it wants to be called again
         self.eptp: Eptp | None = None
         self.eptp_valid = False
         self.eptp_error = False
@@ -207,8 +219,7 @@ class PysimHarness:
         inv_payload = dut.invept.payload.as_value()
         cas_op = MemOp.CAS.value
         while True:
-            for hook in self.hooks:
-                hook(self.cycle)
+            run_hooks(self.hooks, self._hook_wake, self.cycle)
 
             ready, resp = dram.drive()
             ctx.set(dut.mem_req.ready, ready)

@@ -30,6 +30,7 @@ def ticket_translation(t: Ticket) -> Translation:
 
 class RtlBackend(Backend):
     name = "rtl"
+    harness_class = PysimHarness     # the Verilator backend swaps in its own harness
 
     def __init__(self, memory: PhysicalMemory, config: EptConfig, *, dram: DramConfig | None = None,
                  vcd=None, resp_stall_probability: float = 0.0, seed: int = 1,
@@ -37,10 +38,10 @@ class RtlBackend(Backend):
         super().__init__(memory, config)
         self.history = MemoryHistory(memory)
         self.scoreboard = Scoreboard(self.history, config)
-        self.harness = PysimHarness(memory, dram, maxphyaddr=config.maxphyaddr,
-                                    execute_only=config.execute_only,
-                                    resp_stall_probability=resp_stall_probability, seed=seed,
-                                    vcd=vcd, store_seq=lambda: self.history.seq, **(unit or {}))
+        self.harness = self.harness_class(memory, dram, maxphyaddr=config.maxphyaddr,
+                                          execute_only=config.execute_only,
+                                          resp_stall_probability=resp_stall_probability, seed=seed,
+                                          vcd=vcd, store_seq=lambda: self.history.seq, **(unit or {}))
         self.watchdog = watchdog
         self.tickets = 0
 

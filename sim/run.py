@@ -42,7 +42,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     harness = getattr(backend, "harness", None)
     current = {"gpa": None}
     if harness is not None:
-        harness.hooks.append(lambda cycle: harness.inflight and agent.maybe_act(current["gpa"]))
+        harness.hooks.append(lambda cycle: agent.on_cycle(cycle, bool(harness.inflight), current["gpa"]))
     outcomes = {o.value: 0 for o in Outcome}
     by_access = {a.name.lower(): 0 for a in Access}
     mismatches: list[str] = []

@@ -17,6 +17,7 @@ the direct check of each translation against the pmap.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -286,6 +287,30 @@ class HostAgent:
         self.rate = rate
         self.rng = random.Random(seed ^ 0xA6E27)
         self.stats = AgentStats()
+        self.next_cycle: int | None = None     # on the RTL: the next cycle it acts at
+
+    def on_cycle(self, cycle: int, busy: bool, gpa: int) -> int:
+        """The cosimulation hook: act at the cycles drawn with the per-cycle
+        chance ``rate`` while a translation is in flight (``busy``).
+
+        The gap to the next drawn cycle is drawn once (geometric), so the
+        harness calls the agent only at those cycles instead of drawing a
+        number every cycle; returns the next cycle it wants to be called.
+        """
+        if not self.rate:
+            return 1 << 62
+        if self.next_cycle is None:
+            self.next_cycle = cycle + self._gap() - 1
+        if cycle >= self.next_cycle:
+            if busy:
+                self.act(gpa)
+            self.next_cycle = cycle + self._gap()
+        return self.next_cycle
+
+    def _gap(self) -> int:
+        if self.rate >= 1:
+            return 1
+        return 1 + int(math.log(1.0 - self.rng.random()) / math.log(1.0 - self.rate))
 
     def maybe_act(self, gpa: int) -> None:
         if self.rate and self.rng.random() < self.rate:

