@@ -49,6 +49,12 @@ class MemoryHistory:
         i = bisect_right(h, seq, key=lambda e: e[0])
         return h[0][1] if i == 0 else h[i - 1][2]
 
+    def last_store(self, addr: int) -> int:
+        """Sequence number of the last store to ``addr`` still logged (0: none
+        since the log was last pruned, which never passes a window in use)."""
+        h = self._log.get(addr)
+        return h[-1][0] if h else 0
+
     def values_in(self, addr: int, lo: int, hi: int) -> list[int]:
         """Every value the word at ``addr`` held from after store ``lo`` to
         after store ``hi``, oldest first, without repeats."""
@@ -112,6 +118,38 @@ class Scoreboard:
         self.mismatches: list[str] = []      # the first ``limit`` reports
         self.limit = limit
         self.alternatives_used = 0    # responses matching a state other than the first
+        # Reference walks remembered per (PML4, 4K page, access) while no store touches
+        # the entries they read: most checks then need no walk.  Used only when every
+        # such entry was last stored before the request's window opened, so the window
+        # holds exactly one state of them and the remembered walk is the only candidate.
+        self._memo: dict[tuple, tuple] = {}
+        self._memo_keys: dict[int, set] = {}           # entry address -> memo keys
+        self.memo_hits = 0
+        history.memory.observe(self._forget)
+
+    def _forget(self, addr: int, old: int, new: int, source: str) -> None:
+        for key in self._memo_keys.pop(addr, ()):
+            self._memo.pop(key, None)
+
+    def _remember(self, key, c: Translation) -> None:
+        arch = c.architectural()
+        if c.outcome is Outcome.OK:            # keep the page, add each GPA's offset back
+            arch = (arch[0], c.hpa & ~(c.page_size - 1)) + arch[2:]
+        addrs = tuple(s.addr for s in c.steps)
+        self._memo[key] = (arch, addrs)
+        for a in addrs:
+            self._memo_keys.setdefault(a, set()).add(key)
+
+    def _remembered(self, key, t: Ticket, lo: int):
+        m = self._memo.get(key)
+        if m is None:
+            return None
+        arch, addrs = m
+        if any(self.history.last_store(a) > lo for a in addrs):
+            return None
+        if arch[0] is Outcome.OK:
+            return (arch[0], arch[1] | (t.gpa & (arch[2] - 1))) + arch[2:]
+        return arch
 
     def candidates(self, t: Ticket, *, cached: bool = False, limit: int = 256) -> list[Translation]:
         """Reference walks for every memory state the request could have seen.
@@ -167,13 +205,24 @@ class Scoreboard:
         else:
             # a success may come from a cache; a fault is always decided by memory
             got = t.architectural()
+            cached = t.outcome is Outcome.OK
+            lo = t.seq_cache if cached else t.seq_start
+            key = (t.eptp.pml4_pa, t.gpa >> 12, t.access)
+            known = self._remembered(key, t, lo)
             cands, ok = [], False
-            for c in self.iter_candidates(t, cached=t.outcome is Outcome.OK):
-                cands.append(c)
-                if c.architectural() == got:     # the rest cannot change the verdict
-                    ok = True
-                    break
-            if ok and cands[0].architectural() != got:
+            if known is not None and known == got:
+                ok = True                        # the only candidate: no walk needed
+                self.memo_hits += 1
+            else:
+                for c in self.iter_candidates(t, cached=cached):
+                    cands.append(c)
+                    if c.architectural() == got:     # the rest cannot change the verdict
+                        ok = True
+                        break
+                first = cands[0]
+                if all(self.history.last_store(s.addr) <= lo for s in first.steps):
+                    self._remember(key, first)       # it is the current state too
+            if ok and cands and cands[0].architectural() != got:
                 self.alternatives_used += 1
             expected = None
             if not ok:                 # every candidate was walked: name them all
