@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from model.formats import Access, EptConfig, Outcome
+from model.formats import EPT_A, EPT_D, Access, EptConfig, Outcome
 from model.physmem import PhysicalMemory
 from model.walk import Translation, walk
 
@@ -118,16 +118,22 @@ class Scoreboard:
         self.mismatches: list[str] = []      # the first ``limit`` reports
         self.limit = limit
         self.alternatives_used = 0    # responses matching a state other than the first
-        # Reference walks remembered per (PML4, 4K page, access) while no store touches
-        # the entries they read: most checks then need no walk.  Used only when every
-        # such entry was last stored before the request's window opened, so the window
-        # holds exactly one state of them and the remembered walk is the only candidate.
+        # Reference walks remembered per (PML4, 4K page, access) while no store changes
+        # the entries they read other than in A/D (which a walk's verdict ignores: the
+        # walker's own A/D CASes and the host's A/D clears leave it as it was): most
+        # checks then need no walk.  Used only when every such entry last changed
+        # before the request's window opened, so every state in the window gives the
+        # same verdict and the remembered walk is the only candidate.
         self._memo: dict[tuple, tuple] = {}
         self._memo_keys: dict[int, set] = {}           # entry address -> memo keys
+        self._changed: dict[int, int] = {}             # entry address -> seq of its last change
         self.memo_hits = 0
         history.memory.observe(self._forget)
 
     def _forget(self, addr: int, old: int, new: int, source: str) -> None:
+        if not (old ^ new) & ~(EPT_A | EPT_D):
+            return
+        self._changed[addr] = self.history.seq
         for key in self._memo_keys.pop(addr, ()):
             self._memo.pop(key, None)
 
@@ -145,7 +151,7 @@ class Scoreboard:
         if m is None:
             return None
         arch, addrs = m
-        if any(self.history.last_store(a) > lo for a in addrs):
+        if any(self._changed.get(a, 0) > lo for a in addrs):
             return None
         if arch[0] is Outcome.OK:
             return (arch[0], arch[1] | (t.gpa & (arch[2] - 1))) + arch[2:]
@@ -220,7 +226,7 @@ class Scoreboard:
                         ok = True
                         break
                 first = cands[0]
-                if all(self.history.last_store(s.addr) <= lo for s in first.steps):
+                if all(self._changed.get(s.addr, 0) <= lo for s in first.steps):
                     self._remember(key, first)       # it is the current state too
             if ok and cands and cands[0].architectural() != got:
                 self.alternatives_used += 1
