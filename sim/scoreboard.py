@@ -49,12 +49,6 @@ class MemoryHistory:
         i = bisect_right(h, seq, key=lambda e: e[0])
         return h[0][1] if i == 0 else h[i - 1][2]
 
-    def last_store(self, addr: int) -> int:
-        """Sequence number of the last store to ``addr`` still logged (0: none
-        since the log was last pruned, which never passes a window in use)."""
-        h = self._log.get(addr)
-        return h[-1][0] if h else 0
-
     def values_in(self, addr: int, lo: int, hi: int) -> list[int]:
         """Every value the word at ``addr`` held from after store ``lo`` to
         after store ``hi``, oldest first, without repeats."""
@@ -68,15 +62,6 @@ class MemoryHistory:
                 if new not in values:
                     values.append(new)
         return values
-
-    def next_store(self, addr: int, after: int, upto: int) -> int | None:
-        h = self._log.get(addr)
-        if not h:
-            return None
-        i = bisect_right(h, after, key=lambda e: e[0])
-        if i < len(h) and h[i][0] <= upto:
-            return h[i][0]
-        return None
 
     def prune(self, keep_from: int) -> None:
         """Forget what no request at or after ``keep_from`` can need."""
