@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.formats import Access, Eptp, Level, MemType, gpa_index, make_leaf_entry, make_table_entry
+from model.formats import Access, Level
 from model.physmem import PhysicalMemory
 
 from .dram import DramConfig
 from .harness import PysimHarness
+from .tables import HandTables
 
 __all__ = ["run_bench", "main"]
 
@@ -29,41 +30,11 @@ REGION = 0x7f00_0000_0000                # the GPAs the patterns touch
 HPA_BASE = 0x4000_0000
 
 
-class _Tables:
-    """A static EPT table set in ``memory``: 4K pages over a region, or 2M pages."""
-
-    def __init__(self, memory: PhysicalMemory, base: int = 0x10_0000):
-        self.memory = memory
-        self.next = base
-        self.pml4 = self._frame()
-        self.tables: dict[tuple[int, int], int] = {}
-
-    def _frame(self) -> int:
-        pa = self.next
-        self.next += 0x1000
-        return pa
-
-    def map(self, gpa: int, hpa: int, level: Level = Level.PTE) -> None:
-        table = self.pml4
-        for lv in (Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE):
-            addr = table + gpa_index(gpa, lv) * 8
-            if lv == level:
-                self.memory.write(addr, make_leaf_entry(hpa, lv, 0b111, MemType.WB), source="init")
-                return
-            key = (lv.value, gpa >> (12 + 9 * (lv.value - 1)))
-            if key not in self.tables:
-                self.tables[key] = self._frame()
-                self.memory.write(addr, make_table_entry(self.tables[key]), source="init")
-            table = self.tables[key]
-
-    def eptp(self, ad: bool) -> Eptp:
-        return Eptp(pml4_pa=self.pml4, ad_enabled=ad)
-
-
 def _harness(dram: DramConfig, ad: bool = False, pages: int = 0, huge: int = 0,
              spread: list[int] | None = None, **unit):
     memory = PhysicalMemory()
-    tables = _Tables(memory)
+    frames = iter(range(0x10_0000, 0x4000_0000, 0x1000))
+    tables = HandTables(memory, lambda: next(frames), ad)
     for i in range(pages):
         tables.map(REGION + i * 0x1000, HPA_BASE + i * 0x1000)
     for i in range(huge):
@@ -71,7 +42,7 @@ def _harness(dram: DramConfig, ad: bool = False, pages: int = 0, huge: int = 0,
     for i, gpa in enumerate(spread or []):
         tables.map(gpa, HPA_BASE + i * 0x1000)
     h = PysimHarness(memory, dram, **unit)
-    e = tables.eptp(ad)
+    e = tables.eptp
     assert h.load_eptp(e.encode(), e)
     return h
 

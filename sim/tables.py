@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from model.formats import (
     EPT_A, EPT_D, EPT_LEAF, EPT_RWX, EptConfig, Eptp, Level, MemType, PAGE_SIZE,
-    gpa_index, reserved_mask,
+    gpa_index, make_leaf_entry, make_table_entry, reserved_mask,
 )
 from model.physmem import PhysicalMemory
 
-__all__ = ["TableSet", "TableBuilder", "random_table_set"]
+__all__ = ["TableSet", "TableBuilder", "HandTables", "random_table_set"]
 
 IGNORED_BITS = (1 << 11) | (0x7FF << 52) | (1 << 63) | (1 << 10)
 
@@ -131,3 +131,46 @@ def random_table_set(memory: PhysicalMemory, base: int, seed: int, n_paths: int 
     b = TableBuilder(memory, base, random.Random(seed), config)
     ts = b.build(n_paths, ad)
     return ts, b.next
+
+
+class HandTables:
+    """EPT tables under one PML4, built by hand: ``map`` adds a leaf at any level.
+
+    ``frame()`` hands out a fresh 4K table frame; intermediate tables are made
+    on first use and shared by every GPA under them.
+    """
+
+    def __init__(self, memory: PhysicalMemory, frame, ad: bool = True):
+        self.memory = memory
+        self.frame = frame
+        self.pml4 = frame()
+        self.eptp = Eptp(pml4_pa=self.pml4, ad_enabled=ad)
+        self.tables: dict[tuple[Level, int], int] = {}   # (level, GPA bits above it) -> frame
+
+    @staticmethod
+    def _key(gpa: int, level: Level) -> tuple[Level, int]:
+        return level, gpa >> (12 + 9 * (level.value - 1))
+
+    def entry_addr(self, gpa: int, level: Level) -> int:
+        table = self.pml4
+        for lv in (Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE):
+            if lv == level:
+                return table + gpa_index(gpa, lv) * 8
+            table = self.tables[self._key(gpa, lv)]
+        raise AssertionError(level)
+
+    def map(self, gpa: int, hpa: int, level: Level = Level.PTE, perms: int = 0b111,
+            table_perms: int = 0b111, **leaf_kw) -> int:
+        """Map ``gpa`` to ``hpa`` with a leaf at ``level``; returns the leaf's address."""
+        table = self.pml4
+        for lv in (Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE):
+            addr = table + gpa_index(gpa, lv) * 8
+            if lv == level:
+                self.memory.write(addr, make_leaf_entry(hpa, lv, perms, **leaf_kw), source="init")
+                return addr
+            key = self._key(gpa, lv)
+            if key not in self.tables:
+                self.tables[key] = self.frame()
+                self.memory.write(addr, make_table_entry(self.tables[key], table_perms), source="init")
+            table = self.tables[key]
+        raise AssertionError(level)

@@ -5,6 +5,7 @@ from model.physmem import PhysicalMemory
 from sim.dram import DramConfig
 from sim.harness import PysimHarness
 from sim.scoreboard import MemoryHistory, Scoreboard
+from sim.tables import HandTables
 
 
 class Rig:
@@ -53,39 +54,12 @@ class Rig:
         return t
 
 
-class Tables:
-    """EPT tables under one PML4, built by hand: ``map`` adds a leaf at any level."""
+class Tables(HandTables):
+    """Hand-built tables in a rig's memory, with frames from its bump allocator."""
 
     def __init__(self, rig: Rig, ad: bool = True):
         self.rig = rig
-        self.pml4 = rig.frame()
-        self.eptp = Eptp(pml4_pa=self.pml4, ad_enabled=ad)
-        self.tables = {}            # (level, gpa bits above it) -> table frame
-
-    def entry_addr(self, gpa: int, level: Level) -> int:
-        table = self.pml4
-        for lv in (Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE):
-            if lv == level:
-                return table + gpa_index(gpa, lv) * 8
-            table = self.tables[(lv, gpa >> (12 + 9 * (lv.value - 1)))]
-        raise AssertionError(level)
-
-    def map(self, gpa: int, hpa: int, level: Level = Level.PTE, perms: int = 0b111,
-            table_perms: int = 0b111, **leaf_kw) -> int:
-        """Map ``gpa`` to ``hpa`` with a leaf at ``level``; returns the leaf's address."""
-        table = self.pml4
-        mem = self.rig.memory
-        for lv in (Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE):
-            addr = table + gpa_index(gpa, lv) * 8
-            if lv == level:
-                mem.write(addr, make_leaf_entry(hpa, lv, perms, **leaf_kw), source="init")
-                return addr
-            key = (lv, gpa >> (12 + 9 * (lv.value - 1)))
-            if key not in self.tables:
-                self.tables[key] = self.rig.frame()
-                mem.write(addr, make_table_entry(self.tables[key], table_perms), source="init")
-            table = self.tables[key]
-        raise AssertionError(level)
+        super().__init__(rig.memory, rig.frame, ad)
 
 
 def run_all(rig: Rig, requests, limit: int = 20_000):
