@@ -93,7 +93,9 @@ def _add_rtl_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resp-stall", type=_probability, default=0.0, metavar="P",
                    help="chance per cycle that the translate response is not taken (default 0)")
     g.add_argument("--dram-seed", type=int, default=1, help="seed of the stall/error generators")
-    g.add_argument("--vcd", metavar="FILE.vcd", help="write a waveform and a GTKWave save file (.gtkw)")
+    g.add_argument("--wave", "--vcd", dest="wave", metavar="FILE",
+                   help="write a waveform (rtl: FILE.vcd, verilator: FILE.fst) with a GTKWave save "
+                        "file FILE.gtkw, enum filters and a transaction log FILE.txn.log")
     u = p.add_argument_group("the unit's parameters (RTL backend)")
     u.add_argument("--walkers", type=_positive, default=2, help="concurrent walks (default 2)")
     u.add_argument("--tlb-sets", type=_positive, default=16, help="4K TLB sets (default 16)")
@@ -105,9 +107,14 @@ def _add_rtl_options(p: argparse.ArgumentParser) -> None:
 
 def _rtl_kwargs(args) -> dict:
     if args.backend == "model":
-        if args.vcd:
-            raise UsageError(f"{PROG}: --vcd needs --backend rtl (the model has no waveform)")
+        if args.wave:
+            raise UsageError(f"{PROG}: --wave needs --backend rtl or verilator (the model has no waveform)")
         return {}
+    if args.wave:
+        want = ".fst" if args.backend == "verilator" else ".vcd"
+        if Path(args.wave).suffix != want:
+            raise UsageError(f"{PROG}: --wave {args.wave}: the {args.backend} backend writes {want} "
+                             f"(rtl: .vcd, verilator: .fst)")
     from .dram import DramConfig
     dram = DramConfig(read_latency=args.dram_latency, cas_latency=args.cas_latency,
                       row_miss_penalty=args.row_miss_penalty, max_outstanding=args.max_outstanding,
@@ -124,7 +131,7 @@ def _rtl_kwargs(args) -> dict:
         PageWalkUnit(**unit)
     except ValueError as e:
         raise UsageError(f"{PROG}: {e}") from None
-    return {"dram": dram, "vcd": args.vcd, "resp_stall_probability": args.resp_stall,
+    return {"dram": dram, "wave": args.wave, "resp_stall_probability": args.resp_stall,
             "seed": args.dram_seed, "unit": unit}
 
 
@@ -171,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_rtl_options(w)
 
+    wv = sub.add_parser("wave", help="a short run with a waveform, opened in GTKWave",
+                        description="Run a short pageable-guest workload (or replay SCENARIO) on "
+                                    "the RTL with a waveform, a GTKWave save file (signals grouped "
+                                    "by block, enums by name) and a transaction log; open GTKWave "
+                                    "on it if there is a display, else print the command.")
+    wv.add_argument("scenario", nargs="?", metavar="SCENARIO.json",
+                    help="a replay scenario instead of the pageable guest")
+    wv.add_argument("--backend", default="rtl", choices=["rtl", "verilator"],
+                    help="rtl (pysim, writes VCD; default) or verilator (writes FST)")
+    wv.add_argument("--accesses", type=_positive, default=60, help="guest accesses (default 60)")
+    wv.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    wv.add_argument("--out", default="build/wave/ept", metavar="PATH",
+                    help="the dump's path without suffix (default build/wave/ept: "
+                         "ept.vcd or ept.fst, ept.gtkw, ept.txn.log)")
+    wv.add_argument("--no-open", action="store_true", help="do not start GTKWave")
+    _add_rtl_options(wv)
+
     from .verilog import DEFAULT_OUT, add_parameter_options, top_class
     v = sub.add_parser("verilog", help="write the unit as Verilog (top module ept_walker)",
                        description=f"Convert {top_class().__name__} to Verilog with the given "
@@ -207,7 +231,7 @@ def cmd_replay(args) -> int:
     from .replay import replay
     scenario = load_scenario(args.scenario)
     kw = _rtl_kwargs(args)
-    _output_path("--vcd", args.vcd)
+    _output_path("--wave", args.wave)
     result = replay(scenario, args.backend, **kw)
     for m in result.mismatches:
         print(f"MISMATCH: {m}", file=sys.stderr)
@@ -241,15 +265,53 @@ def cmd_run(args) -> int:
         raise UsageError(f"{PROG} run: {e}") from None
     kw = _rtl_kwargs(args)
     _output_path("--summary", args.summary)
-    _output_path("--vcd", args.vcd)
+    _output_path("--wave", args.wave)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     summary = run_workload(opts, args.backend, progress=progress, **kw)
     write_summary(summary, args.summary)
     print(format_summary(summary))
     print(f"summary written to {args.summary}")
-    if args.vcd:
-        print(f"waveform written to {args.vcd} (open with: gtkwave {Path(args.vcd).with_suffix('.gtkw')})")
+    if args.wave:
+        print(f"waveform written to {args.wave} (open with: gtkwave {Path(args.wave).with_suffix('.gtkw')})")
     return 1 if summary["mismatches"] else 0
+
+
+def cmd_wave(args) -> int:
+    import shutil
+    import subprocess
+    if args.wave:
+        raise UsageError(f"{PROG} wave: use --out PATH (without suffix), not --wave")
+    args.wave = args.out + (".fst" if args.backend == "verilator" else ".vcd")
+    _output_path("--out", args.wave)
+    kw = _rtl_kwargs(args)
+    if args.scenario:
+        from .replay import replay
+        scenario = load_scenario(args.scenario)
+        with open(os.devnull, "w") as sink:
+            result = replay(scenario, args.backend, out=sink, **kw)
+        mismatches = result.mismatches
+    else:
+        from .run import run_workload
+        from .workload import WorkloadOptions
+        summary = run_workload(WorkloadOptions(accesses=args.accesses, seed=args.seed),
+                               args.backend, **kw)
+        mismatches = summary["mismatch_details"] if summary["mismatches"] else []
+    gtkw = Path(args.wave).with_suffix(".gtkw")
+    print(f"waveform:         {args.wave}")
+    print(f"save file:        {gtkw}")
+    print(f"transaction log:  {Path(args.wave).with_suffix('.txn.log')}")
+    for m in mismatches:
+        print(f"MISMATCH: {m}", file=sys.stderr)
+    gtkwave = shutil.which("gtkwave")
+    if args.no_open or not os.environ.get("DISPLAY") or gtkwave is None:
+        why = ("" if args.no_open else
+               " (no DISPLAY)" if gtkwave else " (GTKWave not found: apt install gtkwave)")
+        print(f"open it with:     gtkwave {gtkw}{why}")
+    else:
+        subprocess.Popen([gtkwave, str(gtkw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+        print(f"GTKWave started:  gtkwave {gtkw}")
+    return 1 if mismatches else 0
 
 
 def cmd_verilog(args) -> int:
@@ -310,7 +372,7 @@ def cmd_synth(args) -> int:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"replay": cmd_replay, "run": cmd_run, "verilog": cmd_verilog,
+        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "verilog": cmd_verilog,
                 "lint": cmd_lint, "synth": cmd_synth}[args.command](args)
     except (UsageError, ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,6 +39,7 @@ from model.formats import Access, Eptp, Outcome
 from model.physmem import PhysicalMemory
 
 from .dram import Dram, DramConfig, DramRequest
+from .wave import WaveNames, check_wave_path, finish_waveform, normalize_vcd, trace_groups
 
 __all__ = ["Ticket", "PysimHarness", "HangError", "HW_OUTCOME", "run_hooks"]
 
@@ -139,7 +140,7 @@ class PysimHarness:
     def __init__(self, memory: PhysicalMemory, dram: DramConfig | None = None, *,
                  maxphyaddr: int = 46, execute_only: bool = True,
                  resp_stall_probability: float = 0.0, seed: int = 1,
-                 vcd: str | Path | None = None, gtkw: str | Path | None = None,
+                 wave: str | Path | None = None,
                  store_seq: Callable[[], int] | None = None, **unit_params):
         if not 0 <= resp_stall_probability < 1:
             raise ValueError(f"response stall probability must be in [0, 1), "
@@ -173,36 +174,15 @@ class PysimHarness:
         self.sim = Simulator(self.dut)
         self.sim.add_clock(1e-8)        # 100 MHz: 10 ns per cycle in waveforms
         self.sim.add_testbench(self._world, background=True)
-        if vcd is not None:
-            Path(vcd).parent.mkdir(parents=True, exist_ok=True)
-            gtkw = str(gtkw or Path(vcd).with_suffix(".gtkw"))
-            self._stack.enter_context(self.sim.write_vcd(str(vcd), gtkw, traces=self.trace_groups()))
+        self.wave = check_wave_path(wave, ".vcd") if wave is not None else None
+        if self.wave is not None:
+            # Amaranth's own VCD, renamed to the FST's naming when the run ends
+            self._wave_raw = self.wave.with_name(self.wave.name + ".amaranth.tmp")
+            self._stack.enter_context(self.sim.write_vcd(str(self._wave_raw)))
 
     def trace_groups(self) -> dict:
         """Signals for the GTKWave save file, grouped by block."""
-        dut = self.dut
-        walker = dut.walker
-        ad = walker.ad_updater
-        return {
-            "translate port": [dut.translate_req.valid, dut.translate_req.ready,
-                               dut.translate_req.payload,
-                               dut.translate_resp.valid, dut.translate_resp.ready,
-                               dut.translate_resp.payload],
-            "control": [dut.eptp_load, dut.eptp_value, dut.eptp_valid, dut.eptp_error,
-                        dut.invept.valid, dut.invept.payload, dut.invept_count,
-                        dut.context_table.ready, dut.context_table.cur_id, dut.context_table.flush],
-            "TLB": ([dut.tlb.lookup_en, dut.tlb.lookup_page, dut.tlb.hit, dut.tlb.ok, dut.tlb.size, dut.tlb.entry,
-                     dut.tlb.drop, dut.tlb.fill, dut.tlb.fill_size, dut.tlb.fill_page,
-                     dut.tlb.fill_entry] if dut.tlb is not None else []),
-            "paging-structure caches": [sig for psc in dut.pscs.values()
-                                        for sig in (psc.hit, psc.fill, psc.drop)],
-            **{f"walker {k}": [w.state, w.level, w.page, w.access, w.walked]
-               for k, w in enumerate(dut.walker_units)},
-            "counters": [dut.counters],
-            "A/D updater": [ad.state, ad.start, ad.pending, ad.done, ad.status],
-            "memory port": [dut.mem_req.valid, dut.mem_req.ready, dut.mem_req.payload,
-                            dut.mem_resp.valid, dut.mem_resp.ready, dut.mem_resp.payload],
-        }
+        return trace_groups(self.dut)
 
     # -- the per-cycle process ----------------------------------------------------
     async def _world(self, ctx):
@@ -367,5 +347,15 @@ class PysimHarness:
         self.run_until(lambda: t.done, limit, f"response for GPA {gpa:#x}")
         return t
 
-    def close(self) -> None:
+    def close(self, markers=()) -> Path | None:
+        """End the run; with a waveform, finish it (the cycles in ``markers``
+        get GTKWave markers) and return the save file's path."""
         self._stack.close()
+        self._stack = ExitStack()
+        if self.wave is None or not self._wave_raw.exists():
+            return None
+        try:
+            normalize_vcd(self._wave_raw, self.wave, WaveNames(self.dut))
+        finally:
+            self._wave_raw.unlink(missing_ok=True)
+        return finish_waveform(self.wave, self.dut, self.completed, markers)

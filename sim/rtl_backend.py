@@ -17,6 +17,7 @@ from .backend import Backend
 from .dram import DramConfig
 from .harness import PysimHarness, Ticket
 from .scoreboard import MemoryHistory, Scoreboard
+from .wave import marker_note
 
 __all__ = ["RtlBackend", "ticket_translation"]
 
@@ -33,7 +34,7 @@ class RtlBackend(Backend):
     harness_class = PysimHarness     # the Verilator backend swaps in its own harness
 
     def __init__(self, memory: PhysicalMemory, config: EptConfig, *, dram: DramConfig | None = None,
-                 vcd=None, resp_stall_probability: float = 0.0, seed: int = 1,
+                 wave=None, resp_stall_probability: float = 0.0, seed: int = 1,
                  watchdog: int = 100_000, unit: dict | None = None):
         super().__init__(memory, config)
         self.history = MemoryHistory(memory)
@@ -41,9 +42,11 @@ class RtlBackend(Backend):
         self.harness = self.harness_class(memory, dram, maxphyaddr=config.maxphyaddr,
                                           execute_only=config.execute_only,
                                           resp_stall_probability=resp_stall_probability, seed=seed,
-                                          vcd=vcd, store_seq=lambda: self.history.seq, **(unit or {}))
+                                          wave=wave, store_seq=lambda: self.history.seq, **(unit or {}))
         self.watchdog = watchdog
         self.tickets = 0
+        if self.harness.wave is not None:
+            self.scoreboard.wave_note = lambda cycle: marker_note(self.harness.wave.with_suffix(".gtkw"), cycle)
 
     @property
     def dram(self):
@@ -95,4 +98,4 @@ class RtlBackend(Backend):
         return self.scoreboard.mismatches + self.harness.dram.corruptions
 
     def close(self) -> None:
-        self.harness.close()
+        self.harness.close(markers=self.scoreboard.failed_cycles)

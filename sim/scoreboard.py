@@ -113,6 +113,8 @@ class Scoreboard:
         self._memo_keys: dict[int, set] = {}           # entry address -> memo keys
         self._changed: dict[int, int] = {}             # entry address -> seq of its last change
         self.memo_hits = 0
+        self.failed_cycles: list[int] = []   # response cycles of the mismatches (waveform markers)
+        self.wave_note = None                # cycle -> where to look in the waveform
         history.memory.observe(self._forget)
 
     def _forget(self, addr: int, old: int, new: int, source: str) -> None:
@@ -225,6 +227,10 @@ class Scoreboard:
             msg = (f"cycle {t.answered}: GPA {t.gpa:#x} {t.access.name.lower()}: "
                    f"expected {expected}, got {format_result(*t.architectural()) if not t.refused else 'refused'} "
                    f"(request taken at cycle {t.accepted})")
+            if self.wave_note is not None:
+                msg += "; " + self.wave_note(t.answered)
+            if len(self.failed_cycles) < self.limit:
+                self.failed_cycles.append(t.answered)
             if len(self.mismatches) < self.limit:
                 self.mismatches.append(msg)
         return ok

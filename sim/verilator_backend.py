@@ -43,6 +43,7 @@ from .backend import BackendUnavailable
 from .dram import Dram, DramConfig, DramRequest
 from .harness import _TREQ, _TRESP, _INV, HangError, PysimHarness, Ticket, run_hooks
 from .rtl_backend import RtlBackend
+from .wave import check_wave_path, finish_waveform
 
 __all__ = ["VerilatorHarness", "VerilatorBackend", "build_model", "BuildResult", "measure_speed"]
 
@@ -53,6 +54,10 @@ CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-w",
             "-DVM_COVERAGE=0", "-DVM_SC=0", "-DVM_TRACE=0", "-DVM_TRACE_FST=0", "-DVM_TRACE_VCD=0"]
 VERILATOR_FLAGS = ["--cc", "--top-module", "pwu", "-Wno-fatal", "-Wno-lint", "-Wno-style",
                    "-O3", "--x-assign", "fast"]
+# the waveform build: FST tracing in the model and the driver (zlib and lz4 for fstcpp)
+TRACE_CXXFLAGS = ["-DVM_TRACE=1", "-DVM_TRACE_FST=1"]
+TRACE_VERILATOR_FLAGS = ["--trace-fst"]
+TRACE_LIBS = ["-lz", "-llz4"]
 _UNSET = object()
 NEVER = (1 << 64) - 1
 
@@ -84,12 +89,21 @@ def _sha(*parts: bytes | str) -> str:
     return h.hexdigest()[:16]
 
 
-def _source_key(params: dict, version: str) -> str:
+def _flags(trace: bool) -> tuple[list[str], list[str]]:
+    """(C++ flags, Verilator flags) of a build."""
+    if not trace:
+        return CXXFLAGS, VERILATOR_FLAGS
+    cxx = [f for f in CXXFLAGS if not f.startswith("-DVM_TRACE")] + TRACE_CXXFLAGS
+    return cxx, VERILATOR_FLAGS + TRACE_VERILATOR_FLAGS
+
+
+def _source_key(params: dict, version: str, trace: bool = False) -> str:
     """Everything the Verilog depends on: hw/ sources, Amaranth, the parameters."""
     import amaranth
     sources = sorted((ROOT / "hw").glob("**/*.py"))
+    cxxflags, vflags = _flags(trace)
     return _sha(amaranth.__version__, version, json.dumps(params, sort_keys=True),
-                DRIVER.read_bytes(), " ".join(CXXFLAGS + VERILATOR_FLAGS),
+                DRIVER.read_bytes(), " ".join(cxxflags + vflags),
                 *(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes() for p in sources))
 
 
@@ -108,7 +122,8 @@ def _run(cmd: list, cwd: Path, env=None) -> None:
         raise RuntimeError(f"{Path(cmd[0]).name} failed ({r.returncode}):\n" + "\n".join(tail))
 
 
-def _compile(cxx: str, jobs: list[tuple[Path, Path]], includes: list[Path], cwd: Path) -> None:
+def _compile(cxx: str, jobs: list[tuple[Path, Path]], includes: list[Path], cwd: Path,
+             cxxflags: list[str] = CXXFLAGS) -> None:
     """Compile (source, object) pairs, two at a time (the machine is shared)."""
     inc = [f"-I{p}" for p in includes]
     pending = list(jobs)
@@ -116,7 +131,7 @@ def _compile(cxx: str, jobs: list[tuple[Path, Path]], includes: list[Path], cwd:
     while pending or running:
         while pending and len(running) < 2:
             src, obj = pending.pop(0)
-            running.append((subprocess.Popen([cxx, *CXXFLAGS, *inc, "-c", str(src), "-o", str(obj)],
+            running.append((subprocess.Popen([cxx, *cxxflags, *inc, "-c", str(src), "-o", str(obj)],
                                              cwd=cwd, stdout=subprocess.PIPE,
                                              stderr=subprocess.STDOUT, text=True), src))
         proc, src = running.pop(0)
@@ -125,12 +140,16 @@ def _compile(cxx: str, jobs: list[tuple[Path, Path]], includes: list[Path], cwd:
             raise RuntimeError(f"compiling {src.name} failed:\n" + "\n".join(out.splitlines()[-20:]))
 
 
-def build_model(params: dict, build_dir: Path = BUILD_DIR) -> BuildResult:
-    """The compiled unit for ``PageWalkUnit(**params)``, built if not cached."""
+def build_model(params: dict, build_dir: Path = BUILD_DIR, trace: bool = False) -> BuildResult:
+    """The compiled unit for ``PageWalkUnit(**params)``, built if not cached;
+    ``trace``: the build that can write an FST waveform (slower, separate)."""
     started = time.monotonic()
     root, version, cxx = toolchain()
+    if trace:
+        _check_trace_headers()
+    cxxflags, vflags = _flags(trace)
     build_dir = Path(build_dir)
-    index = build_dir / "index" / _source_key(params, version)
+    index = build_dir / "index" / _source_key(params, version, trace)
     key = index.read_text().strip() if index.exists() else None
     if key and (build_dir / key / "libpwu.so").exists():
         return BuildResult(build_dir / key / "libpwu.so", key, True, time.monotonic() - started)
@@ -139,23 +158,24 @@ def build_model(params: dict, build_dir: Path = BUILD_DIR) -> BuildResult:
     from hw.top import PageWalkUnit
     text = verilog.convert(PageWalkUnit(**params), name="pwu")
     # the Verilog names the design: parameters spelled differently share a build
-    key = _sha(text, DRIVER.read_bytes(), version, " ".join(CXXFLAGS + VERILATOR_FLAGS))
+    key = _sha(text, DRIVER.read_bytes(), version, " ".join(cxxflags + vflags))
     out = build_dir / key
     lib = out / "libpwu.so"
     hit = lib.exists()
     if not hit:
-        runtime = _runtime(build_dir, root, version, cxx)
+        runtime = _runtime(build_dir, root, version, cxx, trace)
         out.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="tmp-", dir=out))
         (work / "pwu.v").write_text(text)
         env = dict(os.environ, VERILATOR_ROOT=str(root))
-        _run([str(root / "bin" / "verilator"), *VERILATOR_FLAGS, "pwu.v", "--Mdir", "obj"], work, env)
+        _run([str(root / "bin" / "verilator"), *vflags, "pwu.v", "--Mdir", "obj"], work, env)
         sources = sorted((work / "obj").glob("Vpwu*.cpp")) + [DRIVER]
         objs = [(s, work / (s.stem + ".o")) for s in sources]
-        _compile(cxx, objs, [work / "obj", root / "include", root / "include" / "vltstd"], work)
+        _compile(cxx, objs, [work / "obj", root / "include", root / "include" / "vltstd"], work,
+                 cxxflags)
         tmp_lib = work / "libpwu.so"
         _run([cxx, "-shared", "-Wl,-Bsymbolic", "-o", str(tmp_lib), *(str(o) for _, o in objs),
-              *(str(o) for o in runtime), "-lpthread"], work)
+              *(str(o) for o in runtime), "-lpthread", *(TRACE_LIBS if trace else [])], work)
         os.replace(work / "pwu.v", out / "pwu.v")
         os.replace(tmp_lib, lib)          # last: a library present means a complete build
         shutil.rmtree(work, ignore_errors=True)
@@ -166,18 +186,28 @@ def build_model(params: dict, build_dir: Path = BUILD_DIR) -> BuildResult:
     return BuildResult(lib, key, hit, time.monotonic() - started)
 
 
-def _runtime(build_dir: Path, root: Path, version: str, cxx: str) -> list[Path]:
+def _runtime(build_dir: Path, root: Path, version: str, cxx: str, trace: bool = False) -> list[Path]:
     """Verilator's own runtime objects, compiled once per Verilator version."""
-    out = build_dir / f"runtime-{_sha(version, ' '.join(CXXFLAGS))}"
-    names = ("verilated", "verilated_threads")
+    cxxflags, _ = _flags(trace)
+    out = build_dir / f"runtime-{_sha(version, ' '.join(cxxflags))}"
+    names = ("verilated", "verilated_threads") + (("verilated_fst_c",) if trace else ())
     objs = [out / f"{n}.o" for n in names]
     if not all(o.exists() for o in objs):
         out.mkdir(parents=True, exist_ok=True)
         tmp = [(root / "include" / f"{n}.cpp", out / f"{n}.o.tmp") for n in names]
-        _compile(cxx, tmp, [root / "include", root / "include" / "vltstd"], out)
+        _compile(cxx, tmp, [root / "include", root / "include" / "vltstd"], out, cxxflags)
         for (_, t), o in zip(tmp, objs):
             os.replace(t, o)
     return objs
+
+
+def _check_trace_headers() -> None:
+    """Verilator's FST writer needs zlib's and lz4's headers and libraries."""
+    missing = [h for h in ("zlib.h", "lz4.h") if not any((Path(d) / h).exists()
+                                                          for d in ("/usr/include", "/usr/local/include"))]
+    if missing:
+        raise BackendUnavailable(f"FST waveforms from the verilator backend need {' and '.join(missing)} "
+                                 "(apt install zlib1g-dev liblz4-dev)")
 
 
 class Status(ctypes.Structure):
@@ -214,6 +244,8 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_run": ([P, U64, U64], I),
             "sim_stage_request": ([P, U64, U64], None),
             "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
+            "sim_trace_open": ([P, ctypes.c_char_p], I),
+            "sim_trace_close": ([P], None),
         }
         for name, (args, res) in sig.items():
             f = getattr(lib, name)
@@ -246,15 +278,16 @@ class VerilatorHarness:
     def __init__(self, memory: PhysicalMemory, dram: DramConfig | None = None, *,
                  maxphyaddr: int = 46, execute_only: bool = True,
                  resp_stall_probability: float = 0.0, seed: int = 1,
-                 vcd=None, gtkw=None, store_seq: Callable[[], int] | None = None,
+                 wave=None, store_seq: Callable[[], int] | None = None,
                  build_dir: Path = BUILD_DIR, **unit_params):
-        if vcd is not None or gtkw is not None:
-            raise BackendUnavailable("the verilator backend writes no waveform: use --backend rtl for --vcd")
+        self.wave = check_wave_path(wave, ".fst") if wave is not None else None
         if not 0 <= resp_stall_probability < 1:
             raise ValueError(f"response stall probability must be in [0, 1), "
                              f"not {resp_stall_probability}")
         params = dict(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
-        self.build = build_model(params, build_dir)     # bad parameters raise ValueError here
+        self.params = params
+        # bad parameters raise ValueError here
+        self.build = build_model(params, build_dir, trace=self.wave is not None)
         self.caches = params.get("caches", True)
         self._lib = lib = _load(self.build.library)
         self.memory = memory
@@ -298,6 +331,8 @@ class VerilatorHarness:
         self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
                            RESPOND_FN(self._respond_in_run))    # kept alive with the harness
         lib.sim_set_callbacks(self._h, *self._callbacks)
+        if self.wave is not None and lib.sim_trace_open(self._h, str(self.wave).encode()):
+            raise OSError(f"cannot write the waveform {self.wave}")
 
     @property
     def dram(self) -> Dram:
@@ -515,11 +550,18 @@ class VerilatorHarness:
                 raise HangError(f"no {what} within {limit} cycles (cycle {self.cycle})")
             self._advance(deadline, True)
 
-    def close(self) -> None:
-        if self._h:
-            self.dram        # keep the final statistics
-            self._lib.sim_free(self._h)
-            self._h = None
+    def close(self, markers=()) -> Path | None:
+        """End the run; with a waveform, finish it (see PysimHarness.close)."""
+        if not self._h:
+            return None
+        self.dram        # keep the final statistics
+        self._lib.sim_free(self._h)      # closes the FST
+        self._h = None
+        if self.wave is None:
+            return None
+        from hw.top import PageWalkUnit
+        # the names come from an elaboration with the same parameters as the Verilog's
+        return finish_waveform(self.wave, PageWalkUnit(**self.params), self.completed, markers)
 
     def __del__(self):
         try:

@@ -16,6 +16,9 @@
 
 #include "Vpwu.h"
 #include "verilated.h"
+#if VM_TRACE
+#include "verilated_fst_c.h"
+#endif
 
 namespace {
 
@@ -82,7 +85,23 @@ struct Sim {
     // staged_from on (saves a return to Python just to drive it)
     bool staged = false;
     uint64_t staged_from = 0, staged_payload = 0;
+#if VM_TRACE
+    // The waveform (sim/wave.py's timing): a cycle's inputs settle at its
+    // start, 10 ns * cycle, and its rising edge is 5 ns later.
+    VerilatedFstC* fst = nullptr;
+#endif
 };
+
+constexpr uint64_t PERIOD_PS = 10000;
+
+void dump(Sim* s, uint64_t time_ps) {
+#if VM_TRACE
+    if (s->fst) s->fst->dump(time_ps);
+#else
+    (void)s;
+    (void)time_ps;
+#endif
+}
 
 void drive_dram(Sim* s, bool stall) {
     bool room = (int)s->queue.size() < s->max_outstanding;
@@ -108,6 +127,7 @@ void settle(Sim* s) {
     }
     t->clk = 0;
     t->eval();
+    dump(s, s->st.cycle * PERIOD_PS);
 }
 
 // The edge ending this cycle, then the DRAM model's clock.
@@ -133,6 +153,7 @@ void edge(Sim* s) {
     }
     t->clk = 1;
     t->eval();
+    dump(s, s->st.cycle * PERIOD_PS + PERIOD_PS / 2);
     // sim/dram.py Dram.clock
     bool taken = head_valid && f[4];
     f[5] = taken;
@@ -167,6 +188,9 @@ void* sim_new(int read_latency, int cas_latency, int row_miss_penalty, uint64_t 
               uint64_t banks, int max_outstanding) {
     Sim* s = new Sim;
     s->ctx = new VerilatedContext;
+#if VM_TRACE
+    s->ctx->traceEverOn(true);
+#endif
     s->top = new Vpwu(s->ctx);
     s->read_latency = read_latency;
     s->cas_latency = cas_latency;
@@ -183,8 +207,42 @@ void* sim_new(int read_latency, int cas_latency, int row_miss_penalty, uint64_t 
     return s;
 }
 
+// Start the FST waveform (a build with VM_TRACE only); 0 on success.
+int sim_trace_open(void* p, const char* path) {
+#if VM_TRACE
+    Sim* s = (Sim*)p;
+    s->fst = new VerilatedFstC;
+    s->top->trace(s->fst, 99);
+    s->fst->open(path);
+    if (!s->fst->isOpen()) {
+        delete s->fst;
+        s->fst = nullptr;
+        return 1;
+    }
+    return 0;
+#else
+    (void)p;
+    (void)path;
+    return 2;
+#endif
+}
+
+void sim_trace_close(void* p) {
+#if VM_TRACE
+    Sim* s = (Sim*)p;
+    if (s->fst) {
+        s->fst->close();
+        delete s->fst;
+        s->fst = nullptr;
+    }
+#else
+    (void)p;
+#endif
+}
+
 void sim_free(void* p) {
     Sim* s = (Sim*)p;
+    sim_trace_close(p);
     s->top->final();
     delete s->top;
     delete s->ctx;
