@@ -9,7 +9,7 @@ VERILOG := build/ept_walker.v
 # unit parameters for verilog/lint/synth, e.g. make verilog PARAMS="--maxphyaddr 39"
 PARAMS ?=
 
-.PHONY: sim test test-all bench clean distclean venv verilog lint synth
+.PHONY: sim test test-all bench clean distclean venv verilog lint synth wave
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: $(STAMP)
 
 test-all: $(FPGA_STAMP)
 	$(PY) -m pytest -q
+
+# a short run with a waveform, opened in GTKWave (or the command printed without a display);
+# WORKLOAD=path/scenario.json replays a scenario, or WORKLOAD="--accesses 300 --seed 2";
+# BACKEND=verilator writes FST instead of VCD
+WORKLOAD ?=
+BACKEND ?= rtl
+wave: $(STAMP)
+	$(PY) -m sim wave --backend $(BACKEND) $(WORKLOAD)
 
 # not file targets: PARAMS may change between runs, and generation takes seconds
 verilog: $(STAMP)

@@ -369,7 +369,8 @@ class VerilatorHarness:
         inv = self._invepts.popleft() if self._invepts else None
         if inv is not None:
             self.invepts_sent += 1
-        inputs = (tk is not None, self._req_raw if tk is not None else 0, resp_ready,
+        # the payload stays when valid drops, as pysim leaves it
+        inputs = (tk is not None, self._req_raw, resp_ready,
                   load is not None, load[0] if load else 0,
                   inv is not None, _INV.pack(kind=inv[0], tag=inv[1]) if inv else 0)
         if inputs != self._inputs:

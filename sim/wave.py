@@ -18,6 +18,7 @@ the design (``value NAME`` lines, in the hex the save file displays).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -84,6 +85,27 @@ def _leaves(fmt, path=()):
         yield path, None, len(fmt._chunks[0][0])
 
 
+def _signal_leaves(sig):
+    """:func:`_leaves` of a signal.  A signal with a decoder function (an FSM's
+    state: pysim writes its state names) counts as an enum of its values."""
+    dec = sig._decoder
+    if dec is not None and not isinstance(dec, type) and len(sig) <= 8:
+        variants = {}
+        for v in range(1 << len(sig)):
+            try:
+                name = dec(v)           # Amaranth's FSM decoder: "STATE/3"; unused codes raise
+            except (KeyError, IndexError, ValueError):
+                continue
+            if name and name != str(v):
+                variants[v] = name
+        if variants:
+            # one FSM may be elaborated in several blocks: name the filter by content
+            tag = hashlib.sha1(repr(sorted(variants.items())).encode()).hexdigest()[:6]
+            yield (), EnumInfo(f"fsm_{sig.name}_{tag}", len(sig), variants), len(sig)
+            return
+    yield from _leaves(sig._format)
+
+
 def _field_name(name: str, path: tuple) -> str:
     for item in path:
         name += f"[{item}]" if isinstance(item, int) else f".{item}"
@@ -147,7 +169,7 @@ class WaveNames:
             return []
         scope, name = where
         out = []
-        for path, enum_info, width in _leaves(sig._format):
+        for path, enum_info, width in _signal_leaves(sig):
             full = ".".join(scope + (_field_name(name, path),))
             out.append((full + (f"[{width - 1}:0]" if width > 1 else ""), width, enum_info))
         return out
@@ -156,7 +178,7 @@ class WaveNames:
         """Every enum any signal of the design carries, by name."""
         found = {}
         for sig, _ in self._verilog.values():
-            for _, info, _ in _leaves(sig._format):
+            for _, info, _ in _signal_leaves(sig):
                 if info is not None:
                     found[info.name] = info
         return found
@@ -171,7 +193,7 @@ class WaveNames:
                 vname = vnames.get(scope)
                 if vname is None or vname == pname:
                     continue
-                for path, _, _ in _leaves(sig._format):
+                for path, _, _ in _signal_leaves(sig):
                     out[scope][_vcd_name(pname, path)] = _field_name(vname, path)
         return out
 
@@ -179,7 +201,7 @@ class WaveNames:
         """(scope, var name as pysim writes it) -> enum, for normalize_vcd."""
         out = {}
         for sig, scopes in self._pysim.values():
-            for path, enum_info, _ in _leaves(sig._format):
+            for path, enum_info, _ in _signal_leaves(sig):
                 if enum_info is not None:
                     for scope, name in scopes.items():
                         out[(scope, _vcd_name(name, path))] = enum_info

@@ -230,9 +230,9 @@ def test_cli_without_verilator_is_one_line(tmp_path):
                   "--summary", str(tmp_path / "s.json"), env=env)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "verilator" in res.stderr
-    res = run_cli("run", "--backend", "verilator", "--vcd", str(tmp_path / "w.vcd"),
+    res = run_cli("run", "--backend", "verilator", "--wave", str(tmp_path / "w.vcd"),
                   "--accesses", "5", "--quiet", "--summary", str(tmp_path / "s.json"))
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "waveform" in res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and ".fst" in res.stderr
 
 
 def test_build_cache_hits_and_rebuilds_on_change(monkeypatch, tmp_path):
