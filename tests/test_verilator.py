@@ -255,7 +255,7 @@ def test_build_cache_hits_and_rebuilds_on_change(monkeypatch, tmp_path):
     # ... and the library is keyed by the Verilog itself: unchanged Verilog
     # after a source edit regenerates the Verilog but reuses the build
     monkeypatch.setattr(vb, "ROOT", ROOT)
-    monkeypatch.setattr(vb, "_source_key", lambda p, v: "edited-but-same-verilog")
+    monkeypatch.setattr(vb, "_source_key", lambda p, v, trace=False: "edited-but-same-verilog")
     index = vb.BUILD_DIR / "index" / "edited-but-same-verilog"
     index.unlink(missing_ok=True)
     try:
