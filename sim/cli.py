@@ -96,6 +96,10 @@ def _add_rtl_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wave", "--vcd", dest="wave", metavar="FILE",
                    help="write a waveform (rtl: FILE.vcd, verilator: FILE.fst) with a GTKWave save "
                         "file FILE.gtkw, enum filters and a transaction log FILE.txn.log")
+    _add_unit_options(p)
+
+
+def _add_unit_options(p: argparse.ArgumentParser) -> None:
     u = p.add_argument_group("the unit's parameters (RTL backend)")
     u.add_argument("--walkers", type=_positive, default=2, help="concurrent walks (default 2)")
     u.add_argument("--tlb-sets", type=_positive, default=16, help="4K TLB sets (default 16)")
@@ -124,13 +128,7 @@ def _rtl_kwargs(args) -> dict:
         dram.validate()
     except ValueError as e:
         raise UsageError(f"{PROG}: {e}") from None
-    unit = {"walkers": args.walkers, "tlb_sets": args.tlb_sets, "tlb_ways": args.tlb_ways,
-            "pde_cache": args.pde_cache, "caches": not args.no_caches}
-    from hw.top import PageWalkUnit
-    try:
-        PageWalkUnit(**unit)
-    except ValueError as e:
-        raise UsageError(f"{PROG}: {e}") from None
+    unit = _unit_kwargs(args)
     return {"dram": dram, "wave": args.wave, "resp_stall_probability": args.resp_stall,
             "seed": args.dram_seed, "unit": unit}
 
@@ -177,6 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the JSON summary (default build/sim/summary.json)")
     w.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_rtl_options(w)
+
+    fz = sub.add_parser("fuzz", help="differential fuzzing: hostile tables on the RTL vs the golden model",
+                        description="Random hostile EPT table sets (every reserved bit, 1G/2M pages, "
+                                    "self/parent/aliased tables, the top of MAXPHYADDR, invalid EPTPs) "
+                                    "and access streams with host stores and INVEPTs, run on the RTL "
+                                    "and checked against the golden model. The last line is "
+                                    "'N walks, M mismatches'; a mismatch exits 1 and leaves a replay "
+                                    "scenario that reproduces it.")
+    fz.add_argument("--walks", type=_positive, default=1000, metavar="N",
+                    help="translations to run (default 1000)")
+    fz.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
+    fz.add_argument("--backend", default="rtl", choices=["rtl", "verilator"],
+                    help="rtl (pysim, default) or verilator (same results, much faster)")
+    fz.add_argument("--faults", action="store_true",
+                    help="hostile DRAM too: bus errors on entries and at random, long stalls, "
+                         "latencies in the thousands of cycles")
+    fz.add_argument("--cases-per-round", type=_positive, default=12, metavar="K",
+                    help="table sets per unit instance (default 12)")
+    fz.add_argument("--out", default="build/fuzz", metavar="DIR",
+                    help="where reproducers and report.json go (default build/fuzz)")
+    fz.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_unit_options(fz)
 
     wv = sub.add_parser("wave", help="a short run with a waveform, opened in GTKWave",
                         description="Run a short pageable-guest workload (or replay SCENARIO) on "
@@ -276,6 +296,49 @@ def cmd_run(args) -> int:
     return 1 if summary["mismatches"] else 0
 
 
+def _unit_kwargs(args) -> dict:
+    unit = {"walkers": args.walkers, "tlb_sets": args.tlb_sets, "tlb_ways": args.tlb_ways,
+            "pde_cache": args.pde_cache, "caches": not args.no_caches}
+    from hw.top import PageWalkUnit
+    try:
+        PageWalkUnit(**unit)
+    except ValueError as e:
+        raise UsageError(f"{PROG}: {e}") from None
+    return unit
+
+
+def cmd_fuzz(args) -> int:
+    import json
+    from dataclasses import asdict
+    from .fuzz import FuzzOptions, run_fuzz
+    opts = FuzzOptions(walks=args.walks, seed=args.seed, backend=args.backend, faults=args.faults,
+                       cases_per_round=args.cases_per_round, out=Path(args.out),
+                       unit=_unit_kwargs(args))
+    report_path = Path(args.out) / "report.json"
+    _output_path("--out", str(report_path))
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    rep = run_fuzz(opts, progress)
+    data = asdict(rep) | {"options": {"walks": args.walks, "seed": args.seed, "backend": args.backend,
+                                      "faults": args.faults, "unit": opts.unit}}
+    tmp = report_path.with_name(report_path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, report_path)
+    print(f"{rep.cases} table sets ({rep.sweep_cases} reserved-bit sweep, {rep.invalid_eptps} invalid "
+          f"EPTPs) in {rep.rounds} rounds; {rep.host_writes} host stores, {rep.invepts} INVEPTs")
+    print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.outcomes.items())))
+    if args.faults:
+        print(f"faults: {rep.faults_injected} bus errors injected, {rep.stall_cycles} DRAM stall cycles, "
+              f"{rep.hangs} hangs, {rep.corruptions} table corruptions")
+    for line in rep.reports:
+        print(f"MISMATCH: {line}", file=sys.stderr)
+    for r in rep.reproducers:
+        print(f"reproducer ({r['ops']} ops, {r['words']} words, "
+              f"{'reproduces alone' if r['reproduces'] else 'does NOT reproduce alone'}): {r['command']}")
+    print(f"report written to {report_path}")
+    print(f"{rep.walks} walks, {rep.mismatches} mismatches")
+    return 1 if rep.mismatches else 0
+
+
 def cmd_wave(args) -> int:
     import shutil
     import subprocess
@@ -372,7 +435,8 @@ def cmd_synth(args) -> int:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "verilog": cmd_verilog,
+        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "fuzz": cmd_fuzz,
+                "verilog": cmd_verilog,
                 "lint": cmd_lint, "synth": cmd_synth}[args.command](args)
     except (UsageError, ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:
         print(f"error: {e}", file=sys.stderr)
