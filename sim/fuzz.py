@@ -173,9 +173,10 @@ def _sweep_table(builder: TableBuilder, level: Level, leaf: bool, bit: int) -> T
         builder.write(ts, addr, entry)
         if lv == level:
             # the level below is valid: a walk that did not stop here would succeed
-            builder.write(ts, nxt + gpa_index(gpa, _below(lv)) * 8,
-                          (r.randrange(0, 1 << 30, PAGE_SIZE) | 0b111 | (6 << 3)
-                           | (EPT_LEAF if _below(lv) != Level.PTE else 0)))
+            below = _below(lv)
+            builder.write(ts, nxt + gpa_index(gpa, below) * 8,
+                          (r.randrange(0, 1 << 40, below.page_size) | 0b111 | (6 << 3)
+                           | (EPT_LEAF if below != Level.PTE else 0)))
             break
         table = nxt
     return ts
