@@ -198,6 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_unit_options(fz)
 
+    ra = sub.add_parser("races", help="host pmap operations racing walks at every cycle offset",
+                        description="clear_reference, clear_modify, protect, remove and enter-on-a-"
+                                    "new-frame, run at every cycle offset of a cold and a warm "
+                                    "translation of each access kind; checks: scoreboard, one answer "
+                                    "per request, no A/D resurrection, no stale translation after "
+                                    "INVEPT. The last line is 'N races, M failures'.")
+    ra.add_argument("--backend", default="rtl", choices=["rtl", "verilator"],
+                    help="rtl (pysim, default) or verilator")
+    ra.add_argument("--max-offset", type=_positive, default=72, metavar="CYCLES",
+                    help="offsets 0..CYCLES-1 from the request (default 72: past a cold walk and its CASes)")
+    ra.add_argument("--no-ad", action="store_true", help="EPTP A/D flags disabled")
+    ra.add_argument("--out", default="build/reliability/races.json", metavar="FILE.json",
+                    help="where to write the JSON report (default build/reliability/races.json)")
+    ra.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_unit_options(ra)
+
     wv = sub.add_parser("wave", help="a short run with a waveform, opened in GTKWave",
                         description="Run a short pageable-guest workload (or replay SCENARIO) on "
                                     "the RTL with a waveform, a GTKWave save file (signals grouped "
@@ -320,9 +336,7 @@ def cmd_fuzz(args) -> int:
     rep = run_fuzz(opts, progress)
     data = asdict(rep) | {"options": {"walks": args.walks, "seed": args.seed, "backend": args.backend,
                                       "faults": args.faults, "unit": opts.unit}}
-    tmp = report_path.with_name(report_path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, report_path)
+    _write_json(report_path, data)
     print(f"{rep.cases} table sets ({rep.sweep_cases} reserved-bit sweep, {rep.invalid_eptps} invalid "
           f"EPTPs) in {rep.rounds} rounds; {rep.host_writes} host stores, {rep.invepts} INVEPTs")
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.outcomes.items())))
@@ -337,6 +351,34 @@ def cmd_fuzz(args) -> int:
     print(f"report written to {report_path}")
     print(f"{rep.walks} walks, {rep.mismatches} mismatches")
     return 1 if rep.mismatches else 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import json
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def cmd_races(args) -> int:
+    from .races import RaceOptions, run_races
+    opts = RaceOptions(backend=args.backend, offsets=range(args.max_offset), ad=not args.no_ad,
+                       unit=_unit_kwargs(args))
+    _output_path("--out", args.out)
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    rep = run_races(opts, progress)
+    _write_json(Path(args.out), {"races": rep.races, "translations": rep.translations,
+                                 "by_op": rep.by_op, "overlapped_walks": rep.overlapped,
+                                 "cas_retries": rep.cas_lost, "failures": rep.failures[:50],
+                                 "options": {"backend": args.backend, "max_offset": args.max_offset,
+                                             "ad": not args.no_ad, "unit": opts.unit}})
+    for f in rep.failures[:20]:
+        print(f"FAIL: {f}", file=sys.stderr)
+    print(f"{rep.translations} translations; {rep.overlapped} races landed while the walk was in "
+          f"flight; {rep.cas_lost} A/D CASes lost to the host and retried")
+    print(f"report written to {args.out}")
+    print(f"{rep.races} races, {rep.failed} failures")
+    return 1 if rep.failed else 0
 
 
 def cmd_wave(args) -> int:
@@ -435,7 +477,7 @@ def cmd_synth(args) -> int:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "fuzz": cmd_fuzz,
+        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "fuzz": cmd_fuzz, "races": cmd_races,
                 "verilog": cmd_verilog,
                 "lint": cmd_lint, "synth": cmd_synth}[args.command](args)
     except (UsageError, ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:
