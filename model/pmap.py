@@ -293,6 +293,9 @@ class PageDB:
 ShootdownFn = Callable[["Pmap", int, Shootdown], None]
 
 
+
+SHOOTDOWN_LOG = 4096      # Pmap.shootdowns keeps between 2048 and 4096 of the latest
+
 class Pmap:
     """One address space: a native pmap, or an EPT pmap after :meth:`ept_transform`.
 
@@ -313,6 +316,7 @@ class Pmap:
         self.wired_count = 0
         self.refs = 1
         self.destroyed = False
+        # the recent shootdowns, for checkers (bounded: a long run makes millions)
         self.shootdowns: list[tuple[int, Shootdown]] = []
         self.has_ad = True          # pmap_ept_has_ad; native PTEs always have A/D
 
@@ -370,6 +374,8 @@ class Pmap:
     def _shootdown(self, va: int, why: Shootdown) -> None:
         """pmap_tlb_shootdown: for EPT, straight to the pm_tlb_flush callback."""
         self.shootdowns.append((va, why))
+        if len(self.shootdowns) > SHOOTDOWN_LOG:
+            del self.shootdowns[:SHOOTDOWN_LOG // 2]
         if self.tlb_flush is not None:
             self.tlb_flush(self, va, why)
 

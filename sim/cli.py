@@ -214,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_unit_options(ra)
 
+    so = sub.add_parser("soak", help="the pageable guest for a million translations, memory sampled",
+                        description="Run the default pageable-guest workload for N translations "
+                                    "(every one checked) and sample resident memory; fails on any "
+                                    "mismatch or if memory grows. The last line is "
+                                    "'N translations, M mismatches'.")
+    so.add_argument("--translations", type=_positive, default=1_000_000, metavar="N",
+                    help="about this many translations (default 1000000)")
+    so.add_argument("--backend", default="verilator", choices=["rtl", "verilator"],
+                    help="verilator (default: the fastest) or rtl")
+    so.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    so.add_argument("--quiet", action="store_true", help="no progress lines")
+
     wv = sub.add_parser("wave", help="a short run with a waveform, opened in GTKWave",
                         description="Run a short pageable-guest workload (or replay SCENARIO) on "
                                     "the RTL with a waveform, a GTKWave save file (signals grouped "
@@ -337,6 +349,8 @@ def cmd_fuzz(args) -> int:
     data = asdict(rep) | {"options": {"walks": args.walks, "seed": args.seed, "backend": args.backend,
                                       "faults": args.faults, "unit": opts.unit}}
     _write_json(report_path, data)
+    from .reliability import update_report
+    update_report("fuzz", {k: v for k, v in data.items() if k != "reports"})
     print(f"{rep.cases} table sets ({rep.sweep_cases} reserved-bit sweep, {rep.invalid_eptps} invalid "
           f"EPTPs) in {rep.rounds} rounds; {rep.host_writes} host stores, {rep.invepts} INVEPTs")
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.outcomes.items())))
@@ -367,11 +381,14 @@ def cmd_races(args) -> int:
     _output_path("--out", args.out)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     rep = run_races(opts, progress)
-    _write_json(Path(args.out), {"races": rep.races, "translations": rep.translations,
-                                 "by_op": rep.by_op, "overlapped_walks": rep.overlapped,
-                                 "cas_retries": rep.cas_lost, "failures": rep.failures[:50],
-                                 "options": {"backend": args.backend, "max_offset": args.max_offset,
-                                             "ad": not args.no_ad, "unit": opts.unit}})
+    from .reliability import update_report
+    data = {"races": rep.races, "translations": rep.translations, "by_op": rep.by_op,
+            "overlapped_walks": rep.overlapped, "cas_retries": rep.cas_lost,
+            "failures": rep.failures[:50],
+            "options": {"backend": args.backend, "max_offset": args.max_offset,
+                        "ad": not args.no_ad, "unit": opts.unit}}
+    _write_json(Path(args.out), data)
+    update_report("races", data)
     for f in rep.failures[:20]:
         print(f"FAIL: {f}", file=sys.stderr)
     print(f"{rep.translations} translations; {rep.overlapped} races landed while the walk was in "
@@ -379,6 +396,22 @@ def cmd_races(args) -> int:
     print(f"report written to {args.out}")
     print(f"{rep.races} races, {rep.failed} failures")
     return 1 if rep.failed else 0
+
+
+def cmd_soak(args) -> int:
+    from dataclasses import asdict
+    from .reliability import update_report
+    from .soak import run_soak
+    _output_path("--out", "build/reliability/report.json")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    rep = run_soak(args.translations, args.backend, args.seed, progress=progress)
+    path = update_report("soak", asdict(rep))
+    print(f"{rep.accesses} guest accesses, {rep.cycles} cycles in {rep.seconds} s on {rep.backend}; "
+          f"resident memory {rep.rss_mb[0][1] if rep.rss_mb else '?'} -> {rep.rss_mb[-1][1]} MiB "
+          f"({'flat' if rep.flat else 'GROWING'}: {rep.growth_mb:+} MiB after warm-up)")
+    print(f"report written to {path}")
+    print(f"{rep.translations} translations, {rep.mismatches} mismatches")
+    return 1 if rep.mismatches or not rep.flat else 0
 
 
 def cmd_wave(args) -> int:
@@ -477,7 +510,7 @@ def cmd_synth(args) -> int:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "fuzz": cmd_fuzz, "races": cmd_races,
+        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "fuzz": cmd_fuzz, "races": cmd_races, "soak": cmd_soak,
                 "verilog": cmd_verilog,
                 "lint": cmd_lint, "synth": cmd_synth}[args.command](args)
     except (UsageError, ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:

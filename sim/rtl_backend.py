@@ -78,7 +78,9 @@ class RtlBackend(Backend):
         if self.tickets % 256 == 0:
             h = self.harness
             floor = h.cache_floor(self.eptp.tag) if self.eptp else self.history.seq
-            self.history.prune(min([x.seq_cache for x in h.inflight.values()] + [floor]))
+            keep_from = min([x.seq_cache for x in h.inflight.values()] + [floor])
+            self.history.prune(keep_from)
+            self.scoreboard.prune(keep_from)
         return t
 
     def translate(self, gpa: int, access: Access) -> tuple[Translation, int | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 import sys
 import time
 from dataclasses import asdict
@@ -40,6 +41,9 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     guest = Guest(layout, opts)
     agent = HostAgent(host, opts.race_rate, opts.seed)
     harness = getattr(backend, "harness", None)
+    if harness is not None and not backend_kw.get("wave"):
+        # only a waveform's transaction log needs every ticket: keep memory flat on long runs
+        harness.completed = deque(maxlen=64)
     current = {"gpa": None}
     if harness is not None:
         harness.hooks.append(lambda cycle: agent.on_cycle(cycle, bool(harness.inflight), current["gpa"]))

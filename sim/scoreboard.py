@@ -124,6 +124,11 @@ class Scoreboard:
         for key in self._memo_keys.pop(addr, ()):
             self._memo.pop(key, None)
 
+    def prune(self, keep_from: int) -> None:
+        """Forget changes no request at or after store ``keep_from`` can
+        tell from "never changed" (its window opens at ``keep_from`` or later)."""
+        self._changed = {a: s for a, s in self._changed.items() if s > keep_from}
+
     def _remember(self, key, c: Translation) -> None:
         arch = c.architectural()
         if c.outcome is Outcome.OK:            # keep the page, add each GPA's offset back
