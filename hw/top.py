@@ -57,6 +57,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .checks import PortChecker
 from .contexts import ContextTable
 from .eptp import EptpRegister
 from .layouts import (
@@ -86,7 +87,8 @@ class PageWalkUnit(wiring.Component):
     ``pdpte_cache``, ``pde_cache``: paging-structure cache entries (0 = none);
     ``walkers``: concurrent walks; ``park_slots``: misses waiting behind a
     walk to the same page; ``contexts``: EPTPs cached at once;
-    ``max_outstanding``: memory requests in flight.
+    ``max_outstanding``: memory requests in flight; ``checks``: the port
+    protocol ``Assert``s of :mod:`hw.checks` (simulation; off for synthesis).
     """
 
     translate_req: In(stream.Signature(TranslateRequest))
@@ -105,9 +107,9 @@ class PageWalkUnit(wiring.Component):
     def __init__(self, *, maxphyaddr=46, execute_only=True, caches=True,
                  tlb_sets=16, tlb_ways=4, tlb_2m_sets=4, tlb_2m_ways=4, tlb_1g_sets=1, tlb_1g_ways=4,
                  pml4e_cache=2, pdpte_cache=4, pde_cache=8,
-                 walkers=2, park_slots=4, contexts=4, max_outstanding=8):
+                 walkers=2, park_slots=4, contexts=4, max_outstanding=8, checks=False):
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
-        for name, value in (("execute_only", execute_only), ("caches", caches)):
+        for name, value in (("execute_only", execute_only), ("caches", caches), ("checks", checks)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool, not {value!r}")
         self.execute_only = execute_only
@@ -135,6 +137,8 @@ class PageWalkUnit(wiring.Component):
                              for _ in range(self.walkers)]
         self.arbiter = MemArbiter(ports=self.walkers, max_outstanding=max_outstanding)
         self.perf = PerfCounterBank()
+        self.checker = PortChecker(history=max(16, 8 * self.walkers),
+                                   max_outstanding=max_outstanding) if checks else None
         # the first walker, for tests and waveforms written against one walker
         self.walker = self.walker_units[0]
 
@@ -519,4 +523,16 @@ class PageWalkUnit(wiring.Component):
             ev.walk_cycles.eq(sum(~walker_idle[k] for k in range(n_walk))),
             ev.cas_retries.eq(sum(w.lost_race for w in walkers)),
         ]
+        if self.checker is not None:
+            m.submodules.checks = c = self.checker
+            m.d.comb += [
+                c.treq_valid.eq(self.translate_req.valid), c.treq_ready.eq(self.translate_req.ready),
+                c.treq_tag.eq(self.translate_req.payload.tag),
+                c.tresp_valid.eq(self.translate_resp.valid), c.tresp_ready.eq(self.translate_resp.ready),
+                c.tresp.eq(self.translate_resp.payload),
+                c.mreq_valid.eq(self.mem_req.valid), c.mreq_ready.eq(self.mem_req.ready),
+                c.mreq.eq(self.mem_req.payload),
+                c.mresp_valid.eq(self.mem_resp.valid), c.mresp_ready.eq(self.mem_resp.ready),
+                c.mresp.eq(self.mem_resp.payload),
+            ]
         return m

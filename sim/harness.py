@@ -146,6 +146,8 @@ class PysimHarness:
             raise ValueError(f"response stall probability must be in [0, 1), "
                              f"not {resp_stall_probability}")
         self.memory = memory
+        # the port protocol Asserts (hw/checks.py) on in every simulation
+        unit_params.setdefault("checks", True)
         self.dut = PageWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
         self.dram = Dram(memory, dram)
         self.rng = random.Random(seed ^ 0x5EED)

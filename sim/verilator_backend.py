@@ -53,7 +53,7 @@ DRIVER = Path(__file__).resolve().parent / "verilator" / "driver.cpp"
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-w",
             "-DVM_COVERAGE=0", "-DVM_SC=0", "-DVM_TRACE=0", "-DVM_TRACE_FST=0", "-DVM_TRACE_VCD=0"]
 VERILATOR_FLAGS = ["--cc", "--top-module", "pwu", "-Wno-fatal", "-Wno-lint", "-Wno-style",
-                   "-O3", "--x-assign", "fast"]
+                   "-O3", "--x-assign", "fast", "--assert"]
 # the waveform build: FST tracing in the model and the driver (zlib and lz4 for fstcpp)
 TRACE_CXXFLAGS = ["-DVM_TRACE=1", "-DVM_TRACE_FST=1"]
 TRACE_VERILATOR_FLAGS = ["--trace-fst"]
@@ -245,6 +245,7 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_stage_request": ([P, U64, U64], None),
             "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
             "sim_trace_open": ([P, ctypes.c_char_p], I),
+            "sim_got_error": ([P], I),
             "sim_trace_close": ([P], None),
         }
         for name, (args, res) in sig.items():
@@ -284,7 +285,9 @@ class VerilatorHarness:
         if not 0 <= resp_stall_probability < 1:
             raise ValueError(f"response stall probability must be in [0, 1), "
                              f"not {resp_stall_probability}")
+        # the port protocol Asserts (hw/checks.py), as in pysim
         params = dict(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
+        params.setdefault("checks", True)
         self.params = params
         # bad parameters raise ValueError here
         self.build = build_model(params, build_dir, trace=self.wave is not None)
@@ -442,6 +445,9 @@ class VerilatorHarness:
         lib, h = self._lib, self._h
         tk, resp_ready, load, inv = self._cur
         lib.sim_edge(h)
+        if lib.sim_got_error(h):
+            raise AssertionError(f"cycle {self.cycle}: the unit's protocol checks (hw/checks.py) "
+                                 f"failed; Verilator printed which above")
         st = self._status
         treq_ready, tresp_valid, eptp_valid, eptp_error, _, _, error_taken, _ = st.flags
         event = bool(load or inv or self._loaded or self._want_counters)
@@ -510,6 +516,9 @@ class VerilatorHarness:
         st.hook_wake = min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER)
         stopped = self._lib.sim_run(self._h, until, first_half_done)
         self.cycle = st.cycle
+        if stopped == 4:
+            raise AssertionError(f"cycle {self.cycle - 1}: the unit's protocol checks (hw/checks.py) "
+                                 f"failed; Verilator printed which above")
         if stopped == 2:
             e, self._callback_error = self._callback_error, None
             raise e
@@ -594,7 +603,7 @@ def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: 
         return s, s["cycles"] / s["elapsed_seconds"]
 
     build_model(dict(maxphyaddr=46, execute_only=True, walkers=2, tlb_sets=16, tlb_ways=4,
-                     pde_cache=8, caches=True))    # not timed: a cold build takes minutes
+                     pde_cache=8, caches=True, checks=True))    # not timed: a cold build takes minutes
     n_py = pysim_accesses or accesses
     py, py_cps = run("rtl", n_py)
     vl, vl_cps = run("verilator", accesses)

@@ -191,6 +191,8 @@ void* sim_new(int read_latency, int cas_latency, int row_miss_penalty, uint64_t 
 #if VM_TRACE
     s->ctx->traceEverOn(true);
 #endif
+    // a failed Assert (hw/checks.py) must reach Python as an error, not abort it
+    s->ctx->fatalOnError(false);
     s->top = new Vpwu(s->ctx);
     s->read_latency = read_latency;
     s->cas_latency = cas_latency;
@@ -311,6 +313,9 @@ void sim_edge(void* p) {
     edge(s);
 }
 
+// Did an assertion fail (the message went to stdout)?
+int sim_got_error(void* p) { return ((Sim*)p)->ctx->gotError(); }
+
 void sim_counters(void* p, uint32_t* out) {
     Vpwu* t = ((Sim*)p)->top;
     for (int i = 0; i < 26; i++) out[i] = t->counters[i];
@@ -327,7 +332,7 @@ void sim_dram_stats(void* p, uint64_t* out) {
 // Clock quiet cycles until `until`.  Stops at the start of a cycle that needs
 // Python and returns 1 (Python then runs that cycle), or returns 0 at `until`,
 // or 3 right after an edge whose handshake Python must look at (2: a callback
-// raised).  A due DRAM access and the bookkeeping of a handshake go through
+// raised; 4: an assertion failed).  A due DRAM access and the bookkeeping of a handshake go through
 // callbacks, which cost far less than leaving the loop.
 // The caller guarantees that Python's own inputs would not change and that no
 // per-cycle random draw is needed (no stalls).
@@ -357,6 +362,7 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
         if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return 1;
         edge(s);
+        if (s->ctx->gotError()) return 4;       // an assertion failed at this edge
         bool stop = false;
         if (accept) {
             int r = s->on_accept(s->st.cycle - 1);
