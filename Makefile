@@ -9,7 +9,8 @@ VERILOG := build/ept_walker.v
 # unit parameters for verilog/lint/synth, e.g. make verilog PARAMS="--maxphyaddr 39"
 PARAMS ?=
 
-.PHONY: sim test test-all bench clean distclean venv verilog lint synth wave
+.PHONY: sim test test-all bench clean distclean venv verilog lint synth wave \
+        fuzz races soak formal reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,18 @@ WORKLOAD ?=
 BACKEND ?= rtl
 wave: $(STAMP)
 	$(PY) -m sim wave --backend $(BACKEND) $(WORKLOAD)
+
+# reliability: each writes its section of build/reliability/report.json
+WALKS ?= 20000
+fuzz: $(STAMP)
+	$(PY) -m sim fuzz --backend verilator --faults --walks $(WALKS) --quiet
+races: $(STAMP)
+	$(PY) -m sim races --backend verilator --quiet
+soak: $(STAMP)
+	$(PY) -m sim soak --quiet
+formal: $(FPGA_STAMP)
+	$(PY) -m sim formal
+reliability: fuzz races soak formal
 
 # not file targets: PARAMS may change between runs, and generation takes seconds
 verilog: $(STAMP)

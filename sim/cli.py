@@ -226,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     so.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    fo = sub.add_parser("formal", help="bounded proof of the handshake and CAS properties (yosys sat)",
+                        description="Prove hw/checks.py's Asserts on a walker whose inputs are all "
+                                    "free (the memory only answers what was asked) for N cycles from "
+                                    "reset, with yosys's SAT solver; and show the depth reaches a CAS "
+                                    "(asserting 'no CAS' must fail).")
+    fo.add_argument("--depth", type=_positive, default=20, metavar="N", help="cycles (default 20)")
+    fo.add_argument("--out", default="build/formal", metavar="DIR", help="work folder (default build/formal)")
+
     wv = sub.add_parser("wave", help="a short run with a waveform, opened in GTKWave",
                         description="Run a short pageable-guest workload (or replay SCENARIO) on "
                                     "the RTL with a waveform, a GTKWave save file (signals grouped "
@@ -414,6 +422,24 @@ def cmd_soak(args) -> int:
     return 1 if rep.mismatches or not rep.flat else 0
 
 
+def cmd_formal(args) -> int:
+    from .formal import YosysUnavailable, prove
+    from .reliability import update_report
+    _output_path("--out", str(Path(args.out) / "sat.log"))
+    try:
+        reach = prove(args.depth, Path(args.out) / "reach", reach_cas=True)
+        proof = prove(args.depth, Path(args.out))
+    except YosysUnavailable as e:
+        raise UsageError(f"{PROG} formal: {e}") from None
+    reached = reach["result"] == "fail"
+    update_report("formal", {"depth": args.depth, "properties": proof["asserts"],
+                             "result": proof["result"], "cas_reached": reached})
+    print(f"a CAS is {'reachable' if reached else 'NOT reachable'} within {args.depth} cycles "
+          f"({reach['log']})")
+    print(f"{proof['asserts']} properties, {args.depth} cycles: {proof['result'].upper()} ({proof['log']})")
+    return 0 if proof["result"] == "pass" and reached else 1
+
+
 def cmd_wave(args) -> int:
     import shutil
     import subprocess
@@ -510,7 +536,7 @@ def cmd_synth(args) -> int:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "fuzz": cmd_fuzz, "races": cmd_races, "soak": cmd_soak,
+        return {"replay": cmd_replay, "run": cmd_run, "wave": cmd_wave, "fuzz": cmd_fuzz, "races": cmd_races, "soak": cmd_soak, "formal": cmd_formal,
                 "verilog": cmd_verilog,
                 "lint": cmd_lint, "synth": cmd_synth}[args.command](args)
     except (UsageError, ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:

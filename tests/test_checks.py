@@ -153,6 +153,7 @@ def test_tag_reuse_fires():
         run(process)
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_history_is_validated():
     with pytest.raises(ValueError, match="history"):
         PortChecker(history=2)
