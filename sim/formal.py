@@ -60,7 +60,8 @@ class FormalWalker(wiring.Component):
         wiring.connect(m, w.resp, wiring.flipped(self.resp))
         wiring.connect(m, w.mem_req, wiring.flipped(self.mem_req))
         wiring.connect(m, wiring.flipped(self.mem_resp), w.mem_resp)
-        m.submodules.checks = c = PortChecker(history=8, max_outstanding=2)
+        # one walker: a CAS follows its own four reads at most (a lost CAS reads again)
+        m.submodules.checks = c = PortChecker(history=4, max_outstanding=2)
         m.d.comb += [
             c.treq_valid.eq(w.req.valid), c.treq_ready.eq(w.req.ready), c.treq_tag.eq(w.req.payload.tag),
             c.tresp_valid.eq(w.resp.valid), c.tresp_ready.eq(w.resp.ready), c.tresp.eq(w.resp.payload),
