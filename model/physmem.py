@@ -41,6 +41,7 @@ class PhysicalMemory:
         self.limit = 1 << maxphyaddr
         self._frames: dict[int, np.ndarray] = {}
         self._observers: list[Callable[[int, int, int, str], None]] = []
+        self._frame_watchers: list[Callable[[int, np.ndarray | None], None]] = []
         self.reads = 0
         self.writes = 0
         self.cases = 0
@@ -82,6 +83,8 @@ class PhysicalMemory:
                     obs(addr, old, value, source)
                 return old
             frame = self._frames[fn] = np.zeros(_WORDS, dtype=np.uint64)
+            for watcher in self._frame_watchers:
+                watcher(fn, frame)
         i = (addr & 0xFFF) >> 3
         old = int(frame[i])
         frame[i] = value
@@ -130,6 +133,8 @@ class PhysicalMemory:
             for i in np.flatnonzero(frame):
                 self._store(pa + 8 * int(i), 0, source)
         del self._frames[pa >> 12]
+        for watcher in self._frame_watchers:
+            watcher(pa >> 12, None)
 
     def read_frame(self, pa: int) -> np.ndarray:
         """A copy of the 512 words of the frame at ``pa``."""
@@ -155,6 +160,19 @@ class PhysicalMemory:
 
     def unobserve(self, callback) -> None:
         self._observers.remove(callback)
+
+    def watch_frames(self, callback: Callable[[int, np.ndarray | None], None]) -> None:
+        """Call ``callback(frame_number, words)`` for every stored frame now and
+        whenever one is created, and ``callback(frame_number, None)`` when one
+        is dropped (zeroed).  ``words`` is the frame's ``uint64[512]`` storage
+        itself, updated in place by every store until the frame is dropped: a
+        reader outside Python (the Verilator driver) can read from it directly."""
+        self._frame_watchers.append(callback)
+        for fn, frame in self._frames.items():
+            callback(fn, frame)
+
+    def unwatch_frames(self, callback) -> None:
+        self._frame_watchers.remove(callback)
 
 
 class FrameAllocator:

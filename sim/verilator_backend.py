@@ -9,8 +9,13 @@ by the ``hw/`` sources and the parameters skips regenerating the Verilog when
 nothing changed (generation alone takes ~10 s).
 
 Running: the C++ side owns the DRAM model's timing and runs the clock on its
-own; it calls back into Python to perform a due DRAM access on the memory
-contents and for the bookkeeping of a translate request or response taken,
+own.  It performs a due plain read itself, on PhysicalMemory's frames (a
+table of their numpy storage, kept current through
+``PhysicalMemory.watch_frames``; the read counters are brought up to date
+whenever control returns to Python), unless bus errors are injected; it calls
+back into Python to perform a CAS (it stores, and the scoreboard's history
+observes stores) or any access while errors are injected, and for the
+bookkeeping of a translate request or response taken,
 and returns to Python when a hook is due, after a response, and when Python's
 inputs would change (a new request, an EPTP load or INVEPT, a counter read).
 :class:`VerilatorHarness` runs those cycles, and every cycle when a per-cycle
@@ -184,7 +189,7 @@ class Status(ctypes.Structure):
     """driver.cpp's Status, shared: reading it costs no call into C."""
     _fields_ = [("cycle", ctypes.c_uint64), ("hook_wake", ctypes.c_uint64),
                 ("flags", ctypes.c_uint8 * 8), ("tresp", ctypes.c_uint32 * 3),
-                ("queue_len", ctypes.c_uint32)]
+                ("queue_len", ctypes.c_uint32), ("direct_reads", ctypes.c_uint64)]
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -214,6 +219,8 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_run": ([P, U64, U64], I),
             "sim_stage_request": ([P, U64, U64], None),
             "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
+            "sim_map_frame": ([P, U64, P], None),
+            "sim_set_direct": ([P, I, U64], None),
         }
         for name, (args, res) in sig.items():
             f = getattr(lib, name)
@@ -298,6 +305,31 @@ class VerilatorHarness:
         self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
                            RESPOND_FN(self._respond_in_run))    # kept alive with the harness
         lib.sim_set_callbacks(self._h, *self._callbacks)
+        # plain reads are performed by the compiled side on the frames' own storage
+        self._direct = None
+        self._direct_synced = 0         # direct reads already added to the read counters
+        self._frame_watch = self._map_frame
+        memory.watch_frames(self._frame_watch)
+
+    def _map_frame(self, frame: int, words) -> None:
+        self._lib.sim_map_frame(self._h, frame, None if words is None else words.ctypes.data)
+
+    def _update_direct(self) -> None:
+        """Let the compiled side perform plain reads unless a bus error may be
+        injected (as Dram._perform: by address or with a probability)."""
+        c = self._dram.config
+        direct = not (c.error_probability or c.error_addrs)
+        if direct is not self._direct:
+            self._lib.sim_set_direct(self._h, direct, self.memory.limit)
+            self._direct = direct
+
+    def _sync_reads(self) -> None:
+        """Count the reads the compiled side performed, as Dram._perform would have."""
+        n = self._status.direct_reads - self._direct_synced
+        if n:
+            self._direct_synced += n
+            self._dram.reads += n
+            self.memory.reads += n
 
     @property
     def dram(self) -> Dram:
@@ -307,6 +339,7 @@ class VerilatorHarness:
             s = (ctypes.c_uint64 * 4)()
             self._lib.sim_dram_stats(self._h, s)
             d.row_hits, d.row_misses, d.stall_cycles = s[0], s[1], s[2]
+            self._sync_reads()
             d.cycle = self.cycle
         return d
 
@@ -318,7 +351,10 @@ class VerilatorHarness:
         p = d.config.stall_probability
         # as Dram.drive: a stall is drawn only while the queue has room
         stall = bool(p and self._status.queue_len < d.config.max_outstanding and d.rng.random() < p)
-        if lib.sim_drive_dram(h, stall):
+        self._update_direct()
+        due = lib.sim_drive_dram(h, stall)
+        self._sync_reads()
+        if due:
             lib.sim_head(h, self._head)
             req = self._perform(*self._head, self.cycle)
             lib.sim_perform(h, req.result, req.error)
@@ -472,7 +508,9 @@ class VerilatorHarness:
     def _run_compiled(self, until: int, first_half_done: int) -> None:
         st = self._status
         st.hook_wake = min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER)
+        self._update_direct()
         stopped = self._lib.sim_run(self._h, until, first_half_done)
+        self._sync_reads()
         self.cycle = st.cycle
         if stopped == 2:
             e, self._callback_error = self._callback_error, None
@@ -518,6 +556,7 @@ class VerilatorHarness:
     def close(self) -> None:
         if self._h:
             self.dram        # keep the final statistics
+            self.memory.unwatch_frames(self._frame_watch)
             self._lib.sim_free(self._h)
             self._h = None
 

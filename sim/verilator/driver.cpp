@@ -2,16 +2,20 @@
 //
 // It owns the Verilated PageWalkUnit and the DRAM model's *timing* (queue,
 // due cycles, open rows, max_outstanding, in-order responses); the memory
-// *contents* stay in Python.  sim_run() clocks the unit without Python for as
-// long as nothing needs it: it stops at the start of a cycle in which a hook
-// is due, a DRAM access becomes due (Python performs it on PhysicalMemory), or
-// a handshake Python must see would happen (translate request or response, a
+// *contents* stay in Python (PhysicalMemory), whose frames it reads directly
+// through a table of their storage.  It performs plain reads itself when no
+// bus error can be injected; Python performs CASes (they store and feed the
+// scoreboard's history), and every access while errors are injected, from a
+// callback.  sim_run() clocks the unit without Python for as long as nothing
+// needs it: it stops at the start of a cycle in which a hook is due, or a
+// handshake Python must see would happen (translate request or response, a
 // memory response carrying a bus error).  Python then runs that cycle itself
 // through sim_drive_dram() / sim_set_inputs() / sim_edge(), which are the same
 // steps sim_run() takes, so both paths give the same cycle for cycle.
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <unordered_map>
 #include <vector>
 
 #include "Vpwu.h"
@@ -62,6 +66,8 @@ struct Status {
     uint8_t flags[8];
     uint32_t tresp[3];        // the translate response payload
     uint32_t queue_len;       // DRAM requests in flight (pysim draws a stall only with room)
+    uint64_t direct_reads;    // reads performed here on the frame table (Python adds them
+                              // to its read counters)
 };
 
 struct Sim {
@@ -82,7 +88,26 @@ struct Sim {
     // staged_from on (saves a return to Python just to drive it)
     bool staged = false;
     uint64_t staged_from = 0, staged_payload = 0;
+    // The memory contents, shared: frame number -> PhysicalMemory's own
+    // uint64[512] storage of that frame (absent: reads as zero), kept up to
+    // date by Python (PhysicalMemory.watch_frames).  Used for plain reads
+    // only while Python says no bus error can be injected (direct).
+    std::unordered_map<uint64_t, const uint64_t*> frames;
+    bool direct = false;
+    uint64_t limit = 0;                 // 1 << MAXPHYADDR of the memory
 };
+
+// A due plain read, performed here as Python's Dram would (PhysicalMemory.read)
+// when that cannot raise or inject an error; false: Python performs it.
+bool perform_direct(Sim* s, Req& h) {
+    if (h.op != 0 || !s->direct || h.addr >= s->limit || (h.addr & 7)) return false;
+    auto it = s->frames.find(h.addr >> 12);
+    h.result = it == s->frames.end() ? 0 : it->second[(h.addr & 0xFFF) >> 3];
+    h.error = false;
+    h.done = true;
+    s->st.direct_reads++;
+    return true;
+}
 
 void drive_dram(Sim* s, bool stall) {
     bool room = (int)s->queue.size() < s->max_outstanding;
@@ -199,6 +224,20 @@ void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond
 }
 Status* sim_status(void* p) { return &((Sim*)p)->st; }
 
+// The frame table: `data` is the frame's storage, 0 when the frame is dropped.
+void sim_map_frame(void* p, uint64_t frame, const uint64_t* data) {
+    Sim* s = (Sim*)p;
+    if (data) s->frames[frame] = data;
+    else s->frames.erase(frame);
+}
+
+// Whether plain reads may be performed here (no bus-error injection configured).
+void sim_set_direct(void* p, int direct, uint64_t limit) {
+    Sim* s = (Sim*)p;
+    s->direct = direct;
+    s->limit = limit;
+}
+
 // The unit's inputs that Python drives; held until changed.
 void sim_set_inputs(void* p, int treq_valid, uint64_t treq_payload, int tresp_ready,
                     int eptp_load, uint64_t eptp_value, int invept_valid, uint64_t invept_payload) {
@@ -227,8 +266,8 @@ int sim_drive_dram(void* p, int stall) {
     Sim* s = (Sim*)p;
     drive_dram(s, stall);
     if (s->queue.empty()) return 0;
-    const Req& h = s->queue.front();
-    return s->st.cycle >= h.due && !h.done;
+    Req& h = s->queue.front();
+    return s->st.cycle >= h.due && !h.done && !perform_direct(s, h);
 }
 
 void sim_head(void* p, uint64_t* out) {
@@ -271,6 +310,8 @@ void sim_dram_stats(void* p, uint64_t* out) {
 // or 3 right after an edge whose handshake Python must look at (2: a callback
 // raised).  A due DRAM access and the bookkeeping of a handshake go through
 // callbacks, which cost far less than leaving the loop.
+// A plain read is performed here when it can (perform_direct), else by the
+// perform callback.
 // The caller guarantees that Python's own inputs would not change and that no
 // per-cycle random draw is needed (no stalls).
 // `first_half_done`: the cycle whose first half (hooks, DRAM drive, inputs)
@@ -282,7 +323,7 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         if (s->st.cycle >= s->st.hook_wake && s->st.cycle != first_half_done) return 1;
         if (!s->queue.empty()) {
             Req& h = s->queue.front();
-            if (s->st.cycle >= h.due && !h.done) {
+            if (s->st.cycle >= h.due && !h.done && !perform_direct(s, h)) {
                 // a call into Python costs far less than leaving the loop
                 if (!s->perform) return 1;
                 uint64_t re[2];
