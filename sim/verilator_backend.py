@@ -186,10 +186,19 @@ def _runtime(build_dir: Path, root: Path, version: str, cxx: str) -> list[Path]:
 
 
 class Status(ctypes.Structure):
-    """driver.cpp's Status, shared: reading it costs no call into C."""
+    """driver.cpp's Status, shared: reading it, and setting the inputs in it,
+    costs no call into C."""
     _fields_ = [("cycle", ctypes.c_uint64), ("hook_wake", ctypes.c_uint64),
                 ("flags", ctypes.c_uint8 * 8), ("tresp", ctypes.c_uint32 * 3),
-                ("queue_len", ctypes.c_uint32), ("direct_reads", ctypes.c_uint64)]
+                ("queue_len", ctypes.c_uint32), ("direct_reads", ctypes.c_uint64),
+                ("head_due", ctypes.c_uint64),
+                ("in_treq_payload", ctypes.c_uint64), ("in_eptp_value", ctypes.c_uint64),
+                ("in_invept_payload", ctypes.c_uint64),
+                ("in_dirty", ctypes.c_uint8), ("in_treq_valid", ctypes.c_uint8),
+                ("in_tresp_ready", ctypes.c_uint8), ("in_eptp_load", ctypes.c_uint8),
+                ("in_invept_valid", ctypes.c_uint8), ("stall", ctypes.c_uint8),
+                ("staged", ctypes.c_uint8),
+                ("staged_from", ctypes.c_uint64), ("staged_payload", ctypes.c_uint64)]
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -209,15 +218,13 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_new": ([I, I, I, U64, U64, I], P),
             "sim_free": ([P], None),
             "sim_status": ([P], ctypes.POINTER(Status)),
-            "sim_set_inputs": ([P, I, U64, I, I, U64, I, U64], None),
-            "sim_drive_dram": ([P, I], I),
+            "sim_perform_due": ([P], I),
             "sim_head": ([P, ctypes.POINTER(U64)], None),
             "sim_perform": ([P, U64, I], None),
             "sim_edge": ([P], None),
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64, U64], I),
-            "sim_stage_request": ([P, U64, U64], None),
             "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
             "sim_map_frame": ([P, U64, P], None),
             "sim_set_direct": ([P, I, U64], None),
@@ -349,15 +356,17 @@ class VerilatorHarness:
         run_hooks(self.hooks, self._hook_wake, self.cycle)
         d = self._dram
         p = d.config.stall_probability
-        # as Dram.drive: a stall is drawn only while the queue has room
-        stall = bool(p and self._status.queue_len < d.config.max_outstanding and d.rng.random() < p)
-        self._update_direct()
-        due = lib.sim_drive_dram(h, stall)
-        self._sync_reads()
-        if due:
-            lib.sim_head(h, self._head)
-            req = self._perform(*self._head, self.cycle)
-            lib.sim_perform(h, req.result, req.error)
+        st = self._status
+        if p:
+            # as Dram.drive: a stall is drawn only while the queue has room
+            st.stall = st.queue_len < d.config.max_outstanding and d.rng.random() < p
+        if st.head_due <= self.cycle:       # Dram.drive performs the due access now
+            self._update_direct()
+            if lib.sim_perform_due(h):      # not a read the compiled side may do
+                lib.sim_head(h, self._head)
+                req = self._perform(*self._head, self.cycle)
+                lib.sim_perform(h, req.result, req.error)
+            self._sync_reads()
         tk = self.pending[0] if self.pending and self.free_tags else None
         if tk is not self._driven_req:
             if tk is not None:
@@ -374,9 +383,17 @@ class VerilatorHarness:
                   load is not None, load[0] if load else 0,
                   inv is not None, _INV.pack(kind=inv[0], tag=inv[1]) if inv else 0)
         if inputs != self._inputs:
-            lib.sim_set_inputs(h, *inputs)
-            self._inputs = inputs
+            self._set_inputs(inputs)
         self._cur = (tk, resp_ready, load, inv)
+
+    def _set_inputs(self, inputs: tuple) -> None:
+        """Drive the unit's inputs from the next settle on (shared memory, no call)."""
+        st = self._status
+        (st.in_treq_valid, st.in_treq_payload, st.in_tresp_ready, st.in_eptp_load,
+         st.in_eptp_value, st.in_invept_valid, st.in_invept_payload) = inputs
+        st.staged = 0
+        st.in_dirty = 1
+        self._inputs = inputs
 
     def _perform(self, op: int, addr: int, compare: int, data: int, cycle: int) -> DramRequest:
         """The access itself, on the memory contents, exactly as pysim's DRAM does it."""
@@ -503,7 +520,10 @@ class VerilatorHarness:
             self._req_raw = _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag)
             self._driven_req = tk
             self._inputs = (True, self._req_raw, True, False, 0, False, 0)
-            self._lib.sim_stage_request(self._h, self.cycle + 1, self._req_raw)
+            st = self._status
+            st.staged_from = self.cycle + 1
+            st.staged_payload = self._req_raw
+            st.staged = 1
 
     def _run_compiled(self, until: int, first_half_done: int) -> None:
         st = self._status

@@ -9,9 +9,10 @@
 // callback.  sim_run() clocks the unit without Python for as long as nothing
 // needs it: it stops at the start of a cycle in which a hook is due, or a
 // handshake Python must see would happen (translate request or response, a
-// memory response carrying a bus error).  Python then runs that cycle itself
-// through sim_drive_dram() / sim_set_inputs() / sim_edge(), which are the same
-// steps sim_run() takes, so both paths give the same cycle for cycle.
+// memory response carrying a bus error).  Python then runs that cycle itself:
+// sim_perform_due() when the head access is due, the inputs and the DRAM
+// stall written into the shared Status, sim_edge(): the same steps sim_run()
+// takes, so both paths give the same cycle for cycle.
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -55,8 +56,11 @@ typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data
 typedef int (*accept_fn)(uint64_t cycle);
 typedef int (*respond_fn)(uint64_t cycle, uint32_t w0, uint32_t w1, uint32_t w2);
 
+// Never: no head access waiting to be performed.
+constexpr uint64_t NEVER = ~(uint64_t)0;
+
 // Shared with Python (a ctypes Structure over the same memory), so reading
-// the cycle or what was sampled costs no call.
+// the cycle or what was sampled, and setting the inputs, costs no call.
 struct Status {
     uint64_t cycle;
     uint64_t hook_wake;       // written by Python: the first cycle a hook wants to run
@@ -68,6 +72,18 @@ struct Status {
     uint32_t queue_len;       // DRAM requests in flight (pysim draws a stall only with room)
     uint64_t direct_reads;    // reads performed here on the frame table (Python adds them
                               // to its read counters)
+    uint64_t head_due;        // the cycle the head access is due if not performed yet, else NEVER
+    // Written by Python: the unit's inputs it drives (applied, and in_dirty
+    // cleared, when the logic next settles; held until changed) ...
+    uint64_t in_treq_payload, in_eptp_value, in_invept_payload;
+    uint8_t in_dirty, in_treq_valid, in_tresp_ready, in_eptp_load, in_invept_valid;
+    // ... the DRAM stall drawn for this cycle (Dram.drive) ...
+    uint8_t stall;
+    // ... and a translate request Python has already decided to drive from
+    // cycle staged_from on (saves a return to Python just to drive it;
+    // writing the inputs clears it)
+    uint8_t staged;
+    uint64_t staged_from, staged_payload;
 };
 
 struct Sim {
@@ -84,10 +100,6 @@ struct Sim {
     std::vector<int64_t> open_rows;     // -1: no open row
     uint64_t row_hits = 0, row_misses = 0, stall_cycles = 0;
     bool ready = true;                  // mem_req.ready this cycle
-    // a translate request Python has already decided to drive from cycle
-    // staged_from on (saves a return to Python just to drive it)
-    bool staged = false;
-    uint64_t staged_from = 0, staged_payload = 0;
     // The memory contents, shared: frame number -> PhysicalMemory's own
     // uint64[512] storage of that frame (absent: reads as zero), kept up to
     // date by Python (PhysicalMemory.watch_frames).  Used for plain reads
@@ -96,6 +108,11 @@ struct Sim {
     bool direct = false;
     uint64_t limit = 0;                 // 1 << MAXPHYADDR of the memory
 };
+
+// The head access changed (queued, performed or answered).
+void update_head(Sim* s) {
+    s->st.head_due = s->queue.empty() || s->queue.front().done ? NEVER : s->queue.front().due;
+}
 
 // A due plain read, performed here as Python's Dram would (PhysicalMemory.read)
 // when that cannot raise or inject an error; false: Python performs it.
@@ -106,6 +123,7 @@ bool perform_direct(Sim* s, Req& h) {
     h.error = false;
     h.done = true;
     s->st.direct_reads++;
+    update_head(s);
     return true;
 }
 
@@ -118,10 +136,21 @@ void drive_dram(Sim* s, bool stall) {
 // Put the DRAM side of the ports on the unit and settle the logic (clk low).
 void settle(Sim* s) {
     Vpwu* t = s->top;
-    if (s->staged && s->st.cycle >= s->staged_from) {
+    Status& st = s->st;
+    if (st.in_dirty) {
+        t->translate_req___05Fvalid = st.in_treq_valid;
+        t->translate_req___05Fpayload = st.in_treq_payload;
+        t->translate_resp___05Fready = st.in_tresp_ready;
+        t->eptp_load = st.in_eptp_load;
+        if (st.in_eptp_load) t->eptp_value = st.in_eptp_value;
+        t->invept___05Fvalid = st.in_invept_valid;
+        if (st.in_invept_valid) t->invept___05Fpayload = st.in_invept_payload;
+        st.in_dirty = 0;
+    }
+    if (st.staged && st.cycle >= st.staged_from) {
         t->translate_req___05Fvalid = 1;
-        t->translate_req___05Fpayload = s->staged_payload;
-        s->staged = false;
+        t->translate_req___05Fpayload = st.staged_payload;
+        st.staged = 0;
     }
     t->mem_req___05Fready = s->ready;
     const Req* head = (!s->queue.empty() && s->st.cycle >= s->queue.front().due) ? &s->queue.front() : nullptr;
@@ -162,7 +191,10 @@ void edge(Sim* s) {
     bool taken = head_valid && f[4];
     f[5] = taken;
     f[6] = taken && s->queue.front().error;
-    if (taken) s->queue.pop_front();
+    if (taken) {
+        s->queue.pop_front();
+        update_head(s);
+    }
     if (offered && s->ready) {
         uint64_t row = req.addr / s->row_bytes;
         uint64_t bank = row % s->banks;
@@ -177,6 +209,7 @@ void edge(Sim* s) {
         req.due = s->st.cycle + lat;
         if (!s->queue.empty() && req.due < s->queue.back().due + 1) req.due = s->queue.back().due + 1;
         s->queue.push_back(req);
+        if (s->queue.size() == 1) update_head(s);
     }
     s->st.queue_len = s->queue.size();
     s->st.cycle++;
@@ -200,6 +233,8 @@ void* sim_new(int read_latency, int cas_latency, int row_miss_penalty, uint64_t 
     s->banks = banks;
     s->max_outstanding = max_outstanding;
     s->open_rows.assign(banks, -1);
+    s->st.head_due = NEVER;
+    s->st.in_tresp_ready = 1;
     Vpwu* t = s->top;
     t->rst = 0;
     t->clk = 0;
@@ -238,36 +273,12 @@ void sim_set_direct(void* p, int direct, uint64_t limit) {
     s->limit = limit;
 }
 
-// The unit's inputs that Python drives; held until changed.
-void sim_set_inputs(void* p, int treq_valid, uint64_t treq_payload, int tresp_ready,
-                    int eptp_load, uint64_t eptp_value, int invept_valid, uint64_t invept_payload) {
+// The head access is due (head_due <= cycle): perform it here if it is a
+// plain read that can be; else return 1 and Python reads it with sim_head()
+// and answers sim_perform().
+int sim_perform_due(void* p) {
     Sim* s = (Sim*)p;
-    Vpwu* t = s->top;
-    s->staged = false;
-    t->translate_req___05Fvalid = treq_valid;
-    t->translate_req___05Fpayload = treq_payload;
-    t->translate_resp___05Fready = tresp_ready;
-    t->eptp_load = eptp_load;
-    if (eptp_load) t->eptp_value = eptp_value;
-    t->invept___05Fvalid = invept_valid;
-    if (invept_valid) t->invept___05Fpayload = invept_payload;
-}
-
-void sim_stage_request(void* p, uint64_t from_cycle, uint64_t payload) {
-    Sim* s = (Sim*)p;
-    s->staged = true;
-    s->staged_from = from_cycle;
-    s->staged_payload = payload;
-}
-
-// Dram.drive for this cycle.  Returns 1 when the head's access is due and not
-// yet performed: Python reads it with sim_head() and answers sim_perform().
-int sim_drive_dram(void* p, int stall) {
-    Sim* s = (Sim*)p;
-    drive_dram(s, stall);
-    if (s->queue.empty()) return 0;
-    Req& h = s->queue.front();
-    return s->st.cycle >= h.due && !h.done && !perform_direct(s, h);
+    return !perform_direct(s, s->queue.front());
 }
 
 void sim_head(void* p, uint64_t* out) {
@@ -283,11 +294,14 @@ void sim_perform(void* p, uint64_t result, int error) {
     h.done = true;
     h.result = result;
     h.error = error;
+    update_head((Sim*)p);
 }
 
-// One edge with the inputs as set; afterwards read what was sampled.
+// One edge with the inputs as set and the stall drawn (Dram.drive's ready);
+// afterwards read what was sampled.
 void sim_edge(void* p) {
     Sim* s = (Sim*)p;
+    drive_dram(s, s->st.stall);
     settle(s);
     edge(s);
 }
@@ -331,6 +345,7 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
                 h.done = true;
                 h.result = re[0];
                 h.error = re[1];
+                update_head(s);
             }
         }
         drive_dram(s, false);
