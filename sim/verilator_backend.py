@@ -467,10 +467,8 @@ class VerilatorHarness:
                 t.errors_seen += 1
             event = True
         if inv is not None:
-            if inv[0] == InveptKind.GLOBAL.value:
-                self._inv_global = inv[2]
-            else:
-                self._inv_by_tag[inv[1]] = inv[2]
+            self._invept_taken(inv)
+            self._set_inputs(self._inputs[:5] + (False, 0))     # a one-cycle strobe
         if tk is not None and treq_ready:
             self._accept(tk)
             event = True
@@ -494,6 +492,13 @@ class VerilatorHarness:
         self.python_cycles += 1
         self._event = event
 
+    def _invept_taken(self, inv: tuple) -> None:
+        """An INVEPT takes effect at this cycle's edge (before a request taken at it)."""
+        if inv[0] == InveptKind.GLOBAL.value:
+            self._inv_global = inv[2]
+        else:
+            self._inv_by_tag[inv[1]] = inv[2]
+
     def _quiet(self) -> bool:
         """Would Python's next first half leave every input as it is and draw nothing?"""
         tk = self.pending[0] if self.pending and self.free_tags else None
@@ -502,9 +507,10 @@ class VerilatorHarness:
 
     def _plain(self) -> bool:
         """May the compiled loop run this cycle's edge (its first half done by Python)?
-        Not with an EPTP load or INVEPT strobe, a load's result to sample, the
-        counters to read, or a per-cycle random draw."""
-        return (self._cur[2] is None and self._cur[3] is None and not self._loaded
+        Not with an EPTP load strobe, a load's result to sample, the counters
+        to read, or a per-cycle random draw.  An INVEPT strobe it may: the
+        loop drops it after the edge, as Python's next first half would."""
+        return (self._cur[2] is None and not self._loaded
                 and not self._want_counters and not self.resp_stall_probability
                 and not self._dram.config.stall_probability)
 
@@ -550,6 +556,10 @@ class VerilatorHarness:
         if self._plain():
             # this edge and the quiet cycles after it run compiled; stop after
             # this edge if Python's next first half would change an input
+            inv = self._cur[3]
+            if inv is not None:
+                self._invept_taken(inv)
+                self._inputs = self._inputs[:5] + (False, 0)    # the loop drops the strobe
             self._stage_request()
             self._run_compiled(until if self._quiet() else c + 1, c)
             if self.cycle == c:          # not even this edge (a bus error to count)

@@ -326,8 +326,9 @@ void sim_dram_stats(void* p, uint64_t* out) {
 // callbacks, which cost far less than leaving the loop.
 // A plain read is performed here when it can (perform_direct), else by the
 // perform callback.
-// The caller guarantees that Python's own inputs would not change and that no
-// per-cycle random draw is needed (no stalls).
+// The caller guarantees that Python's own inputs would not change (but for an
+// INVEPT strobe, dropped after the first edge) and that no per-cycle random
+// draw is needed (no stalls).
 // `first_half_done`: the cycle whose first half (hooks, DRAM drive, inputs)
 // Python has just run; the loop runs its edge without calling hooks again.
 int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
@@ -355,6 +356,7 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
         if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return 1;
         edge(s);
+        t->invept___05Fvalid = 0;       // an INVEPT Python drove is a one-cycle strobe
         bool stop = false;
         if (accept) {
             int r = s->on_accept(s->st.cycle - 1);
