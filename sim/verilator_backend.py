@@ -15,9 +15,10 @@ table of their numpy storage, kept current through
 whenever control returns to Python), unless bus errors are injected; it calls
 back into Python to perform a CAS (it stores, and the scoreboard's history
 observes stores) or any access while errors are injected, and for the
-bookkeeping of a translate request or response taken,
-and returns to Python when a hook is due, after a response, and when Python's
-inputs would change (a new request, an EPTP load or INVEPT, a counter read).
+bookkeeping of a translate request or response taken, and to run the
+between-cycle hooks when one is due; it returns to Python after a response,
+and when Python's inputs would change (a new request, an EPTP load or
+INVEPT, a counter read, also when queued by a hook).
 :class:`VerilatorHarness` runs those cycles, and every cycle when a per-cycle
 random draw is needed, with the same steps and in the same order as
 :class:`~sim.harness.PysimHarness`, so both give the same results cycle for
@@ -60,6 +61,19 @@ VERILATOR_FLAGS = ["--cc", "--top-module", "pwu", "-Wno-fatal", "-Wno-lint", "-W
                    "-O3", "--x-assign", "fast"]
 _UNSET = object()
 NEVER = (1 << 64) - 1
+
+
+def _request_packer():
+    """_TREQ.pack(gpa=, access=, tag=) with the offsets looked up once (every request)."""
+    (g_off, g_mask), (a_off, a_mask), (t_off, t_mask) = (_TREQ._f[n] for n in ("gpa", "access", "tag"))
+
+    def pack(gpa: int, access: int, tag: int) -> int:
+        return (gpa & g_mask) << g_off | (access & a_mask) << a_off | (tag & t_mask) << t_off
+    return pack
+
+
+_pack_request = _request_packer()
+_TAG_OFF, _TAG_MASK = _TRESP._f["tag"]
 
 
 # -- the toolchain and the build cache -------------------------------------------------
@@ -207,6 +221,7 @@ PERFORM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctype
 ACCEPT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
 RESPOND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
                               ctypes.c_uint32)
+HOOKS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -225,7 +240,7 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64, U64], I),
-            "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
+            "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN, HOOKS_FN], None),
             "sim_map_frame": ([P, U64, P], None),
             "sim_set_direct": ([P, I, U64], None),
         }
@@ -242,11 +257,11 @@ class VerilatorHarness:
 
     Public calls that do not touch the clock are PysimHarness's own
     functions (borrowed below), so the two cannot drift apart.
-    ``run_until`` evaluates its predicate after every cycle Python runs, every
-    hook call and every translate response, but not after the other cycles
-    the compiled side runs alone (a request taken is a callback, not a
-    stop): wait for responses or EPTP loads, and use :meth:`step` for a
-    number of cycles.
+    ``run_until`` evaluates its predicate after every cycle Python runs and
+    every translate response, but not after the other cycles the compiled
+    side runs alone (a request taken or a hook call is a callback, not a
+    stop, unless the hook queued something Python must drive): wait for
+    responses or EPTP loads, and use :meth:`step` for a number of cycles.
     """
 
     submit = PysimHarness.submit
@@ -309,8 +324,10 @@ class VerilatorHarness:
         self._head = (ctypes.c_uint64 * 4)()
         self.python_cycles = 0          # edges Python ran itself (the rest ran compiled)
         self._callback_error: BaseException | None = None
+        self._hooks_ran = -1            # the cycle whose hooks the compiled loop had run
         self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
-                           RESPOND_FN(self._respond_in_run))    # kept alive with the harness
+                           RESPOND_FN(self._respond_in_run),
+                           HOOKS_FN(self._hooks_in_run))        # kept alive with the harness
         lib.sim_set_callbacks(self._h, *self._callbacks)
         # plain reads are performed by the compiled side on the frames' own storage
         self._direct = None
@@ -319,7 +336,9 @@ class VerilatorHarness:
         memory.watch_frames(self._frame_watch)
 
     def _map_frame(self, frame: int, words) -> None:
-        self._lib.sim_map_frame(self._h, frame, None if words is None else words.ctypes.data)
+        # the storage's address (as words.ctypes.data, at a third of its cost)
+        addr = None if words is None else ctypes.addressof(ctypes.c_char.from_buffer(words))
+        self._lib.sim_map_frame(self._h, frame, addr)
 
     def _update_direct(self) -> None:
         """Let the compiled side perform plain reads unless a bus error may be
@@ -353,7 +372,8 @@ class VerilatorHarness:
     # -- one cycle in Python: the two halves of PysimHarness._world's loop ------------------
     def _first_half(self) -> None:
         lib, h = self._lib, self._h
-        run_hooks(self.hooks, self._hook_wake, self.cycle)
+        if self._hooks_ran != self.cycle:
+            run_hooks(self.hooks, self._hook_wake, self.cycle)
         d = self._dram
         p = d.config.stall_probability
         st = self._status
@@ -371,7 +391,7 @@ class VerilatorHarness:
         if tk is not self._driven_req:
             if tk is not None:
                 tk.tag = self.free_tags[0]
-                self._req_raw = _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag)
+                self._req_raw = _pack_request(tk.gpa, int(tk.access), tk.tag)
             self._driven_req = tk
         resp_ready = not (self.resp_stall_probability and
                           self.rng.random() < self.resp_stall_probability)
@@ -429,6 +449,27 @@ class VerilatorHarness:
             self._callback_error = e
             return 2
 
+    def _hooks_in_run(self, cycle) -> int:
+        """The first step of this cycle's first half, from the compiled loop."""
+        try:
+            self.cycle = cycle
+            flags = self._status.flags          # as Python knows them after the last edge
+            self.eptp_valid, self.eptp_error = bool(flags[2]), bool(flags[3])
+            run_hooks(self.hooks, self._hook_wake, cycle)
+            if not self._quiet():
+                return 1                        # Python runs the rest of this first half
+            self._status.hook_wake = self._next_hook_wake()
+            return 0
+        except BaseException as e:
+            self._callback_error = e
+            return 2
+
+    def _next_hook_wake(self) -> int:
+        hooks, wake = self.hooks, self._hook_wake
+        if len(hooks) == 1:                     # the usual case: the host agent
+            return wake.get(hooks[0], 0)
+        return min([wake.get(k, 0) for k in hooks], default=NEVER)
+
     def _respond_in_run(self, cycle, w0, w1, w2) -> int:
         try:
             self.cycle = cycle
@@ -449,7 +490,7 @@ class VerilatorHarness:
         self._driven_req = _UNSET
 
     def _complete(self, raw: int) -> None:
-        done = self.inflight.pop(_TRESP.get(raw, "tag"))
+        done = self.inflight.pop((raw >> _TAG_OFF) & _TAG_MASK)
         self.free_tags.append(done.tag)
         self._fill(done, raw)
         done.seq_end = self.store_seq()
@@ -523,7 +564,7 @@ class VerilatorHarness:
                 and not self._eptp_loads and not self._invepts):
             tk = self.pending[0]
             tk.tag = self.free_tags[0]
-            self._req_raw = _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag)
+            self._req_raw = _pack_request(tk.gpa, int(tk.access), tk.tag)
             self._driven_req = tk
             self._inputs = (True, self._req_raw, True, False, 0, False, 0)
             st = self._status
@@ -533,11 +574,13 @@ class VerilatorHarness:
 
     def _run_compiled(self, until: int, first_half_done: int) -> None:
         st = self._status
-        st.hook_wake = min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER)
+        st.hook_wake = self._next_hook_wake()
         self._update_direct()
         stopped = self._lib.sim_run(self._h, until, first_half_done)
         self._sync_reads()
         self.cycle = st.cycle
+        if stopped == 4:
+            self._hooks_ran = self.cycle
         if stopped == 2:
             e, self._callback_error = self._callback_error, None
             raise e

@@ -56,6 +56,12 @@ typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data
 typedef int (*accept_fn)(uint64_t cycle);
 typedef int (*respond_fn)(uint64_t cycle, uint32_t w0, uint32_t w1, uint32_t w2);
 
+// Python runs the between-cycle hooks due at the start of `cycle` (the first
+// step of that cycle's first half) and updates hook_wake; returns 0 when the
+// rest of the first half would change nothing Python drives (the loop goes
+// on), 1 when Python must run it (a hook queued an INVEPT, say), 2: raised.
+typedef int (*hooks_fn)(uint64_t cycle);
+
 // Never: no head access waiting to be performed.
 constexpr uint64_t NEVER = ~(uint64_t)0;
 
@@ -91,6 +97,7 @@ struct Sim {
     perform_fn perform = nullptr;
     accept_fn on_accept = nullptr;
     respond_fn on_response = nullptr;
+    hooks_fn on_hooks = nullptr;
     VerilatedContext* ctx;
     Vpwu* top;
     // DRAM timing (sim/dram.py semantics)
@@ -251,11 +258,13 @@ void sim_free(void* p) {
     delete s;
 }
 
-void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond_fn on_response) {
+void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond_fn on_response,
+                       hooks_fn on_hooks) {
     Sim* s = (Sim*)p;
     s->perform = perform;
     s->on_accept = on_accept;
     s->on_response = on_response;
+    s->on_hooks = on_hooks;
 }
 Status* sim_status(void* p) { return &((Sim*)p)->st; }
 
@@ -320,9 +329,10 @@ void sim_dram_stats(void* p, uint64_t* out) {
 }
 
 // Clock quiet cycles until `until`.  Stops at the start of a cycle that needs
-// Python and returns 1 (Python then runs that cycle), or returns 0 at `until`,
-// or 3 right after an edge whose handshake Python must look at (2: a callback
-// raised).  A due DRAM access and the bookkeeping of a handshake go through
+// Python and returns 1 (Python then runs that cycle), or 4 (the same, its
+// hooks already run), or returns 0 at `until`, or 3 right after an edge whose
+// handshake Python must look at (2: a callback raised).  Due hooks run from a
+// callback.  A due DRAM access and the bookkeeping of a handshake go through
 // callbacks, which cost far less than leaving the loop.
 // A plain read is performed here when it can (perform_direct), else by the
 // perform callback.
@@ -335,7 +345,12 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
     Sim* s = (Sim*)p;
     Vpwu* t = s->top;
     while (s->st.cycle < until) {
-        if (s->st.cycle >= s->st.hook_wake && s->st.cycle != first_half_done) return 1;
+        if (s->st.cycle >= s->st.hook_wake && s->st.cycle != first_half_done) {
+            if (!s->on_hooks) return 1;
+            int r = s->on_hooks(s->st.cycle);
+            if (r == 2) return 2;
+            if (r == 1) return 4;       // the hooks ran: Python runs the rest of this first half
+        }
         if (!s->queue.empty()) {
             Req& h = s->queue.front();
             if (s->st.cycle >= h.due && !h.done && !perform_direct(s, h)) {
