@@ -60,6 +60,8 @@ class PhysicalMemory:
 
     @staticmethod
     def _check_value(value: int, what: str = "value") -> None:
+        if type(value) is int and 0 <= value <= WORD_MASK:
+            return                  # the common case in one test
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= WORD_MASK:
             raise MemoryAccessError(f"{what} {value!r} is not a 64-bit unsigned integer")
 
@@ -68,7 +70,7 @@ class PhysicalMemory:
         """Read without counting (for checkers and debug dumps)."""
         self._check(addr)
         frame = self._frames.get(addr >> 12)
-        return 0 if frame is None else int(frame[(addr & 0xFFF) >> 3])
+        return 0 if frame is None else frame.item((addr & 0xFFF) >> 3)    # a Python int
 
     def read(self, addr: int) -> int:
         v = self.peek(addr)
@@ -88,7 +90,7 @@ class PhysicalMemory:
             for watcher in self._frame_watchers:
                 watcher(fn, frame)
         i = (addr & 0xFFF) >> 3
-        old = int(frame[i])
+        old = frame.item(i)
         frame[i] = value
         for obs in self._observers:
             obs(addr, old, value, source)
