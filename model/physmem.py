@@ -134,8 +134,8 @@ class PhysicalMemory:
         if frame is None:
             return
         if self._observers:
-            for i in np.flatnonzero(frame):
-                self._store(pa + 8 * int(i), 0, source)
+            for i in np.flatnonzero(frame).tolist():       # Python ints
+                self._store(pa + 8 * i, 0, source)
         del self._frames[pa >> 12]
         for watcher in self._frame_watchers:
             watcher(pa >> 12, None)

@@ -221,8 +221,8 @@ class Host:
             saved = self.swap.get(page)
             if saved is not None:
                 self.stats.swapins += 1
-                for i in np.flatnonzero(saved):
-                    self.memory.write(frame + 8 * int(i), int(saved[i]), source="host")
+                for i in np.flatnonzero(saved).tolist():
+                    self.memory.write(frame + 8 * i, saved.item(i), source="host")
             self.resident[page] = frame
             self.owner[frame] = page
             self.clock.append(frame)
