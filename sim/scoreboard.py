@@ -108,13 +108,6 @@ def _verdict_values(values: list[int]) -> list[int]:
     return keep
 
 
-class _Branch(Exception):
-    """A walk read an entry that held several values in the window: explore each."""
-
-    def __init__(self, addr, values):
-        self.addr, self.values = addr, values
-
-
 class Scoreboard:
     def __init__(self, history: MemoryHistory, config: EptConfig = EptConfig(), limit: int = 50):
         self.history = history
@@ -186,6 +179,7 @@ class Scoreboard:
 
         def explore(fixed: dict[int, int]):
             nonlocal found
+            branches = []       # (entry, its values, what was fixed before it), as met
 
             def read(addr: int) -> int:
                 if addr not in fixed:
@@ -193,19 +187,23 @@ class Scoreboard:
                     if len(values) > 1:
                         values = _verdict_values(values)
                         if len(values) > 1:
-                            raise _Branch(addr, values)
+                            branches.append((addr, values, dict(fixed)))
                     fixed[addr] = values[0]
                 return fixed[addr]
-            try:
-                result = walk(read, t.eptp, t.gpa, t.access, self.config)
-            except _Branch as b:
-                for v in b.values:
-                    if found >= limit:
-                        return
-                    yield from explore({**fixed, b.addr: v})
+            # The walk takes the first value wherever an entry held several: that
+            # is the first candidate of the depth-first order (oldest values
+            # first); then every other value, the entry met last varying fastest.
+            # (One walk per candidate: none is started only to find a branch.)
+            result = walk(read, t.eptp, t.gpa, t.access, self.config)
+            if branches and found >= limit:
                 return
             found += 1
             yield result
+            for addr, values, before in reversed(branches):
+                for v in values[1:]:
+                    if found >= limit:
+                        return
+                    yield from explore({**before, addr: v})
 
         return explore({})
 
