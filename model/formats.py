@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "PAGE_SIZE", "PAGE_4K", "PAGE_2M", "PAGE_1G", "ENTRIES_PER_TABLE",
     "EPT_R", "EPT_W", "EPT_X", "EPT_RWX", "EPT_MEMTYPE_SHIFT", "EPT_MEMTYPE_MASK",
     "EPT_IGNORE_PAT", "EPT_LEAF", "EPT_A", "EPT_D", "EPT_UX", "EPT_PVLIST", "EPT_WIRED",
     "EPT_SUPPRESS_VE",
-    "MemType", "VALID_MEMTYPES", "Access", "Outcome", "Level",
+    "MemType", "VALID_MEMTYPES", "Access", "Outcome", "Level", "as_level",
     "EptConfig", "Eptp", "EptpError",
     "addr_mask", "frame_mask", "gpa_index", "entry_memtype", "entry_is_leaf",
     "reserved_mask", "make_table_entry", "make_leaf_entry", "describe_entry",
@@ -113,6 +114,12 @@ class Level(enum.IntEnum):
         return self in (Level.PTE, Level.PDE, Level.PDPTE)
 
 
+def as_level(level: Level | int) -> Level:
+    """``Level(level)``; skips the enum call when ``level`` already is one
+    (the walk asks on every entry, and an enum call costs more than the rest)."""
+    return level if type(level) is Level else Level(level)
+
+
 @dataclass(frozen=True)
 class EptConfig:
     """Processor parameters the EPT rules depend on."""
@@ -141,7 +148,7 @@ def frame_mask(maxphyaddr: int) -> int:
 
 def gpa_index(gpa: int, level: Level | int) -> int:
     """The 9-bit index of ``gpa`` into a table at ``level``."""
-    return (gpa >> Level(level).shift) & 0x1FF
+    return (gpa >> as_level(level).shift) & 0x1FF
 
 
 def entry_memtype(entry: int) -> int:
@@ -149,7 +156,7 @@ def entry_memtype(entry: int) -> int:
 
 
 def entry_is_leaf(entry: int, level: Level | int) -> bool:
-    level = Level(level)
+    level = as_level(level)
     if level == Level.PTE:
         return True
     if level == Level.PML4E:
@@ -157,6 +164,7 @@ def entry_is_leaf(entry: int, level: Level | int) -> bool:
     return bool(entry & EPT_LEAF)
 
 
+@lru_cache(maxsize=None)      # a handful of distinct arguments; asked on every entry walked
 def reserved_mask(level: Level | int, leaf: bool, maxphyaddr: int) -> int:
     """Reserved (must-be-zero) bits of a present entry at ``level``.
 

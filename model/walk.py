@@ -117,7 +117,8 @@ def walk(memory: Union[PhysicalMemory, ReadFn], eptp: Eptp, gpa: int, access: Ac
          config: EptConfig = EptConfig()) -> Translation:
     """Walk the tables of ``eptp`` for ``gpa`` without writing anything."""
     _check_gpa(gpa)
-    access = Access(access)
+    if type(access) is not Access:        # the enum call costs as much as a level walked
+        access = Access(access)
     read = _read_fn(memory)
     fmask = frame_mask(config.maxphyaddr)
     table = eptp.pml4_pa

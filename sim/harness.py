@@ -49,6 +49,11 @@ HW_OUTCOME = {
     HwOutcome.REFUSED: None,
 }
 PAGE_SIZES = {PageSize.SIZE_4K: 1 << 12, PageSize.SIZE_2M: 1 << 21, PageSize.SIZE_1G: 1 << 30}
+# the same by raw field value: _fill runs on every response, and an Amaranth
+# enum call costs more than the rest of it
+_OUTCOME_BY_RAW = {o.value: HW_OUTCOME[o] for o in HwOutcome}
+_REFUSED_RAW = HwOutcome.REFUSED.value
+_PAGE_SIZE_BY_RAW = {p.value: n for p, n in PAGE_SIZES.items()}
 
 
 _UNSET = object()      # "nothing driven yet": forces the next ctx.set
@@ -288,17 +293,22 @@ class PysimHarness:
             self.cycle += 1
 
     def _fill(self, t: Ticket, raw: int) -> None:
-        f = lambda name: _TRESP.get(raw, name)
-        hw_outcome = HwOutcome(f("outcome"))
+        f = _TRESP.get
+        code = f(raw, "outcome")
+        if code not in _OUTCOME_BY_RAW:
+            HwOutcome(code)         # raises, naming the value
         t.answered = self.cycle
-        t.retries = f("retries")
-        t.level = f("level") + 1
-        t.outcome = HW_OUTCOME[hw_outcome]
-        t.refused = hw_outcome == HwOutcome.REFUSED
+        t.retries = f(raw, "retries")
+        t.level = f(raw, "level") + 1
+        t.outcome = _OUTCOME_BY_RAW[code]
+        t.refused = code == _REFUSED_RAW
         if t.outcome is Outcome.OK:
-            t.hpa, t.page_size, t.memtype = f("hpa"), PAGE_SIZES[PageSize(f("page_size"))], f("memtype")
+            size = f(raw, "page_size")
+            if size not in _PAGE_SIZE_BY_RAW:
+                PageSize(size)      # raises, naming the value
+            t.hpa, t.page_size, t.memtype = f(raw, "hpa"), _PAGE_SIZE_BY_RAW[size], f(raw, "memtype")
         elif t.outcome is Outcome.VIOLATION:
-            t.qual = f("qual")
+            t.qual = f(raw, "qual")
 
     # -- driving time -------------------------------------------------------------
     def step(self, n: int = 1) -> None:
@@ -340,7 +350,7 @@ class PysimHarness:
         return {name: _PERF.get(self._counters_raw, name) for name in PERF_EVENTS}
 
     def submit(self, gpa: int, access: Access) -> Ticket:
-        t = Ticket(gpa, Access(access), submitted=self.cycle)
+        t = Ticket(gpa, access if type(access) is Access else Access(access), submitted=self.cycle)
         self.pending.append(t)
         return t
 

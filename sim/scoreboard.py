@@ -18,6 +18,7 @@ the request was in flight; ``REFUSED`` only if no valid EPTP was loaded.
 from __future__ import annotations
 
 from bisect import bisect_right
+from math import inf
 
 from model.formats import EPT_A, EPT_D, Access, EptConfig, Outcome
 from model.physmem import PhysicalMemory
@@ -39,35 +40,42 @@ class MemoryHistory:
 
     def _on_store(self, addr: int, old: int, new: int, source: str) -> None:
         self.seq += 1
-        self._log.setdefault(addr, []).append((self.seq, old, new))
+        h = self._log.get(addr)
+        if h is None:
+            self._log[addr] = [(self.seq, old, new)]
+        else:
+            h.append((self.seq, old, new))
 
+    # An entry (seq, old, new) is stored at or before ``seq`` iff it sorts
+    # before (seq, inf): bisect on the tuples themselves, no key function.
     def value_at(self, addr: int, seq: int) -> int:
         """The word at ``addr`` after the stores numbered up to ``seq``."""
         h = self._log.get(addr)
         if not h:
             return self.memory.peek(addr)
-        i = bisect_right(h, seq, key=lambda e: e[0])
+        i = bisect_right(h, (seq, inf))
         return h[0][1] if i == 0 else h[i - 1][2]
 
     def values_in(self, addr: int, lo: int, hi: int) -> list[int]:
         """Every value the word at ``addr`` held from after store ``lo`` to
         after store ``hi``, oldest first, without repeats."""
-        values = [self.value_at(addr, lo)]
         h = self._log.get(addr)
-        if h:
-            i = bisect_right(h, lo, key=lambda e: e[0])
-            for seq, _, new in h[i:]:
-                if seq > hi:
-                    break
-                if new not in values:
-                    values.append(new)
+        if not h:
+            return [self.memory.peek(addr)]
+        i = bisect_right(h, (lo, inf))
+        values = [h[0][1] if i == 0 else h[i - 1][2]]
+        for seq, _, new in h[i:]:
+            if seq > hi:
+                break
+            if new not in values:
+                values.append(new)
         return values
 
     def prune(self, keep_from: int) -> None:
         """Forget what no request at or after ``keep_from`` can need."""
         for addr in list(self._log):
             h = self._log[addr]
-            i = bisect_right(h, keep_from, key=lambda e: e[0])
+            i = bisect_right(h, (keep_from, inf))
             if i == len(h):
                 del self._log[addr]       # the memory itself holds the last value
             elif i > 1:
@@ -87,11 +95,17 @@ def format_result(outcome, hpa=None, page_size=None, memtype=None, qual=None) ->
     return outcome.value
 
 
-class _Branch(Exception):
-    """A walk read an entry that held several values in the window: explore each."""
-
-    def __init__(self, addr, values):
-        self.addr, self.values = addr, values
+def _verdict_values(values: list[int]) -> list[int]:
+    """The values of an entry that a walk can tell apart: of those equal but
+    for A/D, the first (a walk's verdict ignores A/D bits, as the memo below
+    relies on too: exploring the others would only repeat a candidate)."""
+    seen, keep = set(), []
+    for v in values:
+        k = v & ~(EPT_A | EPT_D)
+        if k not in seen:
+            seen.add(k)
+            keep.append(v)
+    return keep
 
 
 class Scoreboard:
@@ -152,7 +166,8 @@ class Scoreboard:
     def candidates(self, t: Ticket, *, cached: bool = False, limit: int = 256) -> list[Translation]:
         """Reference walks for every memory state the request could have seen.
 
-        Each entry the walk reads may hold any value it had in the window:
+        Each entry the walk reads may hold any value it had in the window
+        (values differing only in A/D count once: they give the same walk):
         from the request handshake (or, with ``cached``, from the last INVEPT
         covering the context: a TLB or paging-structure cache may keep what
         it saw since) to the response.  Entries are chosen independently,
@@ -171,24 +186,31 @@ class Scoreboard:
 
         def explore(fixed: dict[int, int]):
             nonlocal found
+            branches = []       # (entry, its values, what was fixed before it), as met
 
             def read(addr: int) -> int:
                 if addr not in fixed:
                     values = h.values_in(addr, lo, hi)
                     if len(values) > 1:
-                        raise _Branch(addr, values)
+                        values = _verdict_values(values)
+                        if len(values) > 1:
+                            branches.append((addr, values, dict(fixed)))
                     fixed[addr] = values[0]
                 return fixed[addr]
-            try:
-                result = walk(read, t.eptp, t.gpa, t.access, self.config)
-            except _Branch as b:
-                for v in b.values:
-                    if found >= limit:
-                        return
-                    yield from explore({**fixed, b.addr: v})
+            # The walk takes the first value wherever an entry held several: that
+            # is the first candidate of the depth-first order (oldest values
+            # first); then every other value, the entry met last varying fastest.
+            # (One walk per candidate: none is started only to find a branch.)
+            result = walk(read, t.eptp, t.gpa, t.access, self.config)
+            if branches and found >= limit:
                 return
             found += 1
             yield result
+            for addr, values, before in reversed(branches):
+                for v in values[1:]:
+                    if found >= limit:
+                        return
+                    yield from explore({**before, addr: v})
 
         return explore({})
 

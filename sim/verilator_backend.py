@@ -9,10 +9,16 @@ by the ``hw/`` sources and the parameters skips regenerating the Verilog when
 nothing changed (generation alone takes ~10 s).
 
 Running: the C++ side owns the DRAM model's timing and runs the clock on its
-own; it calls back into Python to perform a due DRAM access on the memory
-contents and for the bookkeeping of a translate request or response taken,
-and returns to Python when a hook is due, after a response, and when Python's
-inputs would change (a new request, an EPTP load or INVEPT, a counter read).
+own.  It performs a due plain read itself, on PhysicalMemory's frames (a
+table of their numpy storage, kept current through
+``PhysicalMemory.watch_frames``; the read counters are brought up to date
+whenever control returns to Python), unless bus errors are injected; it calls
+back into Python to perform a CAS (it stores, and the scoreboard's history
+observes stores) or any access while errors are injected, and for the
+bookkeeping of a translate request or response taken, and to run the
+between-cycle hooks when one is due; it returns to Python after a response,
+and when Python's inputs would change (a new request, an EPTP load or
+INVEPT, a counter read, also when queued by a hook).
 :class:`VerilatorHarness` runs those cycles, and every cycle when a per-cycle
 random draw is needed, with the same steps and in the same order as
 :class:`~sim.harness.PysimHarness`, so both give the same results cycle for
@@ -60,6 +66,19 @@ TRACE_VERILATOR_FLAGS = ["--trace-fst"]
 TRACE_LIBS = ["-lz", "-llz4"]
 _UNSET = object()
 NEVER = (1 << 64) - 1
+
+
+def _request_packer():
+    """_TREQ.pack(gpa=, access=, tag=) with the offsets looked up once (every request)."""
+    (g_off, g_mask), (a_off, a_mask), (t_off, t_mask) = (_TREQ._f[n] for n in ("gpa", "access", "tag"))
+
+    def pack(gpa: int, access: int, tag: int) -> int:
+        return (gpa & g_mask) << g_off | (access & a_mask) << a_off | (tag & t_mask) << t_off
+    return pack
+
+
+_pack_request = _request_packer()
+_TAG_OFF, _TAG_MASK = _TRESP._f["tag"]
 
 
 # -- the toolchain and the build cache -------------------------------------------------
@@ -211,10 +230,19 @@ def _check_trace_headers() -> None:
 
 
 class Status(ctypes.Structure):
-    """driver.cpp's Status, shared: reading it costs no call into C."""
+    """driver.cpp's Status, shared: reading it, and setting the inputs in it,
+    costs no call into C."""
     _fields_ = [("cycle", ctypes.c_uint64), ("hook_wake", ctypes.c_uint64),
                 ("flags", ctypes.c_uint8 * 8), ("tresp", ctypes.c_uint32 * 3),
-                ("queue_len", ctypes.c_uint32)]
+                ("queue_len", ctypes.c_uint32), ("direct_reads", ctypes.c_uint64),
+                ("head_due", ctypes.c_uint64),
+                ("in_treq_payload", ctypes.c_uint64), ("in_eptp_value", ctypes.c_uint64),
+                ("in_invept_payload", ctypes.c_uint64),
+                ("in_dirty", ctypes.c_uint8), ("in_treq_valid", ctypes.c_uint8),
+                ("in_tresp_ready", ctypes.c_uint8), ("in_eptp_load", ctypes.c_uint8),
+                ("in_invept_valid", ctypes.c_uint8), ("stall", ctypes.c_uint8),
+                ("staged", ctypes.c_uint8),
+                ("staged_from", ctypes.c_uint64), ("staged_payload", ctypes.c_uint64)]
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -223,6 +251,7 @@ PERFORM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctype
 ACCEPT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
 RESPOND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
                               ctypes.c_uint32)
+HOOKS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -234,16 +263,16 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_new": ([I, I, I, U64, U64, I], P),
             "sim_free": ([P], None),
             "sim_status": ([P], ctypes.POINTER(Status)),
-            "sim_set_inputs": ([P, I, U64, I, I, U64, I, U64], None),
-            "sim_drive_dram": ([P, I], I),
+            "sim_perform_due": ([P], I),
             "sim_head": ([P, ctypes.POINTER(U64)], None),
             "sim_perform": ([P, U64, I], None),
             "sim_edge": ([P], None),
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64, U64], I),
-            "sim_stage_request": ([P, U64, U64], None),
-            "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN], None),
+            "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN, HOOKS_FN], None),
+            "sim_map_frame": ([P, U64, P], None),
+            "sim_set_direct": ([P, I, U64], None),
             "sim_trace_open": ([P, ctypes.c_char_p], I),
             "sim_got_error": ([P], I),
             "sim_trace_close": ([P], None),
@@ -261,11 +290,11 @@ class VerilatorHarness:
 
     Public calls that do not touch the clock are PysimHarness's own
     functions (borrowed below), so the two cannot drift apart.
-    ``run_until`` evaluates its predicate after every cycle Python runs, every
-    hook call and every translate response, but not after the other cycles
-    the compiled side runs alone (a request taken is a callback, not a
-    stop): wait for responses or EPTP loads, and use :meth:`step` for a
-    number of cycles.
+    ``run_until`` evaluates its predicate after every cycle Python runs and
+    every translate response, but not after the other cycles the compiled
+    side runs alone (a request taken or a hook call is a callback, not a
+    stop, unless the hook queued something Python must drive): wait for
+    responses or EPTP loads, and use :meth:`step` for a number of cycles.
     """
 
     submit = PysimHarness.submit
@@ -331,11 +360,40 @@ class VerilatorHarness:
         self._head = (ctypes.c_uint64 * 4)()
         self.python_cycles = 0          # edges Python ran itself (the rest ran compiled)
         self._callback_error: BaseException | None = None
+        self._hooks_ran = -1            # the cycle whose hooks the compiled loop had run
         self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
-                           RESPOND_FN(self._respond_in_run))    # kept alive with the harness
+                           RESPOND_FN(self._respond_in_run),
+                           HOOKS_FN(self._hooks_in_run))        # kept alive with the harness
         lib.sim_set_callbacks(self._h, *self._callbacks)
         if self.wave is not None and lib.sim_trace_open(self._h, str(self.wave).encode()):
             raise OSError(f"cannot write the waveform {self.wave}")
+        # plain reads are performed by the compiled side on the frames' own storage
+        self._direct = None
+        self._direct_synced = 0         # direct reads already added to the read counters
+        self._frame_watch = self._map_frame
+        memory.watch_frames(self._frame_watch)
+
+    def _map_frame(self, frame: int, words) -> None:
+        # the storage's address (as words.ctypes.data, at a third of its cost)
+        addr = None if words is None else ctypes.addressof(ctypes.c_char.from_buffer(words))
+        self._lib.sim_map_frame(self._h, frame, addr)
+
+    def _update_direct(self) -> None:
+        """Let the compiled side perform plain reads unless a bus error may be
+        injected (as Dram._perform: by address or with a probability)."""
+        c = self._dram.config
+        direct = not (c.error_probability or c.error_addrs)
+        if direct is not self._direct:
+            self._lib.sim_set_direct(self._h, direct, self.memory.limit)
+            self._direct = direct
+
+    def _sync_reads(self) -> None:
+        """Count the reads the compiled side performed, as Dram._perform would have."""
+        n = self._status.direct_reads - self._direct_synced
+        if n:
+            self._direct_synced += n
+            self._dram.reads += n
+            self.memory.reads += n
 
     @property
     def dram(self) -> Dram:
@@ -345,26 +403,33 @@ class VerilatorHarness:
             s = (ctypes.c_uint64 * 4)()
             self._lib.sim_dram_stats(self._h, s)
             d.row_hits, d.row_misses, d.stall_cycles = s[0], s[1], s[2]
+            self._sync_reads()
             d.cycle = self.cycle
         return d
 
     # -- one cycle in Python: the two halves of PysimHarness._world's loop ------------------
     def _first_half(self) -> None:
         lib, h = self._lib, self._h
-        run_hooks(self.hooks, self._hook_wake, self.cycle)
+        if self._hooks_ran != self.cycle:
+            run_hooks(self.hooks, self._hook_wake, self.cycle)
         d = self._dram
         p = d.config.stall_probability
-        # as Dram.drive: a stall is drawn only while the queue has room
-        stall = bool(p and self._status.queue_len < d.config.max_outstanding and d.rng.random() < p)
-        if lib.sim_drive_dram(h, stall):
-            lib.sim_head(h, self._head)
-            req = self._perform(*self._head, self.cycle)
-            lib.sim_perform(h, req.result, req.error)
+        st = self._status
+        if p:
+            # as Dram.drive: a stall is drawn only while the queue has room
+            st.stall = st.queue_len < d.config.max_outstanding and d.rng.random() < p
+        if st.head_due <= self.cycle:       # Dram.drive performs the due access now
+            self._update_direct()
+            if lib.sim_perform_due(h):      # not a read the compiled side may do
+                lib.sim_head(h, self._head)
+                req = self._perform(*self._head, self.cycle)
+                lib.sim_perform(h, req.result, req.error)
+            self._sync_reads()
         tk = self.pending[0] if self.pending and self.free_tags else None
         if tk is not self._driven_req:
             if tk is not None:
                 tk.tag = self.free_tags[0]
-                self._req_raw = _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag)
+                self._req_raw = _pack_request(tk.gpa, int(tk.access), tk.tag)
             self._driven_req = tk
         resp_ready = not (self.resp_stall_probability and
                           self.rng.random() < self.resp_stall_probability)
@@ -377,9 +442,17 @@ class VerilatorHarness:
                   load is not None, load[0] if load else 0,
                   inv is not None, _INV.pack(kind=inv[0], tag=inv[1]) if inv else 0)
         if inputs != self._inputs:
-            lib.sim_set_inputs(h, *inputs)
-            self._inputs = inputs
+            self._set_inputs(inputs)
         self._cur = (tk, resp_ready, load, inv)
+
+    def _set_inputs(self, inputs: tuple) -> None:
+        """Drive the unit's inputs from the next settle on (shared memory, no call)."""
+        st = self._status
+        (st.in_treq_valid, st.in_treq_payload, st.in_tresp_ready, st.in_eptp_load,
+         st.in_eptp_value, st.in_invept_valid, st.in_invept_payload) = inputs
+        st.staged = 0
+        st.in_dirty = 1
+        self._inputs = inputs
 
     def _perform(self, op: int, addr: int, compare: int, data: int, cycle: int) -> DramRequest:
         """The access itself, on the memory contents, exactly as pysim's DRAM does it."""
@@ -415,6 +488,27 @@ class VerilatorHarness:
             self._callback_error = e
             return 2
 
+    def _hooks_in_run(self, cycle) -> int:
+        """The first step of this cycle's first half, from the compiled loop."""
+        try:
+            self.cycle = cycle
+            flags = self._status.flags          # as Python knows them after the last edge
+            self.eptp_valid, self.eptp_error = bool(flags[2]), bool(flags[3])
+            run_hooks(self.hooks, self._hook_wake, cycle)
+            if not self._quiet():
+                return 1                        # Python runs the rest of this first half
+            self._status.hook_wake = self._next_hook_wake()
+            return 0
+        except BaseException as e:
+            self._callback_error = e
+            return 2
+
+    def _next_hook_wake(self) -> int:
+        hooks, wake = self.hooks, self._hook_wake
+        if len(hooks) == 1:                     # the usual case: the host agent
+            return wake.get(hooks[0], 0)
+        return min([wake.get(k, 0) for k in hooks], default=NEVER)
+
     def _respond_in_run(self, cycle, w0, w1, w2) -> int:
         try:
             self.cycle = cycle
@@ -435,7 +529,7 @@ class VerilatorHarness:
         self._driven_req = _UNSET
 
     def _complete(self, raw: int) -> None:
-        done = self.inflight.pop(_TRESP.get(raw, "tag"))
+        done = self.inflight.pop((raw >> _TAG_OFF) & _TAG_MASK)
         self.free_tags.append(done.tag)
         self._fill(done, raw)
         done.seq_end = self.store_seq()
@@ -456,10 +550,8 @@ class VerilatorHarness:
                 t.errors_seen += 1
             event = True
         if inv is not None:
-            if inv[0] == InveptKind.GLOBAL.value:
-                self._inv_global = inv[2]
-            else:
-                self._inv_by_tag[inv[1]] = inv[2]
+            self._invept_taken(inv)
+            self._set_inputs(self._inputs[:5] + (False, 0))     # a one-cycle strobe
         if tk is not None and treq_ready:
             self._accept(tk)
             event = True
@@ -483,6 +575,13 @@ class VerilatorHarness:
         self.python_cycles += 1
         self._event = event
 
+    def _invept_taken(self, inv: tuple) -> None:
+        """An INVEPT takes effect at this cycle's edge (before a request taken at it)."""
+        if inv[0] == InveptKind.GLOBAL.value:
+            self._inv_global = inv[2]
+        else:
+            self._inv_by_tag[inv[1]] = inv[2]
+
     def _quiet(self) -> bool:
         """Would Python's next first half leave every input as it is and draw nothing?"""
         tk = self.pending[0] if self.pending and self.free_tags else None
@@ -491,9 +590,10 @@ class VerilatorHarness:
 
     def _plain(self) -> bool:
         """May the compiled loop run this cycle's edge (its first half done by Python)?
-        Not with an EPTP load or INVEPT strobe, a load's result to sample, the
-        counters to read, or a per-cycle random draw."""
-        return (self._cur[2] is None and self._cur[3] is None and not self._loaded
+        Not with an EPTP load strobe, a load's result to sample, the counters
+        to read, or a per-cycle random draw.  An INVEPT strobe it may: the
+        loop drops it after the edge, as Python's next first half would."""
+        return (self._cur[2] is None and not self._loaded
                 and not self._want_counters and not self.resp_stall_probability
                 and not self._dram.config.stall_probability)
 
@@ -506,17 +606,24 @@ class VerilatorHarness:
                 and not self._eptp_loads and not self._invepts):
             tk = self.pending[0]
             tk.tag = self.free_tags[0]
-            self._req_raw = _TREQ.pack(gpa=tk.gpa, access=int(tk.access), tag=tk.tag)
+            self._req_raw = _pack_request(tk.gpa, int(tk.access), tk.tag)
             self._driven_req = tk
             self._inputs = (True, self._req_raw, True, False, 0, False, 0)
-            self._lib.sim_stage_request(self._h, self.cycle + 1, self._req_raw)
+            st = self._status
+            st.staged_from = self.cycle + 1
+            st.staged_payload = self._req_raw
+            st.staged = 1
 
     def _run_compiled(self, until: int, first_half_done: int) -> None:
         st = self._status
-        st.hook_wake = min((self._hook_wake.get(k, 0) for k in self.hooks), default=NEVER)
+        st.hook_wake = self._next_hook_wake()
+        self._update_direct()
         stopped = self._lib.sim_run(self._h, until, first_half_done)
+        self._sync_reads()
         self.cycle = st.cycle
         if stopped == 4:
+            self._hooks_ran = self.cycle
+        if stopped == 5:
             raise AssertionError(f"cycle {self.cycle - 1}: the unit's protocol checks (hw/checks.py) "
                                  f"failed; Verilator printed which above")
         if stopped == 2:
@@ -537,6 +644,10 @@ class VerilatorHarness:
         if self._plain():
             # this edge and the quiet cycles after it run compiled; stop after
             # this edge if Python's next first half would change an input
+            inv = self._cur[3]
+            if inv is not None:
+                self._invept_taken(inv)
+                self._inputs = self._inputs[:5] + (False, 0)    # the loop drops the strobe
             self._stage_request()
             self._run_compiled(until if self._quiet() else c + 1, c)
             if self.cycle == c:          # not even this edge (a bus error to count)
@@ -565,6 +676,7 @@ class VerilatorHarness:
         if not self._h:
             return None
         self.dram        # keep the final statistics
+        self.memory.unwatch_frames(self._frame_watch)
         self._lib.sim_free(self._h)      # closes the FST
         self._h = None
         if self.wave is None:

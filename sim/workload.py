@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import numpy as np
 
@@ -103,6 +104,9 @@ class GuestLayout:
         return self._prot.get(gpa & ~(PAGE_SIZE - 1), VM_PROT_NONE)
 
 
+_ACCESSES = (Access.READ, Access.WRITE, Access.FETCH)
+
+
 class Guest:
     """The access stream: a drifting hot set, sequential runs and uniform noise.
 
@@ -115,6 +119,7 @@ class Guest:
         self.opts = opts
         self.rng = random.Random(opts.seed)
         self.count = 0
+        self._mix = self._cum_mix = None
         self._hot: dict[bool, list[int]] = {}
         self._last: dict[bool, int] = {}     # code? -> index of the last page in its pool
         self._move_hot_set()
@@ -133,7 +138,9 @@ class Guest:
         if self.count and self.count % o.phase == 0:
             self._move_hot_set()
         self.count += 1
-        access = self.rng.choices((Access.READ, Access.WRITE, Access.FETCH), weights=o.mix)[0]
+        if self._mix is not o.mix:        # choices(weights=w) is choices(cum_weights=accumulate(w))
+            self._mix, self._cum_mix = o.mix, list(accumulate(o.mix))
+        access = self.rng.choices(_ACCESSES, cum_weights=self._cum_mix)[0]
         code = access is Access.FETCH
         pool = self.layout.code_pages if code else self.layout.data_pages
         r = self.rng.random()
@@ -214,8 +221,8 @@ class Host:
             saved = self.swap.get(page)
             if saved is not None:
                 self.stats.swapins += 1
-                for i in np.flatnonzero(saved):
-                    self.memory.write(frame + 8 * int(i), int(saved[i]), source="host")
+                for i in np.flatnonzero(saved).tolist():
+                    self.memory.write(frame + 8 * i, saved.item(i), source="host")
             self.resident[page] = frame
             self.owner[frame] = page
             self.clock.append(frame)
@@ -281,6 +288,8 @@ class HostAgent:
     """
 
     OPS = (("clear_reference", 0.55), ("clear_modify", 0.2), ("protect", 0.15), ("evict", 0.1))
+    _OP_NAMES = [o for o, _ in OPS]
+    _OP_CUM = list(accumulate(w for _, w in OPS))     # what choices(weights=) accumulates
 
     def __init__(self, host: Host, rate: float, seed: int):
         self.host = host
@@ -322,7 +331,7 @@ class HostAgent:
         frame = host.resident.get(page)
         if frame is None:
             return
-        op = self.rng.choices([o for o, _ in self.OPS], weights=[w for _, w in self.OPS])[0]
+        op = self.rng.choices(self._OP_NAMES, cum_weights=self._OP_CUM)[0]
         if op == "clear_reference":
             host.pages.clear_reference(frame)
         elif op == "clear_modify":

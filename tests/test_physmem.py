@@ -208,6 +208,36 @@ def test_zero_frame_and_read_frame():
     assert not mem.read_frame(0x8000).any()
 
 
+def test_watch_frames_sees_each_frame_storage():
+    """A watcher gets every frame's live storage (existing ones at once) and
+    hears when one is dropped: enough to mirror the contents outside Python."""
+    mem = PhysicalMemory()
+    mem.write(0x3000, 5)
+    mirror = {}
+
+    def watch(fn, words):
+        if words is None:
+            del mirror[fn]
+        else:
+            mirror[fn] = words
+    mem.watch_frames(watch)
+    assert set(mirror) == {3}
+    mem.write(0x5008, 7)
+    mem.cas(0x3000, 5, 6)
+    mem.swap(0x5010, 8)
+    mem.write(0x9000, 0)                  # a zero store to an untouched frame creates none
+    assert set(mirror) == {3, 5}
+    for a in (0x3000, 0x5008, 0x5010, 0x5018):
+        assert int(mirror[a >> 12][(a & 0xFFF) >> 3]) == mem.peek(a)
+    mem.zero_frame(0x5000)
+    assert set(mirror) == {3}
+    mem.write(0x5000, 9)                  # a new storage for the same frame
+    assert int(mirror[5][0]) == 9
+    mem.unwatch_frames(watch)
+    mem.zero_frame(0x3000)
+    assert set(mirror) == {3, 5}
+
+
 # --------------------------------------------------------------------------
 # FrameAllocator
 # --------------------------------------------------------------------------

@@ -2,16 +2,21 @@
 //
 // It owns the Verilated PageWalkUnit and the DRAM model's *timing* (queue,
 // due cycles, open rows, max_outstanding, in-order responses); the memory
-// *contents* stay in Python.  sim_run() clocks the unit without Python for as
-// long as nothing needs it: it stops at the start of a cycle in which a hook
-// is due, a DRAM access becomes due (Python performs it on PhysicalMemory), or
-// a handshake Python must see would happen (translate request or response, a
-// memory response carrying a bus error).  Python then runs that cycle itself
-// through sim_drive_dram() / sim_set_inputs() / sim_edge(), which are the same
-// steps sim_run() takes, so both paths give the same cycle for cycle.
+// *contents* stay in Python (PhysicalMemory), whose frames it reads directly
+// through a table of their storage.  It performs plain reads itself when no
+// bus error can be injected; Python performs CASes (they store and feed the
+// scoreboard's history), and every access while errors are injected, from a
+// callback.  sim_run() clocks the unit without Python for as long as nothing
+// needs it: it stops at the start of a cycle in which a hook is due, or a
+// handshake Python must see would happen (translate request or response, a
+// memory response carrying a bus error).  Python then runs that cycle itself:
+// sim_perform_due() when the head access is due, the inputs and the DRAM
+// stall written into the shared Status, sim_edge(): the same steps sim_run()
+// takes, so both paths give the same cycle for cycle.
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <unordered_map>
 #include <vector>
 
 #include "Vpwu.h"
@@ -54,8 +59,17 @@ typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data
 typedef int (*accept_fn)(uint64_t cycle);
 typedef int (*respond_fn)(uint64_t cycle, uint32_t w0, uint32_t w1, uint32_t w2);
 
+// Python runs the between-cycle hooks due at the start of `cycle` (the first
+// step of that cycle's first half) and updates hook_wake; returns 0 when the
+// rest of the first half would change nothing Python drives (the loop goes
+// on), 1 when Python must run it (a hook queued an INVEPT, say), 2: raised.
+typedef int (*hooks_fn)(uint64_t cycle);
+
+// Never: no head access waiting to be performed.
+constexpr uint64_t NEVER = ~(uint64_t)0;
+
 // Shared with Python (a ctypes Structure over the same memory), so reading
-// the cycle or what was sampled costs no call.
+// the cycle or what was sampled, and setting the inputs, costs no call.
 struct Status {
     uint64_t cycle;
     uint64_t hook_wake;       // written by Python: the first cycle a hook wants to run
@@ -65,6 +79,20 @@ struct Status {
     uint8_t flags[8];
     uint32_t tresp[3];        // the translate response payload
     uint32_t queue_len;       // DRAM requests in flight (pysim draws a stall only with room)
+    uint64_t direct_reads;    // reads performed here on the frame table (Python adds them
+                              // to its read counters)
+    uint64_t head_due;        // the cycle the head access is due if not performed yet, else NEVER
+    // Written by Python: the unit's inputs it drives (applied, and in_dirty
+    // cleared, when the logic next settles; held until changed) ...
+    uint64_t in_treq_payload, in_eptp_value, in_invept_payload;
+    uint8_t in_dirty, in_treq_valid, in_tresp_ready, in_eptp_load, in_invept_valid;
+    // ... the DRAM stall drawn for this cycle (Dram.drive) ...
+    uint8_t stall;
+    // ... and a translate request Python has already decided to drive from
+    // cycle staged_from on (saves a return to Python just to drive it;
+    // writing the inputs clears it)
+    uint8_t staged;
+    uint64_t staged_from, staged_payload;
 };
 
 struct Sim {
@@ -72,6 +100,7 @@ struct Sim {
     perform_fn perform = nullptr;
     accept_fn on_accept = nullptr;
     respond_fn on_response = nullptr;
+    hooks_fn on_hooks = nullptr;
     VerilatedContext* ctx;
     Vpwu* top;
     // DRAM timing (sim/dram.py semantics)
@@ -81,10 +110,13 @@ struct Sim {
     std::vector<int64_t> open_rows;     // -1: no open row
     uint64_t row_hits = 0, row_misses = 0, stall_cycles = 0;
     bool ready = true;                  // mem_req.ready this cycle
-    // a translate request Python has already decided to drive from cycle
-    // staged_from on (saves a return to Python just to drive it)
-    bool staged = false;
-    uint64_t staged_from = 0, staged_payload = 0;
+    // The memory contents, shared: frame number -> PhysicalMemory's own
+    // uint64[512] storage of that frame (absent: reads as zero), kept up to
+    // date by Python (PhysicalMemory.watch_frames).  Used for plain reads
+    // only while Python says no bus error can be injected (direct).
+    std::unordered_map<uint64_t, const uint64_t*> frames;
+    bool direct = false;
+    uint64_t limit = 0;                 // 1 << MAXPHYADDR of the memory
 #if VM_TRACE
     // The waveform (sim/wave.py's timing): a cycle's inputs settle at its
     // start, 10 ns * cycle, and its rising edge is 5 ns later.
@@ -103,6 +135,24 @@ void dump(Sim* s, uint64_t time_ps) {
 #endif
 }
 
+// The head access changed (queued, performed or answered).
+void update_head(Sim* s) {
+    s->st.head_due = s->queue.empty() || s->queue.front().done ? NEVER : s->queue.front().due;
+}
+
+// A due plain read, performed here as Python's Dram would (PhysicalMemory.read)
+// when that cannot raise or inject an error; false: Python performs it.
+bool perform_direct(Sim* s, Req& h) {
+    if (h.op != 0 || !s->direct || h.addr >= s->limit || (h.addr & 7)) return false;
+    auto it = s->frames.find(h.addr >> 12);
+    h.result = it == s->frames.end() ? 0 : it->second[(h.addr & 0xFFF) >> 3];
+    h.error = false;
+    h.done = true;
+    s->st.direct_reads++;
+    update_head(s);
+    return true;
+}
+
 void drive_dram(Sim* s, bool stall) {
     bool room = (int)s->queue.size() < s->max_outstanding;
     s->ready = room && !stall;
@@ -112,10 +162,21 @@ void drive_dram(Sim* s, bool stall) {
 // Put the DRAM side of the ports on the unit and settle the logic (clk low).
 void settle(Sim* s) {
     Vpwu* t = s->top;
-    if (s->staged && s->st.cycle >= s->staged_from) {
+    Status& st = s->st;
+    if (st.in_dirty) {
+        t->translate_req___05Fvalid = st.in_treq_valid;
+        t->translate_req___05Fpayload = st.in_treq_payload;
+        t->translate_resp___05Fready = st.in_tresp_ready;
+        t->eptp_load = st.in_eptp_load;
+        if (st.in_eptp_load) t->eptp_value = st.in_eptp_value;
+        t->invept___05Fvalid = st.in_invept_valid;
+        if (st.in_invept_valid) t->invept___05Fpayload = st.in_invept_payload;
+        st.in_dirty = 0;
+    }
+    if (st.staged && st.cycle >= st.staged_from) {
         t->translate_req___05Fvalid = 1;
-        t->translate_req___05Fpayload = s->staged_payload;
-        s->staged = false;
+        t->translate_req___05Fpayload = st.staged_payload;
+        st.staged = 0;
     }
     t->mem_req___05Fready = s->ready;
     const Req* head = (!s->queue.empty() && s->st.cycle >= s->queue.front().due) ? &s->queue.front() : nullptr;
@@ -158,7 +219,10 @@ void edge(Sim* s) {
     bool taken = head_valid && f[4];
     f[5] = taken;
     f[6] = taken && s->queue.front().error;
-    if (taken) s->queue.pop_front();
+    if (taken) {
+        s->queue.pop_front();
+        update_head(s);
+    }
     if (offered && s->ready) {
         uint64_t row = req.addr / s->row_bytes;
         uint64_t bank = row % s->banks;
@@ -173,6 +237,7 @@ void edge(Sim* s) {
         req.due = s->st.cycle + lat;
         if (!s->queue.empty() && req.due < s->queue.back().due + 1) req.due = s->queue.back().due + 1;
         s->queue.push_back(req);
+        if (s->queue.size() == 1) update_head(s);
     }
     s->st.queue_len = s->queue.size();
     s->st.cycle++;
@@ -201,6 +266,8 @@ void* sim_new(int read_latency, int cas_latency, int row_miss_penalty, uint64_t 
     s->banks = banks;
     s->max_outstanding = max_outstanding;
     s->open_rows.assign(banks, -1);
+    s->st.head_due = NEVER;
+    s->st.in_tresp_ready = 1;
     Vpwu* t = s->top;
     t->rst = 0;
     t->clk = 0;
@@ -251,44 +318,36 @@ void sim_free(void* p) {
     delete s;
 }
 
-void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond_fn on_response) {
+void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond_fn on_response,
+                       hooks_fn on_hooks) {
     Sim* s = (Sim*)p;
     s->perform = perform;
     s->on_accept = on_accept;
     s->on_response = on_response;
+    s->on_hooks = on_hooks;
 }
 Status* sim_status(void* p) { return &((Sim*)p)->st; }
 
-// The unit's inputs that Python drives; held until changed.
-void sim_set_inputs(void* p, int treq_valid, uint64_t treq_payload, int tresp_ready,
-                    int eptp_load, uint64_t eptp_value, int invept_valid, uint64_t invept_payload) {
+// The frame table: `data` is the frame's storage, 0 when the frame is dropped.
+void sim_map_frame(void* p, uint64_t frame, const uint64_t* data) {
     Sim* s = (Sim*)p;
-    Vpwu* t = s->top;
-    s->staged = false;
-    t->translate_req___05Fvalid = treq_valid;
-    t->translate_req___05Fpayload = treq_payload;
-    t->translate_resp___05Fready = tresp_ready;
-    t->eptp_load = eptp_load;
-    if (eptp_load) t->eptp_value = eptp_value;
-    t->invept___05Fvalid = invept_valid;
-    if (invept_valid) t->invept___05Fpayload = invept_payload;
+    if (data) s->frames[frame] = data;
+    else s->frames.erase(frame);
 }
 
-void sim_stage_request(void* p, uint64_t from_cycle, uint64_t payload) {
+// Whether plain reads may be performed here (no bus-error injection configured).
+void sim_set_direct(void* p, int direct, uint64_t limit) {
     Sim* s = (Sim*)p;
-    s->staged = true;
-    s->staged_from = from_cycle;
-    s->staged_payload = payload;
+    s->direct = direct;
+    s->limit = limit;
 }
 
-// Dram.drive for this cycle.  Returns 1 when the head's access is due and not
-// yet performed: Python reads it with sim_head() and answers sim_perform().
-int sim_drive_dram(void* p, int stall) {
+// The head access is due (head_due <= cycle): perform it here if it is a
+// plain read that can be; else return 1 and Python reads it with sim_head()
+// and answers sim_perform().
+int sim_perform_due(void* p) {
     Sim* s = (Sim*)p;
-    drive_dram(s, stall);
-    if (s->queue.empty()) return 0;
-    const Req& h = s->queue.front();
-    return s->st.cycle >= h.due && !h.done;
+    return !perform_direct(s, s->queue.front());
 }
 
 void sim_head(void* p, uint64_t* out) {
@@ -304,11 +363,14 @@ void sim_perform(void* p, uint64_t result, int error) {
     h.done = true;
     h.result = result;
     h.error = error;
+    update_head((Sim*)p);
 }
 
-// One edge with the inputs as set; afterwards read what was sampled.
+// One edge with the inputs as set and the stall drawn (Dram.drive's ready);
+// afterwards read what was sampled.
 void sim_edge(void* p) {
     Sim* s = (Sim*)p;
+    drive_dram(s, s->st.stall);
     settle(s);
     edge(s);
 }
@@ -330,22 +392,31 @@ void sim_dram_stats(void* p, uint64_t* out) {
 }
 
 // Clock quiet cycles until `until`.  Stops at the start of a cycle that needs
-// Python and returns 1 (Python then runs that cycle), or returns 0 at `until`,
-// or 3 right after an edge whose handshake Python must look at (2: a callback
-// raised; 4: an assertion failed).  A due DRAM access and the bookkeeping of a handshake go through
+// Python and returns 1 (Python then runs that cycle), or 4 (the same, its
+// hooks already run), or returns 0 at `until`, or 3 right after an edge whose
+// handshake Python must look at (2: a callback raised; 5: an assertion
+// failed at the edge).  Due hooks run from a
 // callbacks, which cost far less than leaving the loop.
-// The caller guarantees that Python's own inputs would not change and that no
-// per-cycle random draw is needed (no stalls).
+// A plain read is performed here when it can (perform_direct), else by the
+// perform callback.
+// The caller guarantees that Python's own inputs would not change (but for an
+// INVEPT strobe, dropped after the first edge) and that no per-cycle random
+// draw is needed (no stalls).
 // `first_half_done`: the cycle whose first half (hooks, DRAM drive, inputs)
 // Python has just run; the loop runs its edge without calling hooks again.
 int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
     Sim* s = (Sim*)p;
     Vpwu* t = s->top;
     while (s->st.cycle < until) {
-        if (s->st.cycle >= s->st.hook_wake && s->st.cycle != first_half_done) return 1;
+        if (s->st.cycle >= s->st.hook_wake && s->st.cycle != first_half_done) {
+            if (!s->on_hooks) return 1;
+            int r = s->on_hooks(s->st.cycle);
+            if (r == 2) return 2;
+            if (r == 1) return 4;       // the hooks ran: Python runs the rest of this first half
+        }
         if (!s->queue.empty()) {
             Req& h = s->queue.front();
-            if (s->st.cycle >= h.due && !h.done) {
+            if (s->st.cycle >= h.due && !h.done && !perform_direct(s, h)) {
                 // a call into Python costs far less than leaving the loop
                 if (!s->perform) return 1;
                 uint64_t re[2];
@@ -353,6 +424,7 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
                 h.done = true;
                 h.result = re[0];
                 h.error = re[1];
+                update_head(s);
             }
         }
         drive_dram(s, false);
@@ -362,7 +434,8 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
         if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return 1;
         edge(s);
-        if (s->ctx->gotError()) return 4;       // an assertion failed at this edge
+        if (s->ctx->gotError()) return 5;       // an assertion failed at this edge
+        t->invept___05Fvalid = 0;       // an INVEPT Python drove is a one-cycle strobe
         bool stop = false;
         if (accept) {
             int r = s->on_accept(s->st.cycle - 1);
