@@ -158,9 +158,11 @@ class PageWalkUnit(wiring.Component):
             eptp.load.eq(self.eptp_load),
             self.eptp_valid.eq(eptp.valid),
             self.eptp_error.eq(eptp.error),
-            ctxs.eptp_valid.eq(eptp.valid),
-            ctxs.pml4.eq(eptp.pml4),
-            ctxs.ad_enabled.eq(eptp.ad_enabled),
+            # the context is looked up while the EPTP loads, so its id is a register
+            ctxs.load.eq(self.eptp_load),
+            ctxs.load_ok.eq(eptp.value_ok),
+            ctxs.load_pml4.eq(self.eptp_value[12:52]),
+            ctxs.load_ad.eq(self.eptp_value[6]),
             perf.clear.eq(self.counters_clear),
             self.counters.eq(perf.counters),
         ]
@@ -208,7 +210,10 @@ class PageWalkUnit(wiring.Component):
         for i in reversed(range(n_park)):
             with m.If(replayable[i]):
                 m.d.comb += replay_sel.eq(i)
-        new_ok = ~eptp.valid | ctxs.ready       # a new context gets its id first
+        # A new context gets its id first.  No new request in the cycle an INVEPT is taken:
+        # its flush is registered and acts on the next edge, so every request taken from
+        # the INVEPT's edge on is covered.
+        new_ok = (~eptp.valid | ctxs.ready) & ~self.invept.valid
         s1_advance = Signal()
         with m.If(replayable.any()):
             m.d.comb += s0.eq(park[replay_sel])
