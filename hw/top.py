@@ -352,9 +352,16 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += use.eq(psc.hit & ~s1.stale)
             with m.If(use):           # lower levels come later and win
                 m.d.comb += [start.level.eq(below), start.table.eq(psc.table), start.perms.eq(psc.perms)]
+        # Which walkers walk S1's page, compared here and registered with S2 so that the
+        # 36-bit page compare stays off S2's dispatch (and the walker's first read).  No walk
+        # starts while S1 resolves (S2 is empty then), so a walker's page and context cannot
+        # change before S2 uses this; S2 still checks that the walker is busy and not stale.
+        s2_walking = Signal(n_walk)
         with m.If(s1_resolves):
             m.d.sync += [s2.eq(s1), s2.stale.eq(s1.stale | flushed(s1.ctx)), s2_valid.eq(miss),
-                         s2_dropped.eq(bad_hit), s2_start.eq(start)]
+                         s2_dropped.eq(bad_hit), s2_start.eq(start),
+                         s2_walking.eq(Cat((w_ctx[k] == s1.ctx) & (w.page == s1.gpa[12:])
+                                           for k, w in enumerate(walkers)))]
         with m.Elif(s2_leaving):
             m.d.sync += s2_valid.eq(0)
         with m.Elif(s2_valid):
@@ -363,8 +370,7 @@ class PageWalkUnit(wiring.Component):
         # -- S2, a miss: park behind a walk of the same page, or start a walk ------
         same_page = Signal(n_walk)
         for k, w in enumerate(walkers):
-            m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & (w_ctx[k] == s2.ctx)
-                                        & (w.page == s2.gpa[12:]))
+            m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & s2_walking[k])
         merge_walker = Signal.like(w_resp_sel)
         for k in reversed(range(n_walk)):
             with m.If(same_page[k]):
@@ -435,7 +441,9 @@ class PageWalkUnit(wiring.Component):
         fw = Signal(range(n_walk) if n_walk > 1 else 1)
         m.d.comb += fw.eq(w_resp_sel)
         done_any = w_done.any()
-        resp = self.translate_resp.payload
+        # the answering walker's own response, not the port's: the port's mux also carries
+        # S1's hit, which must not reach the fill registers
+        resp = Signal(TranslateResponse)
         Fill = data.StructLayout({
             "page": GPA_BITS - 12, "ctx": ctx_bits, "size": PageSize, "hpa_page": PA_BITS - 12,
             "memtype": 3, "leaf": Level, "perms": 3, "d": 1,
@@ -451,7 +459,7 @@ class PageWalkUnit(wiring.Component):
         sel = Signal(Fill)
         for k, w in enumerate(walkers):
             with m.If(fw == k):
-                m.d.comb += [sel.page.eq(w.page), sel_access.eq(w.access),
+                m.d.comb += [resp.eq(w.resp.payload), sel.page.eq(w.page), sel_access.eq(w.access),
                              sel_entries.eq(w.entries), sel_perms_at.eq(w.perms_at),
                              sel.walked.eq(w.walked), sel.ctx.eq(w_ctx[k])]
         leaf = resp.level.as_value()
