@@ -135,8 +135,11 @@ class TlbArray(wiring.Component):
                     for s in range(sets))
         plru = Array(Signal(max(1, ways - 1), name=f"plru_{s}") for s in range(sets))
 
-        # the lookup's page and context, held for the S1 compare
-        s1_page = Signal.like(self.lookup_page)
+        # The lookup's page, held for the S1 compare.  Reset-less, unlike the unit's own S1
+        # register that holds the same bits: otherwise yosys merges the two, and that one
+        # register then feeds every compare of the unit from one place on the die (its
+        # routing was most of the S1 path).  Its value only matters under a valid bit.
+        s1_page = Signal(len(self.lookup_page), name="s1_page", reset_less=True)
         with m.If(self.lookup_en):
             m.d.sync += s1_page.eq(self.lookup_page)
         s1_index = index(s1_page)
@@ -173,7 +176,7 @@ class TlbArray(wiring.Component):
         m.d.comb += fill_onehot.eq(Mux(do_fill, 1 << victim, 0))
 
         # the S1 access, held like the page: each way checks it next to its tag
-        s1_access = Signal(Access)
+        s1_access = Signal(Access, reset_less=True)     # reset-less: as s1_page
         with m.If(self.lookup_en):
             m.d.sync += s1_access.eq(self.lookup_access)
         hits = Signal(ways)
@@ -228,17 +231,19 @@ class TlbArray(wiring.Component):
             m.d.sync += seen.eq(seen & ~fill_onehot)
 
         # A drop and the LRU refresh of a hit land one cycle later, off the compare path.
-        # Harmless: until then the entry is still one the reference page allows.
-        pend_drop = Signal(ways)
+        # Harmless: until then the entry is still one the reference page allows.  The ways
+        # that hit and the drop decision are registered apart, and combined a cycle later.
+        pend_hits = Signal(ways)
+        pend_drop = Signal()
         pend_touch = Signal()
         pend_set = Signal(len(s1_index))
         pend_way = Signal.like(ok_way)
-        m.d.sync += [pend_drop.eq(Mux(self.drop, hits, 0)), pend_touch.eq(self.ok),
+        m.d.sync += [pend_hits.eq(hits), pend_drop.eq(self.drop), pend_touch.eq(self.ok),
                      pend_set.eq(s1_index), pend_way.eq(ok_way)]
 
         # order matters: a drop, then a fill, then a flush (which wins)
-        with m.If(pend_drop.any()):
-            m.d.sync += valid[pend_set].eq(valid[pend_set] & ~pend_drop)
+        with m.If(pend_drop & pend_hits.any()):
+            m.d.sync += valid[pend_set].eq(valid[pend_set] & ~pend_hits)
         with m.Elif(pend_touch):
             m.d.sync += plru[pend_set].eq(plru_touch(plru[pend_set], pend_way, ways))
         with m.If(do_fill):
