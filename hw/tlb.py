@@ -143,7 +143,6 @@ class TlbArray(wiring.Component):
         with m.If(self.lookup_en):
             m.d.sync += s1_page.eq(self.lookup_page)
         s1_index = index(s1_page)
-        seen = Signal(ways)          # ways whose S0 read is still current
         # A fill takes two cycles: the first picks the victim way (first invalid, else
         # pseudo-LRU) and registers it, the second writes.  Splitting them keeps the
         # set-indexed victim choice and the write enables off one path.  A second fill
@@ -175,60 +174,70 @@ class TlbArray(wiring.Component):
         fill_onehot = Signal(ways)
         m.d.comb += fill_onehot.eq(Mux(do_fill, 1 << victim, 0))
 
-        # the S1 access, held like the page: each way checks it next to its tag
-        s1_access = Signal(Access, reset_less=True)     # reset-less: as s1_page
-        with m.If(self.lookup_en):
-            m.d.sync += s1_access.eq(self.lookup_access)
+        # S0 reads each way of the set (the memories' reads are asynchronous LUT RAM), and
+        # compares context and tag and checks the access right away; S1 only chooses among
+        # the registered verdicts.  A way written at the lookup's edge is seen as written
+        # (a transparent read): its tag, context and data come from the fill.
+        index0 = index(self.lookup_page)
+        tag0 = tag(self.lookup_page)
+        access0 = self.lookup_access
+        same_set = fill_index == index0
+        fill_word = Cat(fill_tag, fill_entry)
+        s0_hit = Signal(ways)        # valid, of the lookup's context, holding its page
+        s0_allows = Signal(ways)     # the way's entry allows the lookup's access
+        s1_hit = Signal(ways)        # registered s0_hit; a fill into S1's set since clears it
+        s1_allows = Signal(ways)
         hits = Signal(ways)
         oks = Signal(ways)
         ok_way = Signal.like(victim)
         for w in range(ways):
+            filled_now = same_set & fill_onehot[w]
+            word = Signal(entry_layout, name=f"way{w}_s0")
             if sets > 1:
                 mem = Memory(shape=entry_layout, depth=sets, init=[])
                 m.submodules[f"way{w}"] = mem
                 wr = mem.write_port()
-                rd = mem.read_port(transparent_for=(wr,))
+                rd = mem.read_port(domain="comb")
                 m.d.comb += [
                     wr.addr.eq(fill_index),
                     wr.data.tag.eq(fill_tag),
                     wr.data.data.eq(fill_entry),
                     wr.en.eq(fill_onehot[w]),
-                    rd.addr.eq(index(self.lookup_page)),
-                    rd.en.eq(self.lookup_en),
+                    rd.addr.eq(index0),
+                    word.eq(Mux(filled_now, fill_word, rd.data.as_value())),
                 ]
-                stored = rd.data
+                # the entry S1 answers with, read with the verdicts (reset-less, like memory)
+                entry = Signal(TlbEntry, name=f"way{w}_s1", reset_less=True)
+                with m.If(self.lookup_en):
+                    m.d.sync += entry.eq(word.data)
             else:
-                # One set: the way itself, read in S1 without an S0 read register.  That is
-                # what the memory's transparent read would give whenever it can matter: a
-                # way written since the lookup is not in `seen`, so it does not hit.  No
-                # reset, like the memory: `valid` says what is live.
+                # One set: the way itself, in registers; S1 reads its entry there.  A way
+                # written since the lookup has its s1_hit cleared, so it does not answer.
+                # No reset, like the memory: `valid` says what is live.
                 stored = Signal(entry_layout, name=f"way{w}", reset_less=True)
                 with m.If(fill_onehot[w]):
                     m.d.sync += [stored.tag.eq(fill_tag), stored.data.eq(fill_entry)]
-            # the context was compared in S0 (``seen``); a fill since then clears it
-            live = valid[s1_index][w] & seen[w]
-            entry = stored.data
-            allows = (entry.perms.bit_select(s1_access.as_value(), 1)
-                      & ((s1_access != Access.WRITE) | entry.d))
-            m.d.comb += [hits[w].eq(live & (stored.tag == tag(s1_page))),
-                         oks[w].eq(hits[w] & allows)]
+                m.d.comb += word.eq(Mux(filled_now, fill_word, stored.as_value()))
+                entry = stored.data
+            ctx_match = Mux(filled_now, fill_ctx, ctx[index0][w]) == self.lookup_ctx
+            live = (valid[index0][w] | filled_now) & ctx_match
+            m.d.comb += [
+                s0_hit[w].eq(live & (word.tag == tag0)),
+                s0_allows[w].eq(word.data.perms.bit_select(access0.as_value(), 1)
+                                & ((access0 != Access.WRITE) | word.data.d)),
+            ]
+            # S1 chooses among the S0 verdicts.  Valid bits cleared since S0 are not looked
+            # at again: a flush since then marks the request stale (hw.top), and a dropped
+            # entry was still one the reference page allowed.
+            m.d.comb += [hits[w].eq(s1_hit[w]),
+                         oks[w].eq(hits[w] & s1_allows[w])]
             with m.If(oks[w]):
                 m.d.comb += [ok_way.eq(w), self.entry.eq(entry)]
         m.d.comb += [self.hit.eq(hits.any()), self.ok.eq(oks.any())]
-
-        # The S0 snapshot of the ways that may hit: valid, of the lookup's context, and
-        # read from memory as they are now.  Comparing the context here keeps the
-        # context registers out of the S1 compare (the unit's critical path).
-        index0 = index(self.lookup_page)
-        same_set = fill_index == index0
-        ctx_match = Signal(ways)
-        for w in range(ways):
-            filled_now = same_set & fill_onehot[w]
-            m.d.comb += ctx_match[w].eq(Mux(filled_now, fill_ctx, ctx[index0][w]) == self.lookup_ctx)
         with m.If(self.lookup_en):
-            m.d.sync += seen.eq((valid[index0] | Mux(same_set, fill_onehot, 0)) & ctx_match)
+            m.d.sync += [s1_hit.eq(s0_hit), s1_allows.eq(s0_allows)]
         with m.Elif(fill_index == s1_index):
-            m.d.sync += seen.eq(seen & ~fill_onehot)
+            m.d.sync += s1_hit.eq(s1_hit & ~fill_onehot)
 
         # A drop and the LRU refresh of a hit land one cycle later, off the compare path.
         # Harmless: until then the entry is still one the reference page allows.  The ways
