@@ -203,27 +203,27 @@ class PageWalkUnit(wiring.Component):
         w_stale = Signal(n_walk)
         w_busy = Signal(n_walk)
 
-        # -- S0: a replay from a park slot, else a new request ------------------
-        replayable = Signal(n_park)
-        m.d.comb += replayable.eq(park_valid & park_ready)
-        replay_sel = Signal(range(n_park) if n_park > 1 else 1)
-        for i in reversed(range(n_park)):
-            with m.If(replayable[i]):
-                m.d.comb += replay_sel.eq(i)
+        # -- S0: a replay, else a new request ---------------------------------------
+        # A parked request whose walk has answered moves into the replay register first
+        # (chosen in the cycle it wakes, so no later than before), so that S0's mux in front
+        # of the TLB read selects between one register and the port.
+        rp = Signal(Pending)
+        rp_valid = Signal()
+        slot_bits = range(n_park) if n_park > 1 else 1
         # A new context gets its id first.  No new request in the cycle an INVEPT is taken:
         # its flush is registered and acts on the next edge, so every request taken from
         # the INVEPT's edge on is covered.
         new_ok = (~eptp.valid | ctxs.ready) & ~self.invept.valid
         s1_advance = Signal()
-        with m.If(replayable.any()):
-            m.d.comb += s0.eq(park[replay_sel])
+        with m.If(rp_valid):
+            m.d.comb += s0.eq(rp)
         with m.Else():
             p = self.translate_req.payload
             m.d.comb += [s0.gpa.eq(p.gpa), s0.access.eq(p.access), s0.tag.eq(p.tag),
                          s0.ctx.eq(ctxs.cur_id), s0.pml4.eq(eptp.pml4),
                          s0.ad_enabled.eq(eptp.ad_enabled), s0.ctx_valid.eq(eptp.valid)]
-        s0_valid = replayable.any() | (self.translate_req.valid & new_ok)
-        m.d.comb += self.translate_req.ready.eq(s1_advance & ~replayable.any() & new_ok)
+        s0_valid = rp_valid | (self.translate_req.valid & new_ok)
+        m.d.comb += self.translate_req.ready.eq(s1_advance & ~rp_valid & new_ok)
         fire = Signal()
         m.d.comb += fire.eq(s1_advance & s0_valid)
         with m.If(fire):
@@ -375,7 +375,7 @@ class PageWalkUnit(wiring.Component):
         for k in reversed(range(n_walk)):
             with m.If(same_page[k]):
                 m.d.comb += merge_walker.eq(k)
-        free_park = Signal.like(replay_sel)
+        free_park = Signal(slot_bits)
         for i in reversed(range(n_park)):
             with m.If(~park_valid[i]):
                 m.d.comb += free_park.eq(i)
@@ -515,18 +515,32 @@ class PageWalkUnit(wiring.Component):
                 with m.If(drop_walker == k):
                     m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_key.eq(w.page[psc.lo - 12:])]
 
-        # park slots: wake a cycle after their walker's answer, so that the replay's S0
-        # read comes after the TLB has written the walk's result; leave on replay
+        # Park slots wake a cycle after their walker's answer, so that the replay's S0 read
+        # comes after the TLB has written the walk's result; a woken slot moves into the
+        # replay register as soon as it is free (or being taken by S0), leaving the park.
         w_done_q = Signal(n_walk)
         m.d.sync += w_done_q.eq(w_done)
+        waking = Signal(n_park)
         for i in range(n_park):
+            m.d.comb += waking[i].eq(park_valid[i] & (park_ready[i]
+                                                      | w_done_q.bit_select(park_wait[i], 1)))
             with m.If(park_valid[i] & w_done_q.bit_select(park_wait[i], 1)):
                 m.d.sync += park_ready[i].eq(1)
             with m.If(park_valid[i]):
                 m.d.sync += park[i].stale.eq(park[i].stale | flushed(park[i].ctx))
-        with m.If(fire & replayable.any()):
-            m.d.sync += [park_valid.bit_select(replay_sel, 1).eq(0),
-                         park_ready.bit_select(replay_sel, 1).eq(0)]
+        wake_sel = Signal(slot_bits)
+        for i in reversed(range(n_park)):
+            with m.If(waking[i]):
+                m.d.comb += wake_sel.eq(i)
+        with m.If(~rp_valid | fire):          # S0 takes the replay register when it has one
+            m.d.sync += rp_valid.eq(waking.any())
+            with m.If(waking.any()):
+                m.d.sync += [rp.eq(park[wake_sel]),
+                             rp.stale.eq(park[wake_sel].stale | flushed(park[wake_sel].ctx)),
+                             park_valid.bit_select(wake_sel, 1).eq(0),
+                             park_ready.bit_select(wake_sel, 1).eq(0)]
+        with m.Else():
+            m.d.sync += rp.stale.eq(rp.stale | flushed(rp.ctx))
 
         m.d.comb += [
             ev.walk_cycles.eq(sum(~walker_idle[k] for k in range(n_walk))),
