@@ -10,10 +10,11 @@ would have used (``ept-reference.md``, caching rules).
 Keys are GPA[47:lo], ``lo`` = 12 + 9 * level: the index of this level's
 entry and of every entry above it, the bits that name the entry (the parent
 slices them off the GPA).  Lookup is combinational.  A fill replaces the entry with the same key, else
-the first free one, else the next in round-robin order.  ``flush`` drops
-every entry of the given contexts; ``drop`` drops the entry for one key
-(a walk that started from it faulted: the reference page wants the fault
-decided by memory).
+the first free one, else the next in round-robin order (the slot with the
+same key is found a cycle ahead, from ``next_fill_key``).  ``flush`` drops
+every entry of the given contexts; ``drop`` drops the entry for one key a
+cycle later (a walk that started from it faulted: the reference page wants
+the fault decided by memory).
 """
 
 from amaranth import *
@@ -51,6 +52,10 @@ class PagingStructureCache(wiring.Component):
             "fill": In(1),
             "fill_key": In(key_bits),
             "fill_ctx": In(ctx_bits),
+            # the key and context the next cycle's fill carries (if it fills): the search
+            # for a slot holding that key is made a cycle ahead
+            "next_fill_key": In(key_bits),
+            "next_fill_ctx": In(ctx_bits),
             "fill_table": In(40),
             "fill_perms": In(3),
             "drop": In(1),
@@ -82,7 +87,12 @@ class PagingStructureCache(wiring.Component):
             with m.If(hit[i]):
                 m.d.comb += [self.table.eq(slots[i].table), self.perms.eq(slots[i].perms)]
 
-        same = matches(self.fill_key, self.fill_ctx)
+        # The slot that holds the fill's key, searched a cycle ahead and registered, so that
+        # the 27-bit compares stay off the slot write enables.  If that slot changed in
+        # between (a drop, a flush, another fill), the fill lands in it anyway; and a fill
+        # of the same key in between leaves two slots that translate alike: both harmless.
+        same = Signal(n)
+        m.d.sync += same.eq(matches(self.next_fill_key, self.next_fill_ctx))
         where = Signal(range(n))
         m.d.comb += where.eq(next_slot)
         for i in reversed(range(n)):
@@ -92,7 +102,13 @@ class PagingStructureCache(wiring.Component):
             with m.If(same[i]):
                 m.d.comb += where.eq(i)
 
-        dropped = matches(self.drop_key, self.drop_ctx)
+        # A drop lands a cycle later, off the walker's entry check: meanwhile a lookup may
+        # still start a walk from the entry, and a fault there is walked again as well.
+        drop = Signal()
+        drop_key = Signal.like(self.drop_key)
+        drop_ctx = Signal.like(self.drop_ctx)
+        m.d.sync += [drop.eq(self.drop), drop_key.eq(self.drop_key), drop_ctx.eq(self.drop_ctx)]
+        dropped = matches(drop_key, drop_ctx)
         flushed = Signal(n)
         m.d.comb += flushed.eq(Cat(self.flush.bit_select(slots[i].ctx, 1) for i in range(n)))
         fill_flushed = self.flush.bit_select(self.fill_ctx, 1)
@@ -109,5 +125,5 @@ class PagingStructureCache(wiring.Component):
             ]
             with m.If(~same.any() & valid.all()):
                 m.d.sync += next_slot.eq(Mux(next_slot == n - 1, 0, next_slot + 1))
-        m.d.sync += valid.eq(new_valid & ~Mux(self.drop, dropped & ~filled, 0) & ~(flushed & ~filled))
+        m.d.sync += valid.eq(new_valid & ~Mux(drop, dropped & ~filled, 0) & ~(flushed & ~filled))
         return m

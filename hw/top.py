@@ -499,6 +499,7 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += [
                 psc.fill.eq(fill_valid & fill.walked[i - 1] & (fill.leaf.as_value() < i)),
                 psc.fill_key.eq(fill.page[psc.lo - 12:]), psc.fill_ctx.eq(fill.ctx),
+                psc.next_fill_key.eq(sel.page[psc.lo - 12:]), psc.next_fill_ctx.eq(sel.ctx),
                 psc.fill_table.eq(fill.tables[i - 1]), psc.fill_perms.eq(fill.table_perms[i - 1]),
             ]
         with m.If(done_any):
