@@ -9,7 +9,8 @@ would have used (``ept-reference.md``, caching rules).
 
 Keys are GPA[47:lo], ``lo`` = 12 + 9 * level: the index of this level's
 entry and of every entry above it, the bits that name the entry (the parent
-slices them off the GPA).  Lookup is combinational.  A fill replaces the entry with the same key, else
+slices them off the GPA).  A lookup compares its key in S0 (``lookup_en``)
+and answers in S1, the next cycle, holding while ``lookup_en`` is low.  A fill replaces the entry with the same key, else
 the first free one, else the next in round-robin order (the slot with the
 same key is found a cycle ahead, from ``next_fill_key``).  ``flush`` drops
 every entry of the given contexts; ``drop`` drops the entry for one key a
@@ -44,9 +45,10 @@ class PagingStructureCache(wiring.Component):
         ctx_bits = max(1, ceil_log2(contexts))
         key_bits = GPA_BITS - self.lo
         super().__init__({
-            "lookup_key": In(key_bits),      # GPA[47:lo]
-            "lookup_ctx": In(ctx_bits),
-            "hit": Out(1),
+            "lookup_en": In(1),
+            "lookup_key": In(key_bits),      # S0: GPA[47:lo]
+            "lookup_ctx": In(ctx_bits),      # S0
+            "hit": Out(1),                   # S1, as table and perms
             "table": Out(40),      # frame of the next-level table
             "perms": Out(3),
             "fill": In(1),
@@ -81,7 +83,21 @@ class PagingStructureCache(wiring.Component):
                                  for i in range(n)))
             return v
 
-        hit = matches(self.lookup_key, self.lookup_ctx)
+        # The key is compared in S0 and the slots that hold it are registered; S1 reads the
+        # table and perms of the slot that hit.  A slot written since the compare no longer
+        # answers (missing is always safe: the walk starts higher); a slot dropped or
+        # flushed since still does, as a drop lands late anyway and a flush marks the
+        # request stale (hw.top).
+        # A fill written at the lookup's edge is seen (as S1's compare used to see it).
+        filled = Signal(n)         # the slot written at this edge
+        hit = Signal(n)
+        fill_hits = Signal()
+        m.d.comb += fill_hits.eq((self.fill_key == self.lookup_key) & (self.fill_ctx == self.lookup_ctx))
+        with m.If(self.lookup_en):
+            m.d.sync += hit.eq(Mux(fill_hits, filled, 0)
+                               | (matches(self.lookup_key, self.lookup_ctx) & ~filled))
+        with m.Else():
+            m.d.sync += hit.eq(hit & ~filled)
         m.d.comb += self.hit.eq(hit.any())
         for i in range(n):
             with m.If(hit[i]):
@@ -115,7 +131,6 @@ class PagingStructureCache(wiring.Component):
 
         # a fill, then a drop, then a flush: the later statement wins
         new_valid = Signal(n)
-        filled = Signal(n)         # the slot written now no longer holds the flushed context
         m.d.comb += new_valid.eq(valid)
         with m.If(self.fill & ~fill_flushed):
             m.d.comb += [new_valid.eq(valid | (1 << where)[:n]), filled.eq((1 << where)[:n])]

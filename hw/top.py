@@ -347,7 +347,8 @@ class PageWalkUnit(wiring.Component):
         m.d.comb += [start.level.eq(Level.PML4E), start.table.eq(s1.pml4), start.perms.eq(0b111)]
         for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
             psc = self.pscs[level]
-            m.d.comb += [psc.lookup_key.eq(s1.gpa[psc.lo:]), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
+            m.d.comb += [psc.lookup_en.eq(fire), psc.lookup_key.eq(s0.gpa[psc.lo:]),
+                         psc.lookup_ctx.eq(s0.ctx), psc.flush.eq(flush)]
             use = Signal(name=f"use_{level.name.lower()}_cache")
             m.d.comb += use.eq(psc.hit & ~s1.stale)
             with m.If(use):           # lower levels come later and win
