@@ -9,12 +9,16 @@ context id, which :class:`~hw.contexts.ContextTable` maps to EPTP[51:12].
 Timing: a lookup presents its page number GPA[47:12] and context in cycle
 S0 (``lookup_en`` high); the result (``hit``, ``entry``, ``size``) is valid in
 cycle S1, the next one, and holds while ``lookup_en`` stays low.  One lookup
-per cycle.  Each array reads its set and compares the ways' contexts in S0,
-and holds the page for the S1 tag compare itself, so its ports carry exactly
-the bits it uses (an array sees GPA[47:shift] of its page size: set index,
-then tag).  While a lookup waits in S1, a fill into its set hides the way it
-overwrites (the data read in S0 is then old), so a hit is never built from a
-stale read.  A drop (``drop`` with a hit) and the LRU refresh of a hit take
+per cycle.  Each array reads its set in S0 (the memories are asynchronous LUT
+RAM) and there compares each way's context and tag and checks the access
+against its permissions and D; S1 only chooses among those registered
+verdicts, so the compare never shares a cycle with the unit's steering.  An
+array sees GPA[47:shift] of its page size (set index, then tag).  While a
+lookup waits in S1, a fill into its set hides the way it overwrites (the data
+read in S0 is then old), so a hit is never built from a stale read; valid
+bits cleared after S0 are not looked at again (a flush marks the request
+stale in ``hw.top``; a dropped entry was still one the reference page
+allowed).  A drop (``drop`` with a hit) and the LRU refresh of a hit take
 effect one cycle after S1; a fill is written two cycles after ``fill`` (one
 to pick the way, one to write), so a lookup in S0 from the cycle after next
 sees it.

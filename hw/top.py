@@ -20,9 +20,11 @@ Promises:
   request is taken every cycle while hits continue.  If the port is busy the
   answer waits in a skid register, which has the port first, then walker
   responses, then S1 (so walks cannot starve).
-* **Pipeline**: S1 moves on whenever the skid register is empty and S2 can
-  take a miss, whatever its compare says; the compare only steers data.  That
-  keeps the TLB compare off the pipeline enables (the unit's critical path).
+* **Pipeline**: S0 reads the TLB set and compares contexts, tags and
+  permissions there, and the paging-structure caches compare their keys; S1
+  chooses among the registered verdicts.  S1 moves on whenever the skid
+  register is empty and S2 can take a miss, whatever its lookup says; the
+  lookup only steers data, and stays off the pipeline enables.
 * **Walk timing**: with memory latency L (no A/D writes, no row misses) a
   cold 4-level walk answers 4(L+1)+2 cycles after the request: S1 (lookup),
   S2 (dispatch, and the walker's first read leaves in the same cycle), L+1
@@ -40,9 +42,13 @@ Promises:
   cached; a hit lacking the permission the access needs, or a write hit on an
   entry whose D is 0, drops the entry and walks; a walk that starts from a
   paging-structure cache and faults walks again from the PML4E.
-* **INVEPT** acts on the edge that takes it (TLB and caches of the covered
-  contexts are cleared); a walk, request or park slot of a covered context in
-  flight at that edge completes, but installs nothing.
+* **INVEPT** covers every request taken from the edge that takes it on.  Its
+  flush is registered (the context table's 40-bit compares get a cycle of
+  their own): the TLB and caches of the covered contexts are cleared on the
+  next edge, and no new request is taken in the INVEPT's own cycle
+  (``translate_req.ready`` is low then), so no request can use what the
+  flush is about to clear.  A walk, request or park slot of a covered context
+  in flight at the flush completes, but installs nothing.
 * A request with no valid EPTP is answered ``REFUSED``; nothing is walked.
 * Performance counters (:data:`~hw.layouts.PERF_EVENTS`) count every cycle;
   a count shows two cycles after its event.  Cache fills land one cycle after
