@@ -266,14 +266,16 @@ class PageWalkUnit(wiring.Component):
         if self.tlb is not None:
             m.d.comb += tlb.drop.eq(bad_hit)
 
-        # The translation of a good hit (zero otherwise) is built in its own signal, and every
+        # The translation of a hit is built in its own signal (zero for a refused request;
+        # gated by the S1 register's EPTP validity rather than by the compare's verdict, which
+        # would add a level and a wide fanout to the S1 path: a miss never sends it), and every
         # field of the response is then assigned unconditionally: a hit has no exit
         # qualification and restarted no walk, so those fields are zero.
         hit = Signal(data.StructLayout({"hpa": PA_BITS, "page_size": PageSize,
                                         "memtype": 3, "level": Level}))
         if tlb_entry is not None:
             page = tlb_entry.hpa_page
-            with m.If(good_hit):
+            with m.If(s1.ctx_valid):
                 m.d.comb += [hit.page_size.eq(tlb.size), hit.memtype.eq(tlb_entry.memtype)]
                 with m.Switch(tlb.size):
                     with m.Case(PageSize.SIZE_4K):

@@ -229,9 +229,12 @@ class Walker(wiring.Component):
                     m.d.sync += [addrs[lvl].eq(entry_addr), self.state.eq(WalkerState.WAIT)]
 
             with m.Case(WalkerState.WAIT):
+                # The level's entry and permissions are loaded every cycle of the wait (the
+                # last load is the answer's): nothing reads them at this level before the
+                # answer, and the wide loads then do not wait for the response's valid.
+                m.d.sync += [entries[lvl].eq(entry), self.perms_at[lvl].eq(perms_next)]
                 with m.If(self.mem_resp.valid):
-                    m.d.sync += [entries[lvl].eq(entry), perms.eq(perms_next),
-                                 self.perms_at[lvl].eq(perms_next),
+                    m.d.sync += [perms.eq(perms_next),
                                  self.walked.eq(self.walked | (1 << lvl)[1:4])]
                     with m.If(self.mem_resp.payload.error):
                         m.d.sync += finish(Outcome.BUS_ERROR)
