@@ -89,15 +89,16 @@ class PagingStructureCache(wiring.Component):
         # flushed since still does, as a drop lands late anyway and a flush marks the
         # request stale (hw.top).
         # A fill written at the lookup's edge is seen (as S1's compare used to see it).
-        filled = Signal(n)         # the slot written at this edge
+        written = Signal(n)        # the slot a fill writes at this edge, flushed or not
+        filled = Signal(n)         # ... and holds a live entry after it (not flushed)
         hit = Signal(n)
         fill_hits = Signal()
         m.d.comb += fill_hits.eq((self.fill_key == self.lookup_key) & (self.fill_ctx == self.lookup_ctx))
         with m.If(self.lookup_en):
             m.d.sync += hit.eq(Mux(fill_hits, filled, 0)
-                               | (matches(self.lookup_key, self.lookup_ctx) & ~filled))
+                               | (matches(self.lookup_key, self.lookup_ctx) & ~written))
         with m.Else():
-            m.d.sync += hit.eq(hit & ~filled)
+            m.d.sync += hit.eq(hit & ~written)
         m.d.comb += self.hit.eq(hit.any())
         for i in range(n):
             with m.If(hit[i]):
@@ -129,16 +130,20 @@ class PagingStructureCache(wiring.Component):
         m.d.comb += flushed.eq(Cat(self.flush.bit_select(slots[i].ctx, 1) for i in range(n)))
         fill_flushed = self.flush.bit_select(self.fill_ctx, 1)
 
-        # a fill, then a drop, then a flush: the later statement wins
-        new_valid = Signal(n)
-        m.d.comb += new_valid.eq(valid)
-        with m.If(self.fill & ~fill_flushed):
-            m.d.comb += [new_valid.eq(valid | (1 << where)[:n]), filled.eq((1 << where)[:n])]
+        # A fill writes its slot even when its context is being flushed, and then leaves
+        # the slot invalid: the flush reaches only the valid bits, not the slots' write
+        # enables (the flush register drives the whole unit from one place).
+        with m.If(self.fill):
+            m.d.comb += written.eq((1 << where)[:n])
             m.d.sync += [
                 slots[where].key.eq(self.fill_key), slots[where].ctx.eq(self.fill_ctx),
                 slots[where].table.eq(self.fill_table), slots[where].perms.eq(self.fill_perms),
             ]
             with m.If(~same.any() & valid.all()):
                 m.d.sync += next_slot.eq(Mux(next_slot == n - 1, 0, next_slot + 1))
+        m.d.comb += filled.eq(Mux(fill_flushed, 0, written))
+        # a fill, then a drop, then a flush: the later one wins
+        new_valid = Signal(n)
+        m.d.comb += new_valid.eq((valid & ~written) | filled)
         m.d.sync += valid.eq(new_valid & ~Mux(drop, dropped & ~filled, 0) & ~(flushed & ~filled))
         return m
