@@ -171,12 +171,15 @@ class TlbArray(wiring.Component):
             fill_index.eq(pick_index), fill_tag.eq(tag(self.fill_page)),
             fill_entry.eq(self.fill_entry), fill_ctx.eq(self.fill_ctx), victim.eq(pick),
         ]
+        # The way is written even when the fill's context is being flushed, and is then
+        # left invalid: the flush (one register driving the whole unit) reaches valid bits
+        # only, not the memories' write enables.
         flushed = Signal()
         m.d.comb += flushed.eq(self.flush.bit_select(fill_ctx, 1))
-        do_fill = Signal()
-        m.d.comb += do_fill.eq(write & ~flushed)
-        fill_onehot = Signal(ways)
-        m.d.comb += fill_onehot.eq(Mux(do_fill, 1 << victim, 0))
+        written = Signal(ways)       # the way written at this edge
+        m.d.comb += written.eq(Mux(write, 1 << victim, 0))
+        fill_onehot = Signal(ways)   # ... and live after it
+        m.d.comb += fill_onehot.eq(Mux(flushed, 0, written))
 
         # S0 reads each way of the set (the memories' reads are asynchronous LUT RAM), and
         # compares context and tag and checks the access right away; S1 only chooses among
@@ -195,6 +198,7 @@ class TlbArray(wiring.Component):
         oks = Signal(ways)
         ok_way = Signal.like(victim)
         for w in range(ways):
+            written_now = same_set & written[w]
             filled_now = same_set & fill_onehot[w]
             word = Signal(entry_layout, name=f"way{w}_s0")
             if sets > 1:
@@ -206,9 +210,9 @@ class TlbArray(wiring.Component):
                     wr.addr.eq(fill_index),
                     wr.data.tag.eq(fill_tag),
                     wr.data.data.eq(fill_entry),
-                    wr.en.eq(fill_onehot[w]),
+                    wr.en.eq(written[w]),
                     rd.addr.eq(index0),
-                    word.eq(Mux(filled_now, fill_word, rd.data.as_value())),
+                    word.eq(Mux(written_now, fill_word, rd.data.as_value())),
                 ]
                 # the entry S1 answers with, read with the verdicts (reset-less, like memory)
                 entry = Signal(TlbEntry, name=f"way{w}_s1", reset_less=True)
@@ -219,12 +223,12 @@ class TlbArray(wiring.Component):
                 # written since the lookup has its s1_hit cleared, so it does not answer.
                 # No reset, like the memory: `valid` says what is live.
                 stored = Signal(entry_layout, name=f"way{w}", reset_less=True)
-                with m.If(fill_onehot[w]):
+                with m.If(written[w]):
                     m.d.sync += [stored.tag.eq(fill_tag), stored.data.eq(fill_entry)]
-                m.d.comb += word.eq(Mux(filled_now, fill_word, stored.as_value()))
+                m.d.comb += word.eq(Mux(written_now, fill_word, stored.as_value()))
                 entry = stored.data
             ctx_match = Mux(filled_now, fill_ctx, ctx[index0][w]) == self.lookup_ctx
-            live = (valid[index0][w] | filled_now) & ctx_match
+            live = Mux(written_now, filled_now, valid[index0][w]) & ctx_match
             m.d.comb += [
                 s0_hit[w].eq(live & (word.tag == tag0)),
                 s0_allows[w].eq(word.data.perms.bit_select(access0.as_value(), 1)
@@ -241,7 +245,7 @@ class TlbArray(wiring.Component):
         with m.If(self.lookup_en):
             m.d.sync += [s1_hit.eq(s0_hit), s1_allows.eq(s0_allows)]
         with m.Elif(fill_index == s1_index):
-            m.d.sync += s1_hit.eq(s1_hit & ~fill_onehot)
+            m.d.sync += s1_hit.eq(s1_hit & ~written)
 
         # A drop and the LRU refresh of a hit land one cycle later, off the compare path.
         # Harmless: until then the entry is still one the reference page allows.  The ways
@@ -259,9 +263,9 @@ class TlbArray(wiring.Component):
             m.d.sync += valid[pend_set].eq(valid[pend_set] & ~pend_hits)
         with m.Elif(pend_touch):
             m.d.sync += plru[pend_set].eq(plru_touch(plru[pend_set], pend_way, ways))
-        with m.If(do_fill):
+        with m.If(write):
             m.d.sync += [
-                valid[fill_index].eq(valid[fill_index] | fill_onehot),
+                valid[fill_index].eq((valid[fill_index] & ~written) | fill_onehot),
                 ctx[fill_index][victim].eq(fill_ctx),
                 plru[fill_index].eq(plru_touch(plru[fill_index], victim, ways)),
             ]
