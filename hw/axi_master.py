@@ -178,20 +178,22 @@ class AxiMemoryMaster(wiring.Component):
                     req.ready.eq(ar_free & (self.outstanding < self.max_outstanding)),
                     axi.rready.eq(resp_free),
                 ]
+                # The payload registers follow the offered request whenever they may change
+                # (AR idle or handshaking; the CAS registers are read only after IDLE), so
+                # that only the valid bits and the state wait for the handshake: the
+                # request's valid comes a long way (dispatch, walker, arbiter).
+                with m.If(ar_free):
+                    m.d.sync += [axi.arlock.eq(0), axi.araddr.eq(req.payload.addr)]
+                m.d.sync += [cas_addr.eq(req.payload.addr), cas_compare.eq(req.payload.compare),
+                             cas_data.eq(req.payload.data)]
                 with m.If(req.valid & req.ready):
                     with m.If(out_of_range):
                         m.d.sync += state.eq(MasterState.BAD_ADDR)
                     with m.Elif(req.payload.op == MemOp.READ):
                         m.d.comb += read_issue.eq(1)
-                        m.d.sync += [axi.arvalid.eq(1), axi.arlock.eq(0),
-                                     axi.araddr.eq(req.payload.addr)]
+                        m.d.sync += axi.arvalid.eq(1)
                     with m.Else():
-                        m.d.sync += [
-                            cas_addr.eq(req.payload.addr),
-                            cas_compare.eq(req.payload.compare),
-                            cas_data.eq(req.payload.data),
-                            state.eq(MasterState.DRAIN),
-                        ]
+                        m.d.sync += state.eq(MasterState.DRAIN)
 
             with m.Case(MasterState.DRAIN):
                 m.d.comb += axi.rready.eq(resp_free)

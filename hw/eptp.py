@@ -19,6 +19,7 @@ class EptpRegister(wiring.Component):
 
     value: In(64)
     load: In(1)
+    value_ok: Out(1)       # ``value`` is a valid EPTP (combinational: the context lookup)
     valid: Out(1)
     error: Out(1)
     pml4: Out(40)          # EPTP[51:12]: the PML4 frame, and the cache tag
@@ -31,7 +32,7 @@ class EptpRegister(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         v = self.value
-        ok = Signal()
+        ok = self.value_ok
         m.d.comb += ok.eq(((v[0:3] == 0) | (v[0:3] == 6))
                           & (v[3:6] == 3)
                           & (v[8:12] == 0)

@@ -9,11 +9,13 @@ would have used (``ept-reference.md``, caching rules).
 
 Keys are GPA[47:lo], ``lo`` = 12 + 9 * level: the index of this level's
 entry and of every entry above it, the bits that name the entry (the parent
-slices them off the GPA).  Lookup is combinational.  A fill replaces the entry with the same key, else
-the first free one, else the next in round-robin order.  ``flush`` drops
-every entry of the given contexts; ``drop`` drops the entry for one key
-(a walk that started from it faulted: the reference page wants the fault
-decided by memory).
+slices them off the GPA).  A lookup compares its key in S0 (``lookup_en``)
+and answers in S1, the next cycle, holding while ``lookup_en`` is low.  A fill replaces the entry with the same key, else
+the first free one, else the next in round-robin order (the slot with the
+same key is found a cycle ahead, from ``next_fill_key``).  ``flush`` drops
+every entry of the given contexts; ``drop`` drops the entry for one key a
+cycle later (a walk that started from it faulted: the reference page wants
+the fault decided by memory).
 """
 
 from amaranth import *
@@ -43,14 +45,19 @@ class PagingStructureCache(wiring.Component):
         ctx_bits = max(1, ceil_log2(contexts))
         key_bits = GPA_BITS - self.lo
         super().__init__({
-            "lookup_key": In(key_bits),      # GPA[47:lo]
-            "lookup_ctx": In(ctx_bits),
-            "hit": Out(1),
+            "lookup_en": In(1),
+            "lookup_key": In(key_bits),      # S0: GPA[47:lo]
+            "lookup_ctx": In(ctx_bits),      # S0
+            "hit": Out(1),                   # S1, as table and perms
             "table": Out(40),      # frame of the next-level table
             "perms": Out(3),
             "fill": In(1),
             "fill_key": In(key_bits),
             "fill_ctx": In(ctx_bits),
+            # the key and context the next cycle's fill carries (if it fills): the search
+            # for a slot holding that key is made a cycle ahead
+            "next_fill_key": In(key_bits),
+            "next_fill_ctx": In(ctx_bits),
             "fill_table": In(40),
             "fill_perms": In(3),
             "drop": In(1),
@@ -76,13 +83,33 @@ class PagingStructureCache(wiring.Component):
                                  for i in range(n)))
             return v
 
-        hit = matches(self.lookup_key, self.lookup_ctx)
+        # The key is compared in S0 and the slots that hold it are registered; S1 reads the
+        # table and perms of the slot that hit.  A slot written since the compare no longer
+        # answers (missing is always safe: the walk starts higher); a slot dropped or
+        # flushed since still does, as a drop lands late anyway and a flush marks the
+        # request stale (hw.top).
+        # A fill written at the lookup's edge is seen (as S1's compare used to see it).
+        written = Signal(n)        # the slot a fill writes at this edge, flushed or not
+        filled = Signal(n)         # ... and holds a live entry after it (not flushed)
+        hit = Signal(n)
+        fill_hits = Signal()
+        m.d.comb += fill_hits.eq((self.fill_key == self.lookup_key) & (self.fill_ctx == self.lookup_ctx))
+        with m.If(self.lookup_en):
+            m.d.sync += hit.eq(Mux(fill_hits, filled, 0)
+                               | (matches(self.lookup_key, self.lookup_ctx) & ~written))
+        with m.Else():
+            m.d.sync += hit.eq(hit & ~written)
         m.d.comb += self.hit.eq(hit.any())
         for i in range(n):
             with m.If(hit[i]):
                 m.d.comb += [self.table.eq(slots[i].table), self.perms.eq(slots[i].perms)]
 
-        same = matches(self.fill_key, self.fill_ctx)
+        # The slot that holds the fill's key, searched a cycle ahead and registered, so that
+        # the 27-bit compares stay off the slot write enables.  If that slot changed in
+        # between (a drop, a flush, another fill), the fill lands in it anyway; and a fill
+        # of the same key in between leaves two slots that translate alike: both harmless.
+        same = Signal(n)
+        m.d.sync += same.eq(matches(self.next_fill_key, self.next_fill_ctx))
         where = Signal(range(n))
         m.d.comb += where.eq(next_slot)
         for i in reversed(range(n)):
@@ -92,22 +119,31 @@ class PagingStructureCache(wiring.Component):
             with m.If(same[i]):
                 m.d.comb += where.eq(i)
 
-        dropped = matches(self.drop_key, self.drop_ctx)
+        # A drop lands a cycle later, off the walker's entry check: meanwhile a lookup may
+        # still start a walk from the entry, and a fault there is walked again as well.
+        drop = Signal()
+        drop_key = Signal.like(self.drop_key)
+        drop_ctx = Signal.like(self.drop_ctx)
+        m.d.sync += [drop.eq(self.drop), drop_key.eq(self.drop_key), drop_ctx.eq(self.drop_ctx)]
+        dropped = matches(drop_key, drop_ctx)
         flushed = Signal(n)
         m.d.comb += flushed.eq(Cat(self.flush.bit_select(slots[i].ctx, 1) for i in range(n)))
         fill_flushed = self.flush.bit_select(self.fill_ctx, 1)
 
-        # a fill, then a drop, then a flush: the later statement wins
-        new_valid = Signal(n)
-        filled = Signal(n)         # the slot written now no longer holds the flushed context
-        m.d.comb += new_valid.eq(valid)
-        with m.If(self.fill & ~fill_flushed):
-            m.d.comb += [new_valid.eq(valid | (1 << where)[:n]), filled.eq((1 << where)[:n])]
+        # A fill writes its slot even when its context is being flushed, and then leaves
+        # the slot invalid: the flush reaches only the valid bits, not the slots' write
+        # enables (the flush register drives the whole unit from one place).
+        with m.If(self.fill):
+            m.d.comb += written.eq((1 << where)[:n])
             m.d.sync += [
                 slots[where].key.eq(self.fill_key), slots[where].ctx.eq(self.fill_ctx),
                 slots[where].table.eq(self.fill_table), slots[where].perms.eq(self.fill_perms),
             ]
             with m.If(~same.any() & valid.all()):
                 m.d.sync += next_slot.eq(Mux(next_slot == n - 1, 0, next_slot + 1))
-        m.d.sync += valid.eq(new_valid & ~Mux(self.drop, dropped & ~filled, 0) & ~(flushed & ~filled))
+        m.d.comb += filled.eq(Mux(fill_flushed, 0, written))
+        # a fill, then a drop, then a flush: the later one wins
+        new_valid = Signal(n)
+        m.d.comb += new_valid.eq((valid & ~written) | filled)
+        m.d.sync += valid.eq(new_valid & ~Mux(drop, dropped & ~filled, 0) & ~(flushed & ~filled))
         return m

@@ -9,12 +9,16 @@ context id, which :class:`~hw.contexts.ContextTable` maps to EPTP[51:12].
 Timing: a lookup presents its page number GPA[47:12] and context in cycle
 S0 (``lookup_en`` high); the result (``hit``, ``entry``, ``size``) is valid in
 cycle S1, the next one, and holds while ``lookup_en`` stays low.  One lookup
-per cycle.  Each array reads its set and compares the ways' contexts in S0,
-and holds the page for the S1 tag compare itself, so its ports carry exactly
-the bits it uses (an array sees GPA[47:shift] of its page size: set index,
-then tag).  While a lookup waits in S1, a fill into its set hides the way it
-overwrites (the data read in S0 is then old), so a hit is never built from a
-stale read.  A drop (``drop`` with a hit) and the LRU refresh of a hit take
+per cycle.  Each array reads its set in S0 (the memories are asynchronous LUT
+RAM) and there compares each way's context and tag and checks the access
+against its permissions and D; S1 only chooses among those registered
+verdicts, so the compare never shares a cycle with the unit's steering.  An
+array sees GPA[47:shift] of its page size (set index, then tag).  While a
+lookup waits in S1, a fill into its set hides the way it overwrites (the data
+read in S0 is then old), so a hit is never built from a stale read; valid
+bits cleared after S0 are not looked at again (a flush marks the request
+stale in ``hw.top``; a dropped entry was still one the reference page
+allowed).  A drop (``drop`` with a hit) and the LRU refresh of a hit take
 effect one cycle after S1; a fill is written two cycles after ``fill`` (one
 to pick the way, one to write), so a lookup in S0 from the cycle after next
 sees it.
@@ -135,12 +139,14 @@ class TlbArray(wiring.Component):
                     for s in range(sets))
         plru = Array(Signal(max(1, ways - 1), name=f"plru_{s}") for s in range(sets))
 
-        # the lookup's page and context, held for the S1 compare
-        s1_page = Signal.like(self.lookup_page)
+        # The lookup's page, held for the S1 compare.  Reset-less, unlike the unit's own S1
+        # register that holds the same bits: otherwise yosys merges the two, and that one
+        # register then feeds every compare of the unit from one place on the die (its
+        # routing was most of the S1 path).  Its value only matters under a valid bit.
+        s1_page = Signal(len(self.lookup_page), name="s1_page", reset_less=True)
         with m.If(self.lookup_en):
             m.d.sync += s1_page.eq(self.lookup_page)
         s1_index = index(s1_page)
-        seen = Signal(ways)          # ways whose S0 read is still current
         # A fill takes two cycles: the first picks the victim way (first invalid, else
         # pseudo-LRU) and registers it, the second writes.  Splitting them keeps the
         # set-indexed victim choice and the write enables off one path.  A second fill
@@ -165,85 +171,101 @@ class TlbArray(wiring.Component):
             fill_index.eq(pick_index), fill_tag.eq(tag(self.fill_page)),
             fill_entry.eq(self.fill_entry), fill_ctx.eq(self.fill_ctx), victim.eq(pick),
         ]
+        # The way is written even when the fill's context is being flushed, and is then
+        # left invalid: the flush (one register driving the whole unit) reaches valid bits
+        # only, not the memories' write enables.
         flushed = Signal()
         m.d.comb += flushed.eq(self.flush.bit_select(fill_ctx, 1))
-        do_fill = Signal()
-        m.d.comb += do_fill.eq(write & ~flushed)
-        fill_onehot = Signal(ways)
-        m.d.comb += fill_onehot.eq(Mux(do_fill, 1 << victim, 0))
+        written = Signal(ways)       # the way written at this edge
+        m.d.comb += written.eq(Mux(write, 1 << victim, 0))
+        fill_onehot = Signal(ways)   # ... and live after it
+        m.d.comb += fill_onehot.eq(Mux(flushed, 0, written))
 
-        # the S1 access, held like the page: each way checks it next to its tag
-        s1_access = Signal(Access)
-        with m.If(self.lookup_en):
-            m.d.sync += s1_access.eq(self.lookup_access)
+        # S0 reads each way of the set (the memories' reads are asynchronous LUT RAM), and
+        # compares context and tag and checks the access right away; S1 only chooses among
+        # the registered verdicts.  A way written at the lookup's edge is seen as written
+        # (a transparent read): its tag, context and data come from the fill.
+        index0 = index(self.lookup_page)
+        tag0 = tag(self.lookup_page)
+        access0 = self.lookup_access
+        same_set = fill_index == index0
+        fill_word = Cat(fill_tag, fill_entry)
+        s0_hit = Signal(ways)        # valid, of the lookup's context, holding its page
+        s0_allows = Signal(ways)     # the way's entry allows the lookup's access
+        s1_hit = Signal(ways)        # registered s0_hit; a fill into S1's set since clears it
+        s1_allows = Signal(ways)
         hits = Signal(ways)
         oks = Signal(ways)
         ok_way = Signal.like(victim)
         for w in range(ways):
+            written_now = same_set & written[w]
+            filled_now = same_set & fill_onehot[w]
+            word = Signal(entry_layout, name=f"way{w}_s0")
             if sets > 1:
                 mem = Memory(shape=entry_layout, depth=sets, init=[])
                 m.submodules[f"way{w}"] = mem
                 wr = mem.write_port()
-                rd = mem.read_port(transparent_for=(wr,))
+                rd = mem.read_port(domain="comb")
                 m.d.comb += [
                     wr.addr.eq(fill_index),
                     wr.data.tag.eq(fill_tag),
                     wr.data.data.eq(fill_entry),
-                    wr.en.eq(fill_onehot[w]),
-                    rd.addr.eq(index(self.lookup_page)),
-                    rd.en.eq(self.lookup_en),
+                    wr.en.eq(written[w]),
+                    rd.addr.eq(index0),
+                    word.eq(Mux(written_now, fill_word, rd.data.as_value())),
                 ]
-                stored = rd.data
+                # the entry S1 answers with, read with the verdicts (reset-less, like memory)
+                entry = Signal(TlbEntry, name=f"way{w}_s1", reset_less=True)
+                with m.If(self.lookup_en):
+                    m.d.sync += entry.eq(word.data)
             else:
-                # One set: the way itself, read in S1 without an S0 read register.  That is
-                # what the memory's transparent read would give whenever it can matter: a
-                # way written since the lookup is not in `seen`, so it does not hit.  No
-                # reset, like the memory: `valid` says what is live.
+                # One set: the way itself, in registers; S1 reads its entry there.  A way
+                # written since the lookup has its s1_hit cleared, so it does not answer.
+                # No reset, like the memory: `valid` says what is live.
                 stored = Signal(entry_layout, name=f"way{w}", reset_less=True)
-                with m.If(fill_onehot[w]):
+                with m.If(written[w]):
                     m.d.sync += [stored.tag.eq(fill_tag), stored.data.eq(fill_entry)]
-            # the context was compared in S0 (``seen``); a fill since then clears it
-            live = valid[s1_index][w] & seen[w]
-            entry = stored.data
-            allows = (entry.perms.bit_select(s1_access.as_value(), 1)
-                      & ((s1_access != Access.WRITE) | entry.d))
-            m.d.comb += [hits[w].eq(live & (stored.tag == tag(s1_page))),
-                         oks[w].eq(hits[w] & allows)]
+                m.d.comb += word.eq(Mux(written_now, fill_word, stored.as_value()))
+                entry = stored.data
+            ctx_match = Mux(filled_now, fill_ctx, ctx[index0][w]) == self.lookup_ctx
+            live = Mux(written_now, filled_now, valid[index0][w]) & ctx_match
+            m.d.comb += [
+                s0_hit[w].eq(live & (word.tag == tag0)),
+                s0_allows[w].eq(word.data.perms.bit_select(access0.as_value(), 1)
+                                & ((access0 != Access.WRITE) | word.data.d)),
+            ]
+            # S1 chooses among the S0 verdicts.  Valid bits cleared since S0 are not looked
+            # at again: a flush since then marks the request stale (hw.top), and a dropped
+            # entry was still one the reference page allowed.
+            m.d.comb += [hits[w].eq(s1_hit[w]),
+                         oks[w].eq(hits[w] & s1_allows[w])]
             with m.If(oks[w]):
                 m.d.comb += [ok_way.eq(w), self.entry.eq(entry)]
         m.d.comb += [self.hit.eq(hits.any()), self.ok.eq(oks.any())]
-
-        # The S0 snapshot of the ways that may hit: valid, of the lookup's context, and
-        # read from memory as they are now.  Comparing the context here keeps the
-        # context registers out of the S1 compare (the unit's critical path).
-        index0 = index(self.lookup_page)
-        same_set = fill_index == index0
-        ctx_match = Signal(ways)
-        for w in range(ways):
-            filled_now = same_set & fill_onehot[w]
-            m.d.comb += ctx_match[w].eq(Mux(filled_now, fill_ctx, ctx[index0][w]) == self.lookup_ctx)
         with m.If(self.lookup_en):
-            m.d.sync += seen.eq((valid[index0] | Mux(same_set, fill_onehot, 0)) & ctx_match)
+            m.d.sync += [s1_hit.eq(s0_hit), s1_allows.eq(s0_allows)]
         with m.Elif(fill_index == s1_index):
-            m.d.sync += seen.eq(seen & ~fill_onehot)
+            m.d.sync += s1_hit.eq(s1_hit & ~written)
 
         # A drop and the LRU refresh of a hit land one cycle later, off the compare path.
-        # Harmless: until then the entry is still one the reference page allows.
-        pend_drop = Signal(ways)
+        # Harmless: until then the entry is still one the reference page allows.  The ways
+        # that hit and the drop decision are registered apart, and combined a cycle later.
+        pend_hits = Signal(ways)
+        pend_drop = Signal()
         pend_touch = Signal()
         pend_set = Signal(len(s1_index))
         pend_way = Signal.like(ok_way)
-        m.d.sync += [pend_drop.eq(Mux(self.drop, hits, 0)), pend_touch.eq(self.ok),
+        m.d.sync += [pend_hits.eq(hits), pend_drop.eq(self.drop), pend_touch.eq(self.ok),
                      pend_set.eq(s1_index), pend_way.eq(ok_way)]
 
         # order matters: a drop, then a fill, then a flush (which wins)
-        with m.If(pend_drop.any()):
-            m.d.sync += valid[pend_set].eq(valid[pend_set] & ~pend_drop)
+        with m.If(pend_drop & pend_hits.any()):
+            m.d.sync += valid[pend_set].eq(valid[pend_set] & ~pend_hits)
         with m.Elif(pend_touch):
             m.d.sync += plru[pend_set].eq(plru_touch(plru[pend_set], pend_way, ways))
-        with m.If(do_fill):
+        with m.If(write):
             m.d.sync += [
-                valid[fill_index].eq(valid[fill_index] | fill_onehot),
+                valid[fill_index].eq((valid[fill_index] & ~written) | fill_onehot),
                 ctx[fill_index][victim].eq(fill_ctx),
                 plru[fill_index].eq(plru_touch(plru[fill_index], victim, ways)),
             ]

@@ -20,9 +20,11 @@ Promises:
   request is taken every cycle while hits continue.  If the port is busy the
   answer waits in a skid register, which has the port first, then walker
   responses, then S1 (so walks cannot starve).
-* **Pipeline**: S1 moves on whenever the skid register is empty and S2 can
-  take a miss, whatever its compare says; the compare only steers data.  That
-  keeps the TLB compare off the pipeline enables (the unit's critical path).
+* **Pipeline**: S0 reads the TLB set and compares contexts, tags and
+  permissions there, and the paging-structure caches compare their keys; S1
+  chooses among the registered verdicts.  S1 moves on whenever the skid
+  register is empty and S2 can take a miss, whatever its lookup says; the
+  lookup only steers data, and stays off the pipeline enables.
 * **Walk timing**: with memory latency L (no A/D writes, no row misses) a
   cold 4-level walk answers 4(L+1)+2 cycles after the request: S1 (lookup),
   S2 (dispatch, and the walker's first read leaves in the same cycle), L+1
@@ -40,9 +42,13 @@ Promises:
   cached; a hit lacking the permission the access needs, or a write hit on an
   entry whose D is 0, drops the entry and walks; a walk that starts from a
   paging-structure cache and faults walks again from the PML4E.
-* **INVEPT** acts on the edge that takes it (TLB and caches of the covered
-  contexts are cleared); a walk, request or park slot of a covered context in
-  flight at that edge completes, but installs nothing.
+* **INVEPT** covers every request taken from the edge that takes it on.  Its
+  flush is registered (the context table's 40-bit compares get a cycle of
+  their own): the TLB and caches of the covered contexts are cleared on the
+  next edge, and no new request is taken in the INVEPT's own cycle
+  (``translate_req.ready`` is low then), so no request can use what the
+  flush is about to clear.  A walk, request or park slot of a covered context
+  in flight at the flush completes, but installs nothing.
 * A request with no valid EPTP is answered ``REFUSED``; nothing is walked.
 * Performance counters (:data:`~hw.layouts.PERF_EVENTS`) count every cycle;
   a count shows two cycles after its event.  Cache fills land one cycle after
@@ -162,9 +168,11 @@ class PageWalkUnit(wiring.Component):
             eptp.load.eq(self.eptp_load),
             self.eptp_valid.eq(eptp.valid),
             self.eptp_error.eq(eptp.error),
-            ctxs.eptp_valid.eq(eptp.valid),
-            ctxs.pml4.eq(eptp.pml4),
-            ctxs.ad_enabled.eq(eptp.ad_enabled),
+            # the context is looked up while the EPTP loads, so its id is a register
+            ctxs.load.eq(self.eptp_load),
+            ctxs.load_ok.eq(eptp.value_ok),
+            ctxs.load_pml4.eq(self.eptp_value[12:52]),
+            ctxs.load_ad.eq(self.eptp_value[6]),
             perf.clear.eq(self.counters_clear),
             self.counters.eq(perf.counters),
         ]
@@ -205,24 +213,27 @@ class PageWalkUnit(wiring.Component):
         w_stale = Signal(n_walk)
         w_busy = Signal(n_walk)
 
-        # -- S0: a replay from a park slot, else a new request ------------------
-        replayable = Signal(n_park)
-        m.d.comb += replayable.eq(park_valid & park_ready)
-        replay_sel = Signal(range(n_park) if n_park > 1 else 1)
-        for i in reversed(range(n_park)):
-            with m.If(replayable[i]):
-                m.d.comb += replay_sel.eq(i)
-        new_ok = ~eptp.valid | ctxs.ready       # a new context gets its id first
+        # -- S0: a replay, else a new request ---------------------------------------
+        # A parked request whose walk has answered moves into the replay register first
+        # (chosen in the cycle it wakes, so no later than before), so that S0's mux in front
+        # of the TLB read selects between one register and the port.
+        rp = Signal(Pending)
+        rp_valid = Signal()
+        slot_bits = range(n_park) if n_park > 1 else 1
+        # A new context gets its id first.  No new request in the cycle an INVEPT is taken:
+        # its flush is registered and acts on the next edge, so every request taken from
+        # the INVEPT's edge on is covered.
+        new_ok = (~eptp.valid | ctxs.ready) & ~self.invept.valid
         s1_advance = Signal()
-        with m.If(replayable.any()):
-            m.d.comb += s0.eq(park[replay_sel])
+        with m.If(rp_valid):
+            m.d.comb += s0.eq(rp)
         with m.Else():
             p = self.translate_req.payload
             m.d.comb += [s0.gpa.eq(p.gpa), s0.access.eq(p.access), s0.tag.eq(p.tag),
                          s0.ctx.eq(ctxs.cur_id), s0.pml4.eq(eptp.pml4),
                          s0.ad_enabled.eq(eptp.ad_enabled), s0.ctx_valid.eq(eptp.valid)]
-        s0_valid = replayable.any() | (self.translate_req.valid & new_ok)
-        m.d.comb += self.translate_req.ready.eq(s1_advance & ~replayable.any() & new_ok)
+        s0_valid = rp_valid | (self.translate_req.valid & new_ok)
+        m.d.comb += self.translate_req.ready.eq(s1_advance & ~rp_valid & new_ok)
         fire = Signal()
         m.d.comb += fire.eq(s1_advance & s0_valid)
         with m.If(fire):
@@ -259,14 +270,16 @@ class PageWalkUnit(wiring.Component):
         if self.tlb is not None:
             m.d.comb += tlb.drop.eq(bad_hit)
 
-        # The translation of a good hit (zero otherwise) is built in its own signal, and every
+        # The translation of a hit is built in its own signal (zero for a refused request;
+        # gated by the S1 register's EPTP validity rather than by the compare's verdict, which
+        # would add a level and a wide fanout to the S1 path: a miss never sends it), and every
         # field of the response is then assigned unconditionally: a hit has no exit
         # qualification and restarted no walk, so those fields are zero.
         hit = Signal(data.StructLayout({"hpa": PA_BITS, "page_size": PageSize,
                                         "memtype": 3, "level": Level}))
         if tlb_entry is not None:
             page = tlb_entry.hpa_page
-            with m.If(good_hit):
+            with m.If(s1.ctx_valid):
                 m.d.comb += [hit.page_size.eq(tlb.size), hit.memtype.eq(tlb_entry.memtype)]
                 with m.Switch(tlb.size):
                     with m.Case(PageSize.SIZE_4K):
@@ -346,14 +359,22 @@ class PageWalkUnit(wiring.Component):
         m.d.comb += [start.level.eq(Level.PML4E), start.table.eq(s1.pml4), start.perms.eq(0b111)]
         for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
             psc = self.pscs[level]
-            m.d.comb += [psc.lookup_key.eq(s1.gpa[psc.lo:]), psc.lookup_ctx.eq(s1.ctx), psc.flush.eq(flush)]
+            m.d.comb += [psc.lookup_en.eq(fire), psc.lookup_key.eq(s0.gpa[psc.lo:]),
+                         psc.lookup_ctx.eq(s0.ctx), psc.flush.eq(flush)]
             use = Signal(name=f"use_{level.name.lower()}_cache")
             m.d.comb += use.eq(psc.hit & ~s1.stale)
             with m.If(use):           # lower levels come later and win
                 m.d.comb += [start.level.eq(below), start.table.eq(psc.table), start.perms.eq(psc.perms)]
+        # Which walkers walk S1's page, compared here and registered with S2 so that the
+        # 36-bit page compare stays off S2's dispatch (and the walker's first read).  No walk
+        # starts while S1 resolves (S2 is empty then), so a walker's page and context cannot
+        # change before S2 uses this; S2 still checks that the walker is busy and not stale.
+        s2_walking = Signal(n_walk)
         with m.If(s1_resolves):
             m.d.sync += [s2.eq(s1), s2.stale.eq(s1.stale | flushed(s1.ctx)), s2_valid.eq(miss),
-                         s2_dropped.eq(bad_hit), s2_start.eq(start)]
+                         s2_dropped.eq(bad_hit), s2_start.eq(start),
+                         s2_walking.eq(Cat((w_ctx[k] == s1.ctx) & (w.page == s1.gpa[12:])
+                                           for k, w in enumerate(walkers)))]
         with m.Elif(s2_leaving):
             m.d.sync += s2_valid.eq(0)
         with m.Elif(s2_valid):
@@ -362,13 +383,12 @@ class PageWalkUnit(wiring.Component):
         # -- S2, a miss: park behind a walk of the same page, or start a walk ------
         same_page = Signal(n_walk)
         for k, w in enumerate(walkers):
-            m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & (w_ctx[k] == s2.ctx)
-                                        & (w.page == s2.gpa[12:]))
+            m.d.comb += same_page[k].eq(w_busy[k] & ~w_stale[k] & s2_walking[k])
         merge_walker = Signal.like(w_resp_sel)
         for k in reversed(range(n_walk)):
             with m.If(same_page[k]):
                 m.d.comb += merge_walker.eq(k)
-        free_park = Signal.like(replay_sel)
+        free_park = Signal(slot_bits)
         for i in reversed(range(n_park)):
             with m.If(~park_valid[i]):
                 m.d.comb += free_park.eq(i)
@@ -434,7 +454,9 @@ class PageWalkUnit(wiring.Component):
         fw = Signal(range(n_walk) if n_walk > 1 else 1)
         m.d.comb += fw.eq(w_resp_sel)
         done_any = w_done.any()
-        resp = self.translate_resp.payload
+        # the answering walker's own response, not the port's: the port's mux also carries
+        # S1's hit, which must not reach the fill registers
+        resp = Signal(TranslateResponse)
         Fill = data.StructLayout({
             "page": GPA_BITS - 12, "ctx": ctx_bits, "size": PageSize, "hpa_page": PA_BITS - 12,
             "memtype": 3, "leaf": Level, "perms": 3, "d": 1,
@@ -450,7 +472,7 @@ class PageWalkUnit(wiring.Component):
         sel = Signal(Fill)
         for k, w in enumerate(walkers):
             with m.If(fw == k):
-                m.d.comb += [sel.page.eq(w.page), sel_access.eq(w.access),
+                m.d.comb += [resp.eq(w.resp.payload), sel.page.eq(w.page), sel_access.eq(w.access),
                              sel_entries.eq(w.entries), sel_perms_at.eq(w.perms_at),
                              sel.walked.eq(w.walked), sel.ctx.eq(w_ctx[k])]
         leaf = resp.level.as_value()
@@ -490,6 +512,7 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += [
                 psc.fill.eq(fill_valid & fill.walked[i - 1] & (fill.leaf.as_value() < i)),
                 psc.fill_key.eq(fill.page[psc.lo - 12:]), psc.fill_ctx.eq(fill.ctx),
+                psc.next_fill_key.eq(sel.page[psc.lo - 12:]), psc.next_fill_ctx.eq(sel.ctx),
                 psc.fill_table.eq(fill.tables[i - 1]), psc.fill_perms.eq(fill.table_perms[i - 1]),
             ]
         with m.If(done_any):
@@ -506,18 +529,32 @@ class PageWalkUnit(wiring.Component):
                 with m.If(drop_walker == k):
                     m.d.comb += [psc.drop.eq(w.psc_drop), psc.drop_key.eq(w.page[psc.lo - 12:])]
 
-        # park slots: wake a cycle after their walker's answer, so that the replay's S0
-        # read comes after the TLB has written the walk's result; leave on replay
+        # Park slots wake a cycle after their walker's answer, so that the replay's S0 read
+        # comes after the TLB has written the walk's result; a woken slot moves into the
+        # replay register as soon as it is free (or being taken by S0), leaving the park.
         w_done_q = Signal(n_walk)
         m.d.sync += w_done_q.eq(w_done)
+        waking = Signal(n_park)
         for i in range(n_park):
+            m.d.comb += waking[i].eq(park_valid[i] & (park_ready[i]
+                                                      | w_done_q.bit_select(park_wait[i], 1)))
             with m.If(park_valid[i] & w_done_q.bit_select(park_wait[i], 1)):
                 m.d.sync += park_ready[i].eq(1)
             with m.If(park_valid[i]):
                 m.d.sync += park[i].stale.eq(park[i].stale | flushed(park[i].ctx))
-        with m.If(fire & replayable.any()):
-            m.d.sync += [park_valid.bit_select(replay_sel, 1).eq(0),
-                         park_ready.bit_select(replay_sel, 1).eq(0)]
+        wake_sel = Signal(slot_bits)
+        for i in reversed(range(n_park)):
+            with m.If(waking[i]):
+                m.d.comb += wake_sel.eq(i)
+        with m.If(~rp_valid | fire):          # S0 takes the replay register when it has one
+            m.d.sync += rp_valid.eq(waking.any())
+            with m.If(waking.any()):
+                m.d.sync += [rp.eq(park[wake_sel]),
+                             rp.stale.eq(park[wake_sel].stale | flushed(park[wake_sel].ctx)),
+                             park_valid.bit_select(wake_sel, 1).eq(0),
+                             park_ready.bit_select(wake_sel, 1).eq(0)]
+        with m.Else():
+            m.d.sync += rp.stale.eq(rp.stale | flushed(rp.ctx))
 
         m.d.comb += [
             ev.walk_cycles.eq(sum(~walker_idle[k] for k in range(n_walk))),

@@ -202,19 +202,22 @@ class Walker(wiring.Component):
         with m.Switch(self.state):
             with m.Case(WalkerState.IDLE):
                 m.d.comb += self.req.ready.eq(1)
+                # An idle walker loads the offered request every cycle, taken or not: nothing
+                # reads these registers while it is idle, and so only the state waits for
+                # ``valid`` (the dispatch decision then drives a few flip-flops, not hundreds).
+                p = self.req.payload
+                m.d.sync += [
+                    gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
+                    ad_enabled.eq(p.ad_enabled), retries.eq(0), result.eq(0),
+                    tag.eq(p.tag),
+                    self.level.eq(p.start_level), table.eq(p.start_table),
+                    perms.eq(p.start_perms), self.walked.eq(0),
+                    skipped.eq(p.start_level != Level.PML4E),
+                    addrs[p.start_level.as_value()].eq(entry_addr),
+                ]
                 with m.If(self.req.valid):
-                    p = self.req.payload
-                    m.d.sync += [
-                        gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
-                        ad_enabled.eq(p.ad_enabled), retries.eq(0), result.eq(0),
-                        tag.eq(p.tag),
-                        self.level.eq(p.start_level), table.eq(p.start_table),
-                        perms.eq(p.start_perms), self.walked.eq(0),
-                        skipped.eq(p.start_level != Level.PML4E),
-                    ]
                     with m.If(p.ctx_valid & self.mem_req.ready):
-                        m.d.sync += [addrs[p.start_level.as_value()].eq(entry_addr),
-                                     self.state.eq(WalkerState.WAIT)]
+                        m.d.sync += self.state.eq(WalkerState.WAIT)
                     with m.Elif(p.ctx_valid):
                         m.d.sync += self.state.eq(WalkerState.READ)
                     with m.Else():
@@ -226,9 +229,12 @@ class Walker(wiring.Component):
                     m.d.sync += [addrs[lvl].eq(entry_addr), self.state.eq(WalkerState.WAIT)]
 
             with m.Case(WalkerState.WAIT):
+                # The level's entry and permissions are loaded every cycle of the wait (the
+                # last load is the answer's): nothing reads them at this level before the
+                # answer, and the wide loads then do not wait for the response's valid.
+                m.d.sync += [entries[lvl].eq(entry), self.perms_at[lvl].eq(perms_next)]
                 with m.If(self.mem_resp.valid):
-                    m.d.sync += [entries[lvl].eq(entry), perms.eq(perms_next),
-                                 self.perms_at[lvl].eq(perms_next),
+                    m.d.sync += [perms.eq(perms_next),
                                  self.walked.eq(self.walked | (1 << lvl)[1:4])]
                     with m.If(self.mem_resp.payload.error):
                         m.d.sync += finish(Outcome.BUS_ERROR)
