@@ -479,12 +479,13 @@ def cmd_wave(args) -> int:
 
 
 def cmd_verilog(args) -> int:
-    from .verilog import ParamError, generate, parameter_values, port_table, write_atomic
+    from .verilog import ParamError, build_top, generate, parameter_values, port_table, write_atomic
     params = parameter_values(args)
     try:
         if args.ports:
             print(port_table(params))
             return 0
+        build_top(params, elaborate=False)      # refuse bad parameters before creating anything
         _output_path("--out", args.out)
         text = generate(params)
     except ParamError as e:

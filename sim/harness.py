@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from amaranth import ResetInserter, Signal
 from amaranth.sim import Simulator
 
 from hw.layouts import (
@@ -178,7 +179,11 @@ class PysimHarness:
         self._counters_raw = 0
         self._stack = ExitStack()
 
-        self.sim = Simulator(self.dut)
+        # the unit's reset, driven by reset(): a ResetInserter keeps the design's names
+        self._reset = Signal(name="harness_reset")
+        self._reset_requested = False
+        self.resets = 0
+        self.sim = Simulator(ResetInserter(self._reset)(self.dut))
         self.sim.add_clock(1e-8)        # 100 MHz: 10 ns per cycle in waveforms
         self.sim.add_testbench(self._world, background=True)
         self.wave = check_wave_path(wave, ".vcd") if wave is not None else None
@@ -207,6 +212,9 @@ class PysimHarness:
         cas_op = MemOp.CAS.value
         while True:
             run_hooks(self.hooks, self._hook_wake, self.cycle)
+            resetting = self._reset_requested
+            if resetting:
+                ctx.set(self._reset, 1)
 
             ready, resp = dram.drive()
             ctx.set(dut.mem_req.ready, ready)
@@ -290,7 +298,27 @@ class PysimHarness:
             if loaded:
                 self.eptp_loads_seen += 1
             loaded = load is not None
+            if resetting:
+                # the memory interface is reset with the unit: what it had not
+                # answered is dropped (a CAS it performed stays: it was atomic)
+                ctx.set(self._reset, 0)
+                self._reset_requested = False
+                self.resets += 1
+                dram.queue.clear()
+                self.inflight.clear()
+                self.pending.clear()
+                self.free_tags = deque(range(1 << TAG_BITS))
+                self.eptp, self.eptp_valid, loaded = None, False, False
+                last_req = last_resp = _UNSET
             self.cycle += 1
+
+    def reset(self) -> None:
+        """Pulse the unit's reset for one cycle, mid-walk or not: requests in
+        flight are dropped unanswered, the DRAM model's queue with them, and
+        the EPTP must be loaded again."""
+        done = self.resets
+        self._reset_requested = True
+        self.run_until(lambda: self.resets > done, 4, "reset")
 
     def _fill(self, t: Ticket, raw: int) -> None:
         f = _TRESP.get
