@@ -59,6 +59,7 @@ every request walks from the PML4E.
 """
 
 from amaranth import *
+from amaranth.hdl import Assert
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -67,7 +68,7 @@ from .checks import PortChecker
 from .contexts import ContextTable
 from .eptp import EptpRegister
 from .layouts import (
-    GPA_BITS, PA_BITS, TAG_BITS, Access, InveptRequest, Level, MemRequest, MemResponse, Outcome, PageSize,
+    GPA_BITS, PA_BITS, TAG_BITS, Access, InveptKind, InveptRequest, Level, MemRequest, MemResponse, Outcome, PageSize,
     PerfCounters, TranslateRequest, TranslateResponse, check_maxphyaddr,
 )
 from .mem_arbiter import MemArbiter
@@ -572,4 +573,19 @@ class PageWalkUnit(wiring.Component):
                 c.mresp_valid.eq(self.mem_resp.valid), c.mresp_ready.eq(self.mem_resp.ready),
                 c.mresp.eq(self.mem_resp.payload),
             ]
+            # No cache fill after INVEPT, tracked apart from the stale bits that
+            # implement it: a walk that saw a global INVEPT from its start to the
+            # cycle before its answer installs nothing (an INVEPT in the answer's
+            # own cycle is the TLB's to drop: the fill lands as the flush does).
+            covered = Signal(n_walk, name="check_inv_covered")
+            global_inv = self.invept.valid & (self.invept.payload.kind == InveptKind.GLOBAL)
+            for k, w in enumerate(walkers):
+                with m.If(w.req.valid & w.req.ready):
+                    m.d.sync += covered[k].eq(global_inv)
+                with m.Elif(global_inv):
+                    m.d.sync += covered[k].eq(1)
+            fill_covered = Signal(name="check_fill_covered")
+            m.d.sync += fill_covered.eq(done_any & covered.bit_select(fw, 1))
+            m.d.sync += Assert(~(fill_valid & fill_covered),
+                               "cache fill from a walk a global INVEPT covered")
         return m
