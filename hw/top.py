@@ -316,28 +316,48 @@ class PageWalkUnit(wiring.Component):
         answer = refuse | good_hit
 
         # -- the response port: the skid register, then walkers, then S1 ----------
+        # An offer not taken is offered again, unchanged (the stream contract): the
+        # source is held, so a walker answering meanwhile, or S1's answer moving into
+        # the skid register, waits its turn.
         w_resp_any = Signal()
         w_resp_sel = Signal(range(n_walk) if n_walk > 1 else 1)
         for k in reversed(range(n_walk)):
             with m.If(walkers[k].resp.valid):
                 m.d.comb += [w_resp_any.eq(1), w_resp_sel.eq(k)]
+        held = Signal()                   # last cycle's offer was not taken
+        held_skid = Signal()              # ... and came from (or went into) the skid register
+        held_walker = Signal.like(w_resp_sel)
+        use_skid = Signal()
+        use_walker = Signal()
+        resp_walker = Signal.like(w_resp_sel)     # the walker on the port, with use_walker
+        with m.If(held & held_skid):
+            m.d.comb += use_skid.eq(1)
+        with m.Elif(held):
+            m.d.comb += [use_walker.eq(1), resp_walker.eq(held_walker)]
+        with m.Elif(skid_full):
+            m.d.comb += use_skid.eq(1)
+        with m.Elif(w_resp_any):
+            m.d.comb += [use_walker.eq(1), resp_walker.eq(w_resp_sel)]
         w_done = Signal(n_walk)           # walker k's response leaves this cycle
         for k, w in enumerate(walkers):
-            m.d.comb += [w.resp.ready.eq(self.translate_resp.ready & ~skid_full & (w_resp_sel == k)),
+            m.d.comb += [w.resp.ready.eq(self.translate_resp.ready & use_walker & (resp_walker == k)),
                          w_done[k].eq(w.resp.valid & w.resp.ready)]
-        with m.If(skid_full):
+        with m.If(use_skid):
             m.d.comb += [self.translate_resp.valid.eq(1), self.translate_resp.payload.eq(skid)]
-        with m.Elif(w_resp_any):
+        with m.Elif(use_walker):
             for k, w in enumerate(walkers):
-                with m.If(w_resp_sel == k):
+                with m.If(resp_walker == k):
                     m.d.comb += [self.translate_resp.valid.eq(1),
                                  self.translate_resp.payload.eq(w.resp.payload)]
         with m.Else():
             # only when S1 moves on, or the same answer would leave twice
             m.d.comb += [self.translate_resp.valid.eq(answer & s1_resolves),
                          self.translate_resp.payload.eq(hit_resp)]
-        s1_direct = ~skid_full & ~w_resp_any & self.translate_resp.ready
-        with m.If(skid_full & self.translate_resp.ready):
+        m.d.sync += [held.eq(self.translate_resp.valid & ~self.translate_resp.ready),
+                     held_skid.eq(~use_walker),        # S1's answer not taken goes to the skid
+                     held_walker.eq(resp_walker)]
+        s1_direct = ~use_skid & ~use_walker & self.translate_resp.ready
+        with m.If(use_skid & self.translate_resp.ready):
             m.d.sync += skid_full.eq(0)
         # the registers load whenever S1 moves on; only their valid bits follow the compare
         with m.If(s1_resolves & ~s1_direct):
@@ -453,7 +473,7 @@ class PageWalkUnit(wiring.Component):
 
         # -- a walker answers: fill the caches (a cycle later), wake its park slots -
         fw = Signal(range(n_walk) if n_walk > 1 else 1)
-        m.d.comb += fw.eq(w_resp_sel)
+        m.d.comb += fw.eq(resp_walker)
         done_any = w_done.any()
         # the answering walker's own response, not the port's: the port's mux also carries
         # S1's hit, which must not reach the fill registers
