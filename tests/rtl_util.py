@@ -69,3 +69,14 @@ def run_all(rig: Rig, requests, limit: int = 20_000):
     for t in tickets:
         assert rig.scoreboard.check(t), rig.scoreboard.mismatches[-1]
     return tickets
+
+
+def verilator_or_skip() -> None:
+    """Skip, naming what is missing, if the Verilator backend cannot build here."""
+    import pytest
+    from sim.backend import BackendUnavailable
+    try:
+        from sim.verilator_backend import toolchain
+        toolchain()
+    except BackendUnavailable as e:       # pragma: no cover - CI installs it (dev extra)
+        pytest.skip(str(e))

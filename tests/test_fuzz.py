@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rtl_util import verilator_or_skip
+
 from model.formats import EptConfig, Level, Outcome, PAGE_SIZE
 from model.physmem import PhysicalMemory
 from model.walk import walk
@@ -24,13 +26,6 @@ def run_cli(*args):
                           cwd=ROOT, timeout=900)
 
 
-def verilator_or_skip():
-    from sim.backend import BackendUnavailable
-    try:
-        from sim.verilator_backend import toolchain
-        toolchain()
-    except BackendUnavailable as e:       # pragma: no cover - CI installs it (dev extra)
-        pytest.skip(str(e))
 
 
 def test_sweep_breaks_every_reserved_bit_and_only_that():

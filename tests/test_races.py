@@ -3,18 +3,13 @@ clean on both backends, and each check fails when its property is broken."""
 
 import pytest
 
+from rtl_util import verilator_or_skip
+
 from model.formats import EPT_A
 from model.pmap import PageDB
 from sim.races import OPS, RaceOptions, _World, run_races
 
 
-def verilator_or_skip():
-    from sim.backend import BackendUnavailable
-    try:
-        from sim.verilator_backend import toolchain
-        toolchain()
-    except BackendUnavailable as e:       # pragma: no cover - CI installs it (dev extra)
-        pytest.skip(str(e))
 
 
 def test_races_on_pysim_every_op_every_access(capsys):

@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from rtl_util import verilator_or_skip
+
 from sim.soak import run_soak
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def verilator_or_skip():
-    from sim.backend import BackendUnavailable
-    try:
-        from sim.verilator_backend import toolchain
-        toolchain()
-    except BackendUnavailable as e:       # pragma: no cover - CI installs it (dev extra)
-        pytest.skip(str(e))
 
 
 def test_short_soak_is_clean_and_flat():

@@ -24,7 +24,8 @@ from amaranth.lib import enum as am_enum
 import hw
 from hw.top import PageWalkUnit
 from sim.run import run_workload
-from sim.wave import (PERIOD_PS, WaveNames, dump_names, edge_ps, parse_filter, trace_groups)
+from sim.wave import (PERIOD_PS, WaveNames, dump_names, edge_ps, parse_filter, trace_groups,
+                      var_name, vcd_vars)
 from sim.workload import WorkloadOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,21 +114,12 @@ def test_one_save_file_for_vcd_and_fst(pysim_wave, fst_wave):
 def _values_at_cycle_starts(lines: list[str], wanted: set[str], cycles: int) -> dict:
     """Each wanted var's value (as an int, None for x) at every cycle's start,
     10 ns * n: after the previous edge and the new cycle's inputs."""
-    ids, scope, n_header = {}, [], 0
-    for n_header, line in enumerate(lines):
-        s = line.strip()
-        if s.startswith("$scope"):
-            scope.append(s.split()[2])
-        elif s.startswith("$upscope"):
-            scope.pop()
-        elif s.startswith("$var"):
-            p = s.split()
-            rng = p[5] if len(p) > 6 and p[5].startswith("[") else (f"[{int(p[2]) - 1}:0]" if int(p[2]) > 1 else "")
-            full = ".".join(scope + [p[4]]) + rng
-            if full in wanted:
-                ids.setdefault(p[3], []).append(full)
-        elif s.startswith("$enddefinitions"):
-            break
+    ids = {}
+    for _, scope, fields in vcd_vars(lines):
+        full = var_name(scope, fields)
+        if full in wanted:
+            ids.setdefault(fields[2], []).append(full)
+    n_header = next(i for i, line in enumerate(lines) if line.startswith("$enddefinitions"))
     cur = {}
     out = {name: [] for name in wanted}
     sample_at = 0
