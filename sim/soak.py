@@ -20,7 +20,7 @@ from .workload import WorkloadOptions
 __all__ = ["SoakReport", "run_soak", "rss_mb"]
 
 # measured on the default workload: translations per guest access
-TRANSLATIONS_PER_ACCESS = 1.27
+TRANSLATIONS_PER_ACCESS = 1.25     # 1.27 measured: a little under, so N is reached
 
 
 def rss_mb() -> float:
