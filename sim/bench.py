@@ -220,6 +220,11 @@ def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=
         progress("default workload on pysim and Verilator (pysim takes minutes)")
         try:
             results |= measure_speed(pysim_accesses=None)
+            # without the protocol Asserts, which cost pysim more than Verilator
+            bare = measure_speed(pysim_accesses=None, checks=False)
+            results |= {f"{k}_no_checks": bare[k] for k in
+                        ("pysim_cycles_per_second", "verilator_cycles_per_second",
+                         "verilator_speedup_vs_pysim", "identical")}
         except BackendUnavailable as e:           # no Verilator: pysim alone
             progress(f"verilator unavailable ({e}); pysim only")
             results |= default_workload_speed()

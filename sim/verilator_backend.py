@@ -699,23 +699,26 @@ class VerilatorBackend(RtlBackend):
 
 
 # -- speed, for make bench ---------------------------------------------------------------------
-def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: int = 1) -> dict:
+def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: int = 1,
+                  checks: bool = True) -> dict:
     """Run the default ``make sim`` workload on both backends with one seed.
 
     pysim runs ``pysim_accesses`` (a prefix of the same access stream; None
     for all of it: ~3 minutes) and Verilator all ``accesses``; ``identical``
     compares the two summaries over the prefix pysim ran (Verilator runs that
-    prefix too, separately, for the comparison).
+    prefix too, separately, for the comparison).  ``checks``: the unit with
+    its protocol Asserts (hw/checks.py), as every simulation runs it; they
+    cost pysim more than Verilator, so make bench reports both.
     """
     from .run import run_workload
     from .workload import WorkloadOptions
 
     def run(backend, n):
-        s = run_workload(WorkloadOptions(accesses=n, seed=seed), backend)
+        s = run_workload(WorkloadOptions(accesses=n, seed=seed), backend, unit={"checks": checks})
         return s, s["cycles"] / s["elapsed_seconds"]
 
     build_model(dict(maxphyaddr=46, execute_only=True, walkers=2, tlb_sets=16, tlb_ways=4,
-                     pde_cache=8, caches=True, checks=True))    # not timed: a cold build takes minutes
+                     pde_cache=8, caches=True, checks=checks))    # not timed: a cold build takes minutes
     n_py = pysim_accesses or accesses
     py, py_cps = run("rtl", n_py)
     vl, vl_cps = run("verilator", accesses)
