@@ -347,7 +347,6 @@ def _unit_kwargs(args) -> dict:
 
 
 def cmd_fuzz(args) -> int:
-    import json
     from dataclasses import asdict
     from .fuzz import FuzzOptions, run_fuzz
     opts = FuzzOptions(walks=args.walks, seed=args.seed, backend=args.backend, faults=args.faults,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.formats import (
-    EPT_A, EPT_D, EPT_LEAF, EptConfig, Eptp, EptpError, Level, PAGE_SIZE, Access, Outcome,
+    EPT_A, EPT_D, EPT_LEAF, EptConfig, Eptp, EptpError, Level, PAGE_SIZE, Access,
     gpa_index, reserved_mask,
 )
 from model.physmem import PhysicalMemory

@@ -165,7 +165,7 @@ def test_the_unit_checks_itself_in_every_simulation(backend):
     pysim and on the Verilated model (built with --assert)."""
     from collections import deque
 
-    from model.formats import Access, EptConfig
+    from model.formats import Access
     from model.physmem import PhysicalMemory
     from sim.tables import HandTables
     if backend == "verilator":

@@ -12,7 +12,7 @@ import pytest
 
 from rtl_util import verilator_or_skip
 
-from model.formats import EptConfig, Level, Outcome, PAGE_SIZE
+from model.formats import EptConfig, Outcome, PAGE_SIZE
 from model.physmem import PhysicalMemory
 from model.walk import walk
 from sim.fuzz import FuzzOptions, HostileBuilder, _sweep_table, run_fuzz, sweep_cases

@@ -1,8 +1,6 @@
 """Host pmap operations racing walks at every cycle offset (sim/races.py):
 clean on both backends, and each check fails when its property is broken."""
 
-import pytest
-
 from rtl_util import verilator_or_skip
 
 from model.formats import EPT_A

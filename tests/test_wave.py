@@ -24,7 +24,7 @@ from amaranth.lib import enum as am_enum
 import hw
 from hw.top import PageWalkUnit
 from sim.run import run_workload
-from sim.wave import (PERIOD_PS, WaveNames, dump_names, edge_ps, parse_filter, trace_groups,
+from sim.wave import (PERIOD_PS, WaveNames, dump_names, edge_ps, parse_filter,
                       var_name, vcd_vars)
 from sim.workload import WorkloadOptions
 
@@ -123,7 +123,6 @@ def _values_at_cycle_starts(lines: list[str], wanted: set[str], cycles: int) -> 
     cur = {}
     out = {name: [] for name in wanted}
     sample_at = 0
-    time = 0
 
     def sample_until(t):
         nonlocal sample_at
@@ -139,7 +138,6 @@ def _values_at_cycle_starts(lines: list[str], wanted: set[str], cycles: int) -> 
         if c == "#":
             t = int(line[1:])
             sample_until(t - 1)          # values before this time's changes
-            time = t
             continue
         if c in "01xz":
             v, vid = line[0], line[1:].strip()
@@ -238,7 +236,6 @@ def test_mismatch_puts_a_marker_and_names_the_file(monkeypatch, tmp_path):
 
 
 def test_transaction_log_has_one_line_per_translation(pysim_wave):
-    from sim.wave import write_txn_log  # noqa: F401  (the writer under test)
     lines = pysim_wave.with_suffix(".txn.log").read_text().splitlines()
     header, rows = lines[0].split(), [line.split() for line in lines[1:]]
     assert header[:6] == ["in", "out", "lat", "tag", "gpa", "access"]
