@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from model.formats import EPT_A, EPT_D, Access, EptConfig, Outcome, PAGE_SIZE
 from model.physmem import PhysicalMemory
-from model.pmap import PMAP_CANFAIL, VM_PROT_EXECUTE, VM_PROT_READ, VM_PROT_WRITE
+from model.pmap import VM_PROT_READ
 
 from .backend import make_backend
 from .workload import GuestLayout, Host, WorkloadOptions
@@ -32,7 +32,6 @@ from .workload import GuestLayout, Host, WorkloadOptions
 __all__ = ["RaceOptions", "RaceReport", "run_races", "OPS"]
 
 OPS = ("clear_reference", "clear_modify", "protect", "remove", "enter")
-_PROT = {Access.READ: VM_PROT_READ, Access.WRITE: VM_PROT_WRITE, Access.FETCH: VM_PROT_EXECUTE}
 
 
 @dataclass
@@ -107,7 +106,6 @@ def _race(w: _World, rep: RaceReport, op: str, access: Access, start: str, offse
     # the page mapped for the access, its entry's A/D clear where the op is about them
     if page not in host.resident or not host.pmap.extract(page):
         host.fault(page, access)
-    prot = w.layout.prot(page)
     if not host.pmap.lookup(page) & (1 << int(access)):
         host.fault(page, access)
     if start == "warm":
@@ -120,7 +118,6 @@ def _race(w: _World, rep: RaceReport, op: str, access: Access, start: str, offse
     h.step(offset)
     in_flight = not t.done
     seq_before = w.backend.history.seq
-    new_frame = None
     if op == "clear_reference":
         host.pages.clear_reference(frame)
     elif op == "clear_modify":
@@ -131,17 +128,7 @@ def _race(w: _World, rep: RaceReport, op: str, access: Access, start: str, offse
     elif op == "remove":
         host.evict(frame)
     else:           # enter: the same page on a new frame
-        if not host.frames.free_frames:
-            host.page_daemon()
-        new_frame = host.frames.alloc(zero=True)
-        err = host.pmap.enter(page, new_frame, prot, _PROT[access] | PMAP_CANFAIL)
-        if err:
-            raise RuntimeError(f"pmap_enter failed ({err})")
-        host.resident[page] = new_frame
-        host.owner.pop(frame)
-        host.owner[new_frame] = page
-        host.clock[host.clock.index(frame)] = new_frame
-        host.frames.free(frame)
+        host.remap(page, access)
     seq_op = w.backend.history.seq
     h.run_until(lambda: t.done, w.backend.watchdog, f"response for GPA {t.gpa:#x} ({where})")
     rep.races += 1

@@ -33,6 +33,8 @@ from model.pmap import (
 
 __all__ = ["WorkloadOptions", "GuestLayout", "Guest", "Host", "HostAgent"]
 
+# the pmap_enter access flag of each guest access (sets A, and D for a write)
+ACCESS_PROT = {Access.READ: VM_PROT_READ, Access.WRITE: VM_PROT_WRITE, Access.FETCH: VM_PROT_EXECUTE}
 PTP_POOL_BASE = 0x0010_0000
 GUEST_FRAMES_BASE = 0x1_0000_0000
 
@@ -226,11 +228,29 @@ class Host:
             self.resident[page] = frame
             self.owner[frame] = page
             self.clock.append(frame)
-        access_prot = {Access.READ: VM_PROT_READ, Access.WRITE: VM_PROT_WRITE,
-                       Access.FETCH: VM_PROT_EXECUTE}[access]
-        err = self.pmap.enter(page, frame, prot, access_prot | PMAP_CANFAIL)
+        err = self.pmap.enter(page, frame, prot, ACCESS_PROT[access] | PMAP_CANFAIL)
         if err:
             raise RuntimeError(f"pmap_enter failed ({err}): out of page-table pages")
+
+    def remap(self, page: int, access: Access) -> int:
+        """Map a resident page to a new frame in place (pmap_enter over the old
+        mapping, which removes it and shoots it down); returns the new frame."""
+        if not self.frames.free_frames:
+            self.page_daemon()
+        if page not in self.resident:        # the daemon evicted it: a fault maps a new frame
+            self.fault(page, access)
+            return self.resident[page]
+        old = self.resident[page]
+        new = self.frames.alloc(zero=True)
+        err = self.pmap.enter(page, new, self.layout.prot(page), ACCESS_PROT[access] | PMAP_CANFAIL)
+        if err:
+            raise RuntimeError(f"pmap_enter failed ({err}): out of page-table pages")
+        self.resident[page] = new
+        self.owner.pop(old)
+        self.owner[new] = page
+        self.clock[self.clock.index(old)] = new
+        self.frames.free(old)
+        return new
 
     def page_daemon(self, target: int | None = None) -> None:
         """Free frames with the clock algorithm until ``target`` are free."""
