@@ -1,7 +1,9 @@
 """Waveforms: one save file for pysim's VCD and Verilator's FST, enum filters,
 mismatch markers, the transaction log, and GTKWave itself loading them.
 
-GTKWave, Xvfb, xwd and ImageMagick come from apt (``.ci/run`` installs them);
+The tests on Verilator's FST are marked slow (its traced build takes
+minutes cold): `make test-all` runs them.  GTKWave, Xvfb, xwd and
+ImageMagick come from apt (``.ci/run`` installs them);
 without them the GTKWave tests skip and say so.  The pure-Python checks
 (names, filters, markers, log, VCD/FST agreement) need none of them, except
 fst2vcd (part of GTKWave) for reading an FST.
@@ -104,6 +106,7 @@ def test_save_file_names_only_signals_in_the_vcd(pysim_wave):
     assert flags_of(text, "TOP.pwu.counters.lookups[47:0]") & 0x4
 
 
+@pytest.mark.slow          # the traced Verilator build alone takes minutes cold (make test-all)
 def test_one_save_file_for_vcd_and_fst(pysim_wave, fst_wave):
     vcd_traces = gtkw_traces(pysim_wave.with_suffix(".gtkw"))
     assert gtkw_traces(fst_wave.with_suffix(".gtkw")) == vcd_traces
@@ -151,6 +154,7 @@ def _values_at_cycle_starts(lines: list[str], wanted: set[str], cycles: int) -> 
     return out
 
 
+@pytest.mark.slow
 def test_vcd_and_fst_show_the_same_values(pysim_wave, fst_wave):
     """Every traced signal, at every cycle's start, equal in both dumps."""
     traced = set(gtkw_traces(pysim_wave.with_suffix(".gtkw")))
@@ -325,7 +329,7 @@ def _screenshot(display: str, dump: Path, gtkw: Path, png: Path) -> str:
     return out
 
 
-@pytest.mark.parametrize("kind", ["vcd", "fst"])
+@pytest.mark.parametrize("kind", ["vcd", pytest.param("fst", marks=pytest.mark.slow)])
 def test_gtkwave_loads_the_save_file_headless(kind, display, request):
     out = request.getfixturevalue("pysim_wave" if kind == "vcd" else "fst_wave")
     dump, gtkw = out.with_suffix(f".{kind}"), out.with_suffix(".gtkw")
