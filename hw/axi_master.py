@@ -50,6 +50,12 @@ Ordering and latency promises:
   depend on a ready; a payload only changes when its channel is idle or
   handshaking.  ``mem_req.ready`` does follow ARREADY combinationally (so a
   read can be taken in the cycle the AR register empties).
+
+With ``rdata_check`` (a combinational component with an ``entry`` input of
+64 bits and a ``verdict`` output, e.g. :class:`hw.entry_check.EntryCheck`),
+``mem_resp_verdict`` holds its verdict on a read's R data, registered in the
+same cycle as the data: a consumer that judges the data starts from a
+register.  For a CAS answer it is not meaningful.
 """
 
 from amaranth import *
@@ -84,18 +90,27 @@ class AxiMemoryMaster(wiring.Component):
     default 4), ``axi_id`` (the ID of every transaction, default 0),
     ``max_outstanding`` (reads in flight, 1..64, default 4), ``cache``
     (AxCACHE, default 0b0011: normal, non-cacheable, bufferable), ``prot``
-    (AxPROT, default 0b000).
+    (AxPROT, default 0b000), ``rdata_check`` (see the module docstring).
     """
 
     def __init__(self, *, addr_width=52, id_width=4, axi_id=0, max_outstanding=4,
-                 cache=0b0011, prot=0b000):
+                 cache=0b0011, prot=0b000, rdata_check=None):
         self.addr_width = _check("addr_width", addr_width, 32, 64)
         self.id_width = _check("id_width", id_width, 1, 16)
         self.axi_id = _check("axi_id", axi_id, 0, (1 << self.id_width) - 1)
         self.max_outstanding = _check("max_outstanding", max_outstanding, 1, 64)
         self.cache = _check("cache", cache, 0, 15)
         self.prot = _check("prot", prot, 0, 7)
+        self.rdata_check = rdata_check
+        verdict = {}
+        if rdata_check is not None:
+            members = rdata_check.signature.members
+            if "entry" not in members or "verdict" not in members:
+                raise ValueError(f"AxiMemoryMaster rdata_check must have 'entry' and 'verdict' "
+                                 f"members, not {rdata_check!r}")
+            verdict["mem_resp_verdict"] = Out(members["verdict"].shape)
         super().__init__({
+            **verdict,
             "mem_req": In(stream.Signature(MemRequest)),
             "mem_resp": Out(stream.Signature(MemResponse)),
             "axi": Out(AXI4Signature(self.addr_width, 64, self.id_width)),
@@ -160,6 +175,11 @@ class AxiMemoryMaster(wiring.Component):
         read_issue = Signal()
         read_done = Signal()
         m.d.comb += read_done.eq(reading & r_hs)
+        if self.rdata_check is not None:
+            m.submodules.rdata_check = check = self.rdata_check
+            m.d.comb += check.entry.eq(axi.rdata)
+            with m.If(read_done):
+                m.d.sync += self.mem_resp_verdict.eq(check.verdict)
         with m.If(read_done):
             m.d.sync += [
                 resp.valid.eq(1),

@@ -28,7 +28,8 @@ from amaranth.lib.wiring import In, Out
 from .axi import AXI4LiteSignature, AXI4Signature
 from .axi_master import AxiMemoryMaster
 from .csr import CsrBlock
-from .top import PageWalkUnit
+from .entry_check import EntryCheck
+from .top import PageWalkUnit, PredecodedPageWalkUnit
 
 __all__ = ["EptWalkerAxi"]
 
@@ -46,9 +47,12 @@ class EptWalkerAxi(wiring.Component):
 
     def __init__(self, *, axi_addr_width=52, axi_id_width=4, axi_max_outstanding=4,
                  csr_addr_width=12, **params):
+        # the master checks each entry as it registers the read data (the walkers' decisions
+        # then start from a register), with the unit's own check
+        self.unit = PredecodedPageWalkUnit(**params)
+        check = EntryCheck(maxphyaddr=self.unit.maxphyaddr, execute_only=self.unit.execute_only)
         self.master = AxiMemoryMaster(addr_width=axi_addr_width, id_width=axi_id_width,
-                                      max_outstanding=axi_max_outstanding)
-        self.unit = PageWalkUnit(**params)
+                                      max_outstanding=axi_max_outstanding, rdata_check=check)
         fields = {"axi_cas_retries": 32}
         # Transitional: PageWalkUnit is gaining a ``counters`` port (a StructLayout);
         # work both before and after it lands.
@@ -81,6 +85,7 @@ class EptWalkerAxi(wiring.Component):
         wiring.connect(m, unit.translate_resp, wiring.flipped(self.translate_resp))
         wiring.connect(m, unit.mem_req, master.mem_req)
         wiring.connect(m, master.mem_resp, unit.mem_resp)
+        m.d.comb += unit.mem_resp_verdict.eq(master.mem_resp_verdict)
         wiring.connect(m, master.axi, wiring.flipped(self.mem))
         wiring.connect(m, wiring.flipped(self.csr), csr.bus)
         wiring.connect(m, csr.invept, unit.invept)

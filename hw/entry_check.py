@@ -1,25 +1,27 @@
-"""Combinational check of one EPT paging-structure entry.
+"""Combinational check of one EPT paging-structure entry, for every level at once.
 
-Given the 64-bit entry and its level, says whether it is present, whether it
-is a leaf, and whether it is a misconfiguration (and why).  No state, no
-latency: the walker registers the verdict with the memory response.
+Given the 64-bit entry, says whether it is present and, for each level it
+could have been read at, whether it is a misconfiguration there.  No state,
+no latency, and no input but the entry: so the check can be made on the
+memory data before it is registered (``hw.axi_master`` registers this
+verdict beside the response), and the walker only picks its level's bit.
 """
 
 from amaranth import *
-from amaranth.lib import enum, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .layouts import EptEntry, Level, PA_BITS, check_maxphyaddr
 
-__all__ = ["EntryCheck", "MisconfigCause", "reserved_masks"]
+__all__ = ["EntryCheck", "EntryVerdict", "reserved_masks"]
 
 
-class MisconfigCause(enum.Enum, shape=3):
-    NONE = 0
-    WRITE_NO_READ = 1
-    EXEC_ONLY = 2
-    RESERVED = 3
-    MEMTYPE = 4
+EntryVerdict = data.StructLayout({
+    "present": 1,        # R, W or X set
+    # bit k: present and misconfigured if it is the entry at Level(k) (reserved bits of
+    # that level and kind, W without R, execute-only without support, a bad leaf memtype)
+    "misconfig": 4,
+})
 
 
 def _bits(hi, lo):
@@ -39,18 +41,14 @@ def reserved_masks(maxphyaddr):
 
 
 class EntryCheck(wiring.Component):
-    """Verdict on one entry; purely combinational.
+    """Verdict on one entry at every level; purely combinational.
 
-    ``misconfig`` is only meaningful when ``present``: the reserved bits of a
-    not-present entry are never looked at.
+    A not-present entry is never misconfigured: its other bits are not looked at.
+    Bit 7 is the leaf bit of a PDPTE or PDE; a PTE is always a leaf, a PML4E never.
     """
 
     entry: In(EptEntry)
-    level: In(Level)
-    present: Out(1)
-    leaf: Out(1)
-    misconfig: Out(1)
-    cause: Out(MisconfigCause)
+    verdict: Out(EntryVerdict)
 
     def __init__(self, *, maxphyaddr=46, execute_only=True):
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
@@ -63,40 +61,23 @@ class EntryCheck(wiring.Component):
         raw = e.as_value()
         masks = reserved_masks(self.maxphyaddr)
 
-        m.d.comb += self.present.eq(e.r | e.w | e.x)
-        with m.Switch(self.level):
-            with m.Case(Level.PTE):
-                m.d.comb += self.leaf.eq(1)
-            with m.Case(Level.PDE, Level.PDPTE):
-                m.d.comb += self.leaf.eq(e.leaf)
-            with m.Case(Level.PML4E):
-                m.d.comb += self.leaf.eq(0)
+        def reserved(name):
+            return (raw & masks[name]).any()
 
-        mask = Signal(64)
-        with m.Switch(self.level):
-            with m.Case(Level.PML4E):
-                m.d.comb += mask.eq(masks["pml4e"])
-            with m.Case(Level.PDPTE):
-                m.d.comb += mask.eq(Mux(e.leaf, masks["leaf_1g"], masks["table"]))
-            with m.Case(Level.PDE):
-                m.d.comb += mask.eq(Mux(e.leaf, masks["leaf_2m"], masks["table"]))
-            with m.Case(Level.PTE):
-                m.d.comb += mask.eq(masks["pte"])
-
+        present = e.r | e.w | e.x
         write_no_read = e.w & ~e.r
         exec_only = e.x & ~e.w & ~e.r if not self.execute_only else C(0)
-        reserved = (raw & mask).any()
-        bad_memtype = self.leaf & ((e.memtype == 2) | (e.memtype == 3) | (e.memtype == 7))
-
-        with m.If(~self.present):
-            m.d.comb += self.cause.eq(MisconfigCause.NONE)
-        with m.Elif(write_no_read):
-            m.d.comb += self.cause.eq(MisconfigCause.WRITE_NO_READ)
-        with m.Elif(exec_only):
-            m.d.comb += self.cause.eq(MisconfigCause.EXEC_ONLY)
-        with m.Elif(reserved):
-            m.d.comb += self.cause.eq(MisconfigCause.RESERVED)
-        with m.Elif(bad_memtype):
-            m.d.comb += self.cause.eq(MisconfigCause.MEMTYPE)
-        m.d.comb += self.misconfig.eq(self.cause != MisconfigCause.NONE)
+        bad_memtype = (e.memtype == 2) | (e.memtype == 3) | (e.memtype == 7)
+        bad_any = write_no_read | exec_only
+        leaf_1g = reserved("leaf_1g") | bad_memtype
+        leaf_2m = reserved("leaf_2m") | bad_memtype
+        by_level = {
+            Level.PML4E: bad_any | reserved("pml4e"),
+            Level.PDPTE: bad_any | Mux(e.leaf, leaf_1g, reserved("table")),
+            Level.PDE: bad_any | Mux(e.leaf, leaf_2m, reserved("table")),
+            Level.PTE: bad_any | reserved("pte") | bad_memtype,
+        }
+        m.d.comb += self.verdict.present.eq(present)
+        for level, bad in by_level.items():
+            m.d.comb += self.verdict.misconfig[level.value].eq(present & bad)
         return m

@@ -12,7 +12,8 @@ entry and of every entry above it, the bits that name the entry (the parent
 slices them off the GPA).  A lookup compares its key in S0 (``lookup_en``)
 and answers in S1, the next cycle, holding while ``lookup_en`` is low.  A fill replaces the entry with the same key, else
 the first free one, else the next in round-robin order (the slot with the
-same key is found a cycle ahead, from ``next_fill_key``).  ``flush`` drops
+same key is found a cycle ahead: the key of every walker that may answer,
+``next_fill_keys``, is compared, and ``next_fill_sel`` picks the result).  ``flush`` drops
 every entry of the given contexts; ``drop`` drops the entry for one key a
 cycle later (a walk that started from it faulted: the reference page wants
 the fault decided by memory).
@@ -36,8 +37,11 @@ class PagingStructureCache(wiring.Component):
         if isinstance(entries, bool) or not isinstance(entries, int) or not 0 <= entries <= 64:
             raise ValueError(f"{level.name} cache entries must be in 0..64, not {entries!r}")
 
-    def __init__(self, level, *, entries, contexts):
+    def __init__(self, level, *, entries, contexts, fillers=1):
         self.check(level, entries)
+        if isinstance(fillers, bool) or not isinstance(fillers, int) or not 1 <= fillers <= 16:
+            raise ValueError(f"fillers must be an integer in 1..16, not {fillers!r}")
+        self.fillers = fillers
         self.level = level
         self.entries = entries
         self.contexts = contexts
@@ -54,10 +58,12 @@ class PagingStructureCache(wiring.Component):
             "fill": In(1),
             "fill_key": In(key_bits),
             "fill_ctx": In(ctx_bits),
-            # the key and context the next cycle's fill carries (if it fills): the search
-            # for a slot holding that key is made a cycle ahead
-            "next_fill_key": In(key_bits),
-            "next_fill_ctx": In(ctx_bits),
+            # the keys and contexts the next cycle's fill may carry, one per walker, and
+            # which one it carries (if it fills): the search for a slot holding that key is
+            # made a cycle ahead, for every walker, and the walker picks the result late
+            "next_fill_keys": In(data.ArrayLayout(key_bits, fillers)),
+            "next_fill_ctxs": In(data.ArrayLayout(ctx_bits, fillers)),
+            "next_fill_sel": In(range(fillers) if fillers > 1 else 1),
             "fill_table": In(40),
             "fill_perms": In(3),
             "drop": In(1),
@@ -108,8 +114,13 @@ class PagingStructureCache(wiring.Component):
         # the 27-bit compares stay off the slot write enables.  If that slot changed in
         # between (a drop, a flush, another fill), the fill lands in it anyway; and a fill
         # of the same key in between leaves two slots that translate alike: both harmless.
+        # Each walker's key is compared while the response port decides which walker
+        # answers; that decision only picks among the results.
         same = Signal(n)
-        m.d.sync += same.eq(matches(self.next_fill_key, self.next_fill_ctx))
+        for c in range(self.fillers):
+            found = matches(self.next_fill_keys[c], self.next_fill_ctxs[c])
+            with m.If(self.next_fill_sel == c):
+                m.d.sync += same.eq(found)
         where = Signal(range(n))
         m.d.comb += where.eq(next_slot)
         for i in reversed(range(n)):

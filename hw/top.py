@@ -66,6 +66,7 @@ from amaranth.utils import ceil_log2
 
 from .checks import PortChecker
 from .contexts import ContextTable
+from .entry_check import EntryCheck, EntryVerdict
 from .eptp import EptpRegister
 from .layouts import (
     GPA_BITS, PA_BITS, TAG_BITS, Access, InveptKind, InveptRequest, Level, MemRequest, MemResponse, Outcome, PageSize,
@@ -77,7 +78,7 @@ from .psc import PagingStructureCache
 from .tlb import Tlb, check_geometry
 from .walker import Walker
 
-__all__ = ["PageWalkUnit"]
+__all__ = ["PageWalkUnit", "PredecodedPageWalkUnit"]
 
 
 def _check_int(name, value, lo, hi):
@@ -138,7 +139,8 @@ class PageWalkUnit(wiring.Component):
         self.tlb = Tlb(sets_4k=tlb_sets, ways_4k=tlb_ways, sets_2m=tlb_2m_sets, ways_2m=tlb_2m_ways,
                        sets_1g=tlb_1g_sets, ways_1g=tlb_1g_ways, contexts=contexts) if caches else None
         sizes = (pml4e_cache, pdpte_cache, pde_cache) if caches else (0, 0, 0)
-        self.pscs = {level: PagingStructureCache(level, entries=n, contexts=contexts)
+        self.pscs = {level: PagingStructureCache(level, entries=n, contexts=contexts,
+                                                 fillers=self.walkers)
                      for level, n in zip((Level.PML4E, Level.PDPTE, Level.PDE), sizes)}
         self.walker_units = [Walker(maxphyaddr=self.maxphyaddr, execute_only=self.execute_only)
                              for _ in range(self.walkers)]
@@ -187,9 +189,11 @@ class PageWalkUnit(wiring.Component):
             return flush.bit_select(ctx, 1)
 
         # -- memory port ---------------------------------------------------------
+        verdict = self._mem_verdict(m)
         for k, w in enumerate(walkers):
             wiring.connect(m, w.mem_req, getattr(arb, f"req{k}"))
             wiring.connect(m, getattr(arb, f"resp{k}"), w.mem_resp)
+            m.d.comb += w.mem_verdict.eq(verdict)
         wiring.connect(m, arb.mem_req, wiring.flipped(self.mem_req))
         wiring.connect(m, wiring.flipped(self.mem_resp), arb.mem_resp)
         m.d.comb += [ev.mem_reads.eq(arb.read_issued), ev.mem_cas.eq(arb.cas_issued)]
@@ -533,9 +537,12 @@ class PageWalkUnit(wiring.Component):
             m.d.comb += [
                 psc.fill.eq(fill_valid & fill.walked[i - 1] & (fill.leaf.as_value() < i)),
                 psc.fill_key.eq(fill.page[psc.lo - 12:]), psc.fill_ctx.eq(fill.ctx),
-                psc.next_fill_key.eq(sel.page[psc.lo - 12:]), psc.next_fill_ctx.eq(sel.ctx),
+                psc.next_fill_sel.eq(fw),
                 psc.fill_table.eq(fill.tables[i - 1]), psc.fill_perms.eq(fill.table_perms[i - 1]),
             ]
+            for k, w in enumerate(walkers):
+                m.d.comb += [psc.next_fill_keys[k].eq(w.page[psc.lo - 12:]),
+                             psc.next_fill_ctxs[k].eq(w_ctx[k])]
         with m.If(done_any):
             m.d.comb += ev.walks_completed.eq(1)
 
@@ -609,3 +616,28 @@ class PageWalkUnit(wiring.Component):
             m.d.sync += Assert(~(fill_valid & fill_covered),
                                "cache fill from a walk a global INVEPT covered")
         return m
+
+    def _mem_verdict(self, m):
+        # every walker judges the response's data with the same check: make it once, here
+        m.submodules.entry_check = check = EntryCheck(maxphyaddr=self.maxphyaddr,
+                                                      execute_only=self.execute_only)
+        m.d.comb += check.entry.eq(self.mem_resp.payload.data)
+        return check.verdict
+
+
+class PredecodedPageWalkUnit(PageWalkUnit):
+    """:class:`PageWalkUnit` whose memory adapter checks each entry before registering it.
+
+    ``mem_resp_verdict`` is :class:`~hw.entry_check.EntryCheck`'s verdict on
+    ``mem_resp.payload.data``, valid with it (for reads; a CAS answer's is not
+    looked at).  The adapter computes it from the bus data on the way into its
+    response register, so the walkers' decisions start from a register instead
+    of following the check (the unit's critical path on ECP5).  The adapter
+    must check with this unit's ``maxphyaddr`` and ``execute_only``.
+    Behaviour and timing are :class:`PageWalkUnit`'s.
+    """
+
+    mem_resp_verdict: In(EntryVerdict)
+
+    def _mem_verdict(self, m):
+        return self.mem_resp_verdict

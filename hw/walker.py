@@ -29,7 +29,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .ad_updater import ADStatus, ADUpdater
-from .entry_check import EntryCheck, MisconfigCause
+from .entry_check import EntryVerdict
 from .layouts import (
     Access, EptEntry, Level, MemOp, MemRequest, MemResponse, Outcome, PageSize,
     TranslateResponse, GPA_BITS, PA_BITS, TAG_BITS, check_maxphyaddr,
@@ -65,6 +65,9 @@ class Walker(wiring.Component):
     resp: Out(stream.Signature(TranslateResponse))
     mem_req: Out(stream.Signature(MemRequest))
     mem_resp: In(stream.Signature(MemResponse))
+    # :class:`~hw.entry_check.EntryCheck`'s verdict on ``mem_resp``'s data, valid with it: the
+    # unit checks each response once for all walkers, or its memory adapter before registering it
+    mem_verdict: In(EntryVerdict)
     state: Out(WalkerState)
     level: Out(Level)
     page: Out(GPA_BITS - 12)      # GPA[47:12] of the walk: the parent's same-page check, cache fills
@@ -82,12 +85,10 @@ class Walker(wiring.Component):
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
         self.execute_only = bool(execute_only)
         super().__init__()
-        self.entry_check = EntryCheck(maxphyaddr=self.maxphyaddr, execute_only=self.execute_only)
         self.ad_updater = ADUpdater()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.check = check = self.entry_check
         m.submodules.ad = ad = self.ad_updater
 
         gpa = Signal(GPA_BITS)
@@ -128,9 +129,16 @@ class Walker(wiring.Component):
         entry_addr = Signal(PA_BITS)
         m.d.comb += entry_addr.eq(Cat(C(0, 3), index, cur_table))
 
-        # the entry arriving from memory, judged combinationally
+        # the entry arriving from memory, judged already: pick this level's verdict
         entry = EptEntry(self.mem_resp.payload.data)
-        m.d.comb += [check.entry.eq(entry), check.level.eq(self.level)]
+        present = self.mem_verdict.present
+        misconfig = self.mem_verdict.misconfig.bit_select(lvl, 1)
+        leaf = Signal()
+        with m.Switch(self.level):
+            with m.Case(Level.PTE):
+                m.d.comb += leaf.eq(1)
+            with m.Case(Level.PDE, Level.PDPTE):
+                m.d.comb += leaf.eq(entry.leaf)
         perms_next = Signal(3)
         m.d.comb += perms_next.eq(perms & entry.as_value()[0:3])
         allowed = perms_next.bit_select(self.access.as_value(), 1)
@@ -238,11 +246,11 @@ class Walker(wiring.Component):
                                  self.walked.eq(self.walked | (1 << lvl)[1:4])]
                     with m.If(self.mem_resp.payload.error):
                         m.d.sync += finish(Outcome.BUS_ERROR)
-                    with m.Elif(~check.present):
+                    with m.Elif(~present):
                         fault(Outcome.VIOLATION, qual=qual)
-                    with m.Elif(check.misconfig):
+                    with m.Elif(misconfig):
                         fault(Outcome.MISCONFIG)
-                    with m.Elif(check.leaf):
+                    with m.Elif(leaf):
                         with m.If(~allowed):
                             fault(Outcome.VIOLATION, qual=qual)
                         with m.Else():

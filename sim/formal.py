@@ -32,6 +32,7 @@ from amaranth.hdl import Assert, Assume
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.entry_check import EntryCheck
 from hw.checks import PortChecker
 from hw.layouts import MemOp, MemRequest, MemResponse, TranslateResponse
 from hw.walker import Walker, WalkRequest
@@ -66,6 +67,8 @@ class FormalWalker(wiring.Component):
         wiring.connect(m, w.resp, wiring.flipped(self.resp))
         wiring.connect(m, w.mem_req, wiring.flipped(self.mem_req))
         wiring.connect(m, wiring.flipped(self.mem_resp), w.mem_resp)
+        m.submodules.entry_check = check = EntryCheck()     # as the unit judges each response
+        m.d.comb += [check.entry.eq(w.mem_resp.payload.data), w.mem_verdict.eq(check.verdict)]
         # one walker: a CAS follows its own four reads at most (a lost CAS reads again)
         m.submodules.checks = c = PortChecker(history=4, max_outstanding=2)
         m.d.comb += [

@@ -759,7 +759,9 @@ def run_top(memory, eptp, jobs, *, config=None, setup=None, bound=3000, seed=5):
     return out
 
 
-@pytest.mark.parametrize("seed", [15, 16])      # seeds with OK walks of every page size between them
+# seeds with OK walks of every page size, and misconfigurations at every level, between them
+# (the AXI master judges each entry before registering it: hw.entry_check, hw.axi_master)
+@pytest.mark.parametrize("seed", [15, 16, 18, 24])
 def test_top_translates_random_tables_like_the_model(seed):
     memory = PhysicalMemory()
     ts, _ = random_table_set(memory, 0x100_0000, seed, n_paths=5, ad=True)
@@ -776,7 +778,10 @@ def test_top_translates_random_tables_like_the_model(seed):
     assert axi_mem.count("write") == 0
     changed = sum(1 for a in ts.words if memory.peek(a) != ts.words[a])
     assert axi_mem.count("ex_write", Resp.EXOKAY) >= changed > 0
-    assert sum(r[0] is Outcome.OK for r in want) >= 5
+    if seed in (15, 16):
+        assert sum(r[0] is Outcome.OK for r in want) >= 5
+    else:       # misconfigured PML4Es and PDEs (18), PTEs and PML4Es (24)
+        assert sum(r[0] is Outcome.MISCONFIG for r in want) >= 6
 
 
 def test_top_a_d_update_loses_its_reservation_and_walks_again():
