@@ -224,19 +224,23 @@ class PageWalkUnit(wiring.Component):
         # of the TLB read selects between one register and the port.
         rp = Signal(Pending)
         rp_valid = Signal()
+        # S0's choice again, for the TLB's and the caches' compares: one register steering
+        # every S0 compare of the unit was a long, wide net on ECP5.  The copies hold the
+        # complement, or yosys would merge them back into rp_valid.
+        rp_empty_tlb = Signal(init=1)
+        rp_empty_psc = Signal(init=1)
         slot_bits = range(n_park) if n_park > 1 else 1
         # A new context gets its id first.  No new request in the cycle an INVEPT is taken:
         # its flush is registered and acts on the next edge, so every request taken from
         # the INVEPT's edge on is covered.
         new_ok = (~eptp.valid | ctxs.ready) & ~self.invept.valid
         s1_advance = Signal()
-        with m.If(rp_valid):
-            m.d.comb += s0.eq(rp)
-        with m.Else():
-            p = self.translate_req.payload
-            m.d.comb += [s0.gpa.eq(p.gpa), s0.access.eq(p.access), s0.tag.eq(p.tag),
-                         s0.ctx.eq(ctxs.cur_id), s0.pml4.eq(eptp.pml4),
-                         s0.ad_enabled.eq(eptp.ad_enabled), s0.ctx_valid.eq(eptp.valid)]
+        new_req = Signal(Pending)          # a request from the port
+        p = self.translate_req.payload
+        m.d.comb += [new_req.gpa.eq(p.gpa), new_req.access.eq(p.access), new_req.tag.eq(p.tag),
+                     new_req.ctx.eq(ctxs.cur_id), new_req.pml4.eq(eptp.pml4),
+                     new_req.ad_enabled.eq(eptp.ad_enabled), new_req.ctx_valid.eq(eptp.valid)]
+        m.d.comb += s0.eq(Mux(rp_valid, rp, new_req))
         s0_valid = rp_valid | (self.translate_req.valid & new_ok)
         m.d.comb += self.translate_req.ready.eq(s1_advance & ~rp_valid & new_ok)
         fire = Signal()
@@ -256,8 +260,10 @@ class PageWalkUnit(wiring.Component):
         if self.tlb is not None:
             m.submodules.tlb = tlb = self.tlb
             # the TLB holds the page, context and access of S0 itself, as s1 does here
-            m.d.comb += [tlb.lookup_en.eq(fire), tlb.lookup_page.eq(s0.gpa[12:]),
-                         tlb.lookup_ctx.eq(s0.ctx), tlb.lookup_access.eq(s0.access),
+            m.d.comb += [tlb.lookup_en.eq(fire),
+                         tlb.lookup_page.eq(Mux(rp_empty_tlb, new_req.gpa[12:], rp.gpa[12:])),
+                         tlb.lookup_ctx.eq(Mux(rp_empty_tlb, new_req.ctx, rp.ctx)),
+                         tlb.lookup_access.eq(Mux(rp_empty_tlb, new_req.access, rp.access)),
                          tlb.flush.eq(flush),
                          tlb_hit.eq(tlb.hit & ~s1.stale), tlb_ok.eq(tlb.ok & ~s1.stale)]
             tlb_entry = tlb.entry
@@ -384,8 +390,10 @@ class PageWalkUnit(wiring.Component):
         m.d.comb += [start.level.eq(Level.PML4E), start.table.eq(s1.pml4), start.perms.eq(0b111)]
         for level, below in ((Level.PML4E, Level.PDPTE), (Level.PDPTE, Level.PDE), (Level.PDE, Level.PTE)):
             psc = self.pscs[level]
-            m.d.comb += [psc.lookup_en.eq(fire), psc.lookup_key.eq(s0.gpa[psc.lo:]),
-                         psc.lookup_ctx.eq(s0.ctx), psc.flush.eq(flush)]
+            m.d.comb += [psc.lookup_en.eq(fire),
+                         psc.lookup_key.eq(Mux(rp_empty_psc, new_req.gpa, rp.gpa)[psc.lo:]),
+                         psc.lookup_ctx.eq(Mux(rp_empty_psc, new_req.ctx, rp.ctx)),
+                         psc.flush.eq(flush)]
             use = Signal(name=f"use_{level.name.lower()}_cache")
             m.d.comb += use.eq(psc.hit & ~s1.stale)
             with m.If(use):           # lower levels come later and win
@@ -575,7 +583,8 @@ class PageWalkUnit(wiring.Component):
             with m.If(waking[i]):
                 m.d.comb += wake_sel.eq(i)
         with m.If(~rp_valid | fire):          # S0 takes the replay register when it has one
-            m.d.sync += rp_valid.eq(waking.any())
+            m.d.sync += [rp_valid.eq(waking.any()),
+                         rp_empty_tlb.eq(~waking.any()), rp_empty_psc.eq(~waking.any())]
             with m.If(waking.any()):
                 m.d.sync += [rp.eq(park[wake_sel]),
                              rp.stale.eq(park[wake_sel].stale | flushed(park[wake_sel].ctx)),

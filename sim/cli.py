@@ -270,13 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("verilog", nargs="?", default=DEFAULT_OUT, metavar="FILE.v",
                     help=f"(default {DEFAULT_OUT}, written by `verilog`)")
 
-    from .synth import DEFAULT_REPORT, TARGETS
+    from .synth import DEFAULT_REPORT, DEFAULT_TARGETS, TARGETS
     s = sub.add_parser("synth", help="ECP5 synthesis and place-and-route (yowasp yosys + nextpnr)",
                        description="Synthesize the unit with yosys synth_ecp5, place and route it "
                                    "with nextpnr-ecp5 at a 100 MHz constraint, and write fmax and "
                                    "utilization per target.")
     s.add_argument("--target", action="append", choices=sorted(TARGETS), metavar="TARGET",
-                   help=f"one of {', '.join(sorted(TARGETS))}; repeatable (default: all)")
+                   help=f"one of {', '.join(sorted(TARGETS))}; repeatable "
+                        f"(default: {' '.join(DEFAULT_TARGETS)})")
     s.add_argument("--freq", type=_positive, default=100, metavar="MHZ",
                    help="clock constraint in MHz (default 100)")
     s.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")

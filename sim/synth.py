@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TARGETS", "DEFAULT_REPORT", "Target", "SynthError", "synthesize", "write_report",
+__all__ = ["TARGETS", "DEFAULT_TARGETS", "DEFAULT_REPORT", "Target", "SynthError", "synthesize", "write_report",
            "parse_nextpnr_report"]
 
 DEFAULT_REPORT = "build/synth/report.json"
@@ -42,15 +42,22 @@ class Target:
     part: str           # Lattice part name
     device: str         # nextpnr-ecp5 device option
     package: str
+    speed: int          # speed grade: 6 (slowest, nextpnr's default), 7 or 8 (fastest)
     goal_mhz: int = 100
+    default: bool = True   # placed by a plain ``make synth``
 
 
 TARGETS = {
-    # the part: the largest ECP5 (84k LUT4), on the common ECP5-EVN package
-    "ecp5-85f": Target(part="LFE5U-85F", device="--85k", package="CABGA381"),
+    # the part, the largest ECP5 (84k LUT4), on the common CABGA381 package, at
+    # the fastest and the slowest speed grade it is sold in: the same netlist, placed and
+    # timed with each grade's delays (-8 is the grade of Lattice's ECP5 evaluation board)
+    "ecp5-85f-8": Target(part="LFE5U-85F-8", device="--85k", package="CABGA381", speed=8),
+    "ecp5-85f-6": Target(part="LFE5U-85F-6", device="--85k", package="CABGA381", speed=6),
     # the smallest LFE5U that is common on cheap boards (24k LUT4), to say what fits where
-    "ecp5-25f": Target(part="LFE5U-25F", device="--25k", package="CABGA256"),
+    "ecp5-25f": Target(part="LFE5U-25F-6", device="--25k", package="CABGA256", speed=6,
+                       default=False),
 }
+DEFAULT_TARGETS = [name for name, t in TARGETS.items() if t.default]
 
 
 class SynthError(Exception):
@@ -135,7 +142,7 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
     from .verilog import TOP_NAME, build_top, parameters, top_class
 
     say = progress or (lambda line: None)
-    names = list(targets or TARGETS)
+    names = list(targets or DEFAULT_TARGETS)
     for n in names:
         if n not in TARGETS:
             raise SynthError(f"unknown target {n!r} (known: {', '.join(TARGETS)})")
@@ -182,13 +189,15 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
         rpt = work / f"nextpnr-{name}.json"
         # --timing-allow-fail: a missed goal is a result to report, not an error;
         # --threads 1: the machines here are small and shared
-        _run([nextpnr, t.device, "--package", t.package, "--json", netlist.name,
+        _run([nextpnr, t.device, "--package", t.package, "--speed", str(t.speed),
+              "--json", netlist.name,
               "--freq", str(freq_mhz), "--out-of-context", "--timing-allow-fail",
               "--seed", str(seed), "--threads", "1", "--report", rpt.name,
               "-l", f"nextpnr-{name}.log"],
              work, work / f"nextpnr-{name}.out", f"nextpnr-ecp5 ({t.part})")
         r = parse_nextpnr_report(json.loads(rpt.read_text()))
-        r.update(part=t.part, package=t.package, goal_mhz=t.goal_mhz, constraint_mhz=freq_mhz,
+        r.update(part=t.part, package=t.package, speed_grade=t.speed, goal_mhz=t.goal_mhz,
+                 constraint_mhz=freq_mhz,
                  seconds=round(time.monotonic() - t1, 1))
         results[name] = r
 

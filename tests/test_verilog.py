@@ -226,9 +226,32 @@ def test_synth_report_has_the_keys(tmp_path):
         assert key in t, key
     assert t["fmax_mhz"] > 10
     assert t["luts"] > 100 and t["ffs"] > 100 and t["brams"] >= 0
-    assert t["part"] == "LFE5U-25F"
+    assert t["part"] == "LFE5U-25F-6" and t["speed_grade"] == 6
     assert t["critical_path"]["logic_levels"] >= 1
     assert "ecp5-25f: fmax" in r.stdout
+
+
+def test_synth_places_each_default_target_at_its_speed_grade(tmp_path, monkeypatch):
+    """Without the tools: the flow's nextpnr command lines and the report's grades."""
+    from sim import synth
+    calls = []
+
+    def fake_run(cmd, cwd, log, what):
+        calls.append(cmd)
+        if "--report" in cmd:
+            fake = {"fmax": {"clk": {"achieved": 101.5}},
+                    "utilization": {"TRELLIS_COMB": {"used": 5, "available": 9}}}
+            (cwd / cmd[cmd.index("--report") + 1]).write_text(json.dumps(fake))
+
+    monkeypatch.setattr(synth, "_tool", lambda name: name)
+    monkeypatch.setattr(synth, "_run", fake_run)
+    report = synth.synthesize(workdir=tmp_path)
+    assert list(report["targets"]) == synth.DEFAULT_TARGETS == ["ecp5-85f-8", "ecp5-85f-6"]
+    pnr = [c for c in calls if "--report" in c]
+    assert [c[c.index("--speed") + 1] for c in pnr] == ["8", "6"]
+    assert all(c[c.index("--package") + 1] == "CABGA381" and "--85k" in c for c in pnr)
+    assert [r["speed_grade"] for r in report["targets"].values()] == [8, 6]
+    assert [r["part"] for r in report["targets"].values()] == ["LFE5U-85F-8", "LFE5U-85F-6"]
 
 
 def test_synth_bad_parameter_is_one_line(tmp_path):
