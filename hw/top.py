@@ -225,8 +225,9 @@ class PageWalkUnit(wiring.Component):
         rp = Signal(Pending)
         rp_valid = Signal()
         # S0's choice again, for the TLB's and the caches' compares: one register steering
-        # every S0 compare of the unit was a long, wide net on ECP5.  The copies hold the
-        # complement, or yosys would merge them back into rp_valid.
+        # every S0 compare of the unit was a long, wide net on ECP5.  The copies must differ
+        # from rp_valid and from each other, or yosys merges them back: one holds the
+        # complement, the other the complement too but computed from rp_valid (below).
         rp_empty_tlb = Signal(init=1)
         rp_empty_psc = Signal(init=1)
         slot_bits = range(n_park) if n_park > 1 else 1
@@ -582,9 +583,9 @@ class PageWalkUnit(wiring.Component):
         for i in reversed(range(n_park)):
             with m.If(waking[i]):
                 m.d.comb += wake_sel.eq(i)
+        m.d.sync += rp_empty_psc.eq(Mux(~rp_valid | fire, ~waking.any(), ~rp_valid))
         with m.If(~rp_valid | fire):          # S0 takes the replay register when it has one
-            m.d.sync += [rp_valid.eq(waking.any()),
-                         rp_empty_tlb.eq(~waking.any()), rp_empty_psc.eq(~waking.any())]
+            m.d.sync += [rp_valid.eq(waking.any()), rp_empty_tlb.eq(~waking.any())]
             with m.If(waking.any()):
                 m.d.sync += [rp.eq(park[wake_sel]),
                              rp.stale.eq(park[wake_sel].stale | flushed(park[wake_sel].ctx)),
