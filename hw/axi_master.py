@@ -104,7 +104,8 @@ class AxiMemoryMaster(wiring.Component):
         self.rdata_check = rdata_check
         verdict = {}
         if rdata_check is not None:
-            members = rdata_check.signature.members
+            sig = getattr(rdata_check, "signature", None)
+            members = sig.members if isinstance(sig, wiring.Signature) else {}
             if "entry" not in members or "verdict" not in members:
                 raise ValueError(f"AxiMemoryMaster rdata_check must have 'entry' and 'verdict' "
                                  f"members, not {rdata_check!r}")

@@ -423,6 +423,7 @@ def test_protocol_monitor_catches_a_dropped_valid_and_a_changed_payload():
     (dict(id_width=2, axi_id=4), "axi_id"),
     (dict(cache=16), "cache"),
     (dict(prot=True), "prot"),
+    (dict(rdata_check=object()), "rdata_check"),
 ])
 def test_master_parameters_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
