@@ -29,7 +29,7 @@ sim: $(STAMP)
 	$(PY) -m sim run
 
 bench: $(STAMP)
-	$(PY) -m sim.bench
+	$(PY) -m sim bench
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

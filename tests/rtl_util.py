@@ -2,10 +2,10 @@
 
 from model.formats import EptConfig, Eptp, Level, gpa_index, make_leaf_entry, make_table_entry
 from model.physmem import PhysicalMemory
-from sim.dram import DramConfig
-from sim.harness import PysimHarness
-from sim.scoreboard import MemoryHistory, Scoreboard
-from sim.tables import HandTables
+from sim.cosim.dram import DramConfig
+from sim.backends.pysim import PysimHarness
+from sim.cosim.scoreboard import MemoryHistory, Scoreboard
+from sim.cosim.tables import HandTables
 
 
 class Rig:
@@ -74,9 +74,9 @@ def run_all(rig: Rig, requests, limit: int = 20_000):
 def verilator_or_skip() -> None:
     """Skip, naming what is missing, if the Verilator backend cannot build here."""
     import pytest
-    from sim.backend import BackendUnavailable
+    from sim.backends.base import BackendUnavailable
     try:
-        from sim.verilator_backend import toolchain
+        from sim.backends.verilator import toolchain
         toolchain()
     except BackendUnavailable as e:       # pragma: no cover - CI installs it (dev extra)
         pytest.skip(str(e))

@@ -32,10 +32,10 @@ from model.formats import (
     make_table_entry,
 )
 from model.walk import translate as model_translate, walk
-from sim.harness import HW_OUTCOME, PAGE_SIZES
-from sim.tables import random_table_set
+from sim.cosim.harness import HW_OUTCOME, PAGE_SIZES
+from sim.cosim.tables import random_table_set
 from model.physmem import PhysicalMemory
-from sim.axi_mem import AxiMemory, AxiMemoryConfig, AxiProtocolMonitor
+from sim.cosim.axi_mem import AxiMemory, AxiMemoryConfig, AxiProtocolMonitor
 
 STALLY = dict(ar_stall=0.4, aw_stall=0.4, w_stall=0.5, r_delay=0.3, b_delay=0.3)
 

@@ -3,7 +3,7 @@ and the timing goals of the TLB issue hold on the RTL."""
 
 import json
 
-from sim.bench import run_bench
+from sim.flows.bench import run_bench
 
 KEYS = ("tlb_hit_latency_cycles", "tlb_hit_throughput_per_cycle", "cold_walk_cycles",
         "dram_latency_cycles", "psc_pde_hit_walk_cycles", "miss_throughput_speedup_4_walkers")

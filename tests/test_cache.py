@@ -17,8 +17,8 @@ from hw.top import PageWalkUnit
 from model.formats import EPT_D, EPT_W, Access, EptConfig, Level, Outcome, gpa_index
 from model.physmem import PhysicalMemory
 from model.walk import walk
-from sim.dram import DramConfig
-from sim.tables import random_table_set
+from sim.cosim.dram import DramConfig
+from sim.cosim.tables import random_table_set
 
 from rtl_util import Rig, Tables, run_all
 

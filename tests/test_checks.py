@@ -167,16 +167,16 @@ def test_the_unit_checks_itself_in_every_simulation(backend):
 
     from model.formats import Access
     from model.physmem import PhysicalMemory
-    from sim.tables import HandTables
+    from sim.cosim.tables import HandTables
     if backend == "verilator":
-        from sim.backend import BackendUnavailable
+        from sim.backends.base import BackendUnavailable
         try:
-            from sim.verilator_backend import VerilatorHarness as H, toolchain
+            from sim.backends.verilator import VerilatorHarness as H, toolchain
             toolchain()
         except BackendUnavailable as e:       # pragma: no cover - CI installs it
             pytest.skip(str(e))
     else:
-        from sim.harness import PysimHarness as H
+        from sim.backends.pysim import PysimHarness as H
     memory = PhysicalMemory()
     frames = iter(range(0x10_0000, 0x20_0000, 0x1000))
     tables = HandTables(memory, lambda: next(frames))

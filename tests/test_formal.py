@@ -3,7 +3,7 @@ installed by `make test-all` / `make formal`), so these are marked slow."""
 
 import pytest
 
-from sim.formal import YosysUnavailable, prove
+from sim.flows.formal import YosysUnavailable, prove
 
 pytestmark = pytest.mark.slow
 

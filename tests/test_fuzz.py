@@ -15,8 +15,8 @@ from rtl_util import verilator_or_skip
 from model.formats import EptConfig, Outcome, PAGE_SIZE
 from model.physmem import PhysicalMemory
 from model.walk import walk
-from sim.fuzz import FuzzOptions, HostileBuilder, _sweep_table, run_fuzz, sweep_cases
-from sim.harness import PysimHarness
+from sim.verify.fuzz import FuzzOptions, HostileBuilder, _sweep_table, run_fuzz, sweep_cases
+from sim.backends.pysim import PysimHarness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_fuzz_finds_a_planted_bug_and_leaves_a_reproducer(monkeypatch, tmp_path)
     backend = "rtl"
     try:
         verilator_or_skip()
-        from sim import verilator_backend as vb
+        from sim.backends import verilator as vb
         monkeypatch.setattr(vb.VerilatorHarness, "_fill", lying)
         backend = "verilator"
     except pytest.skip.Exception:
@@ -129,7 +129,7 @@ def test_fuzz_finds_a_planted_bug_and_leaves_a_reproducer(monkeypatch, tmp_path)
 def test_fuzz_exits_1_on_a_mismatch_with_the_summary_last(tmp_path):
     # a planted bug through the CLI: a sitecustomize that patches the harness
     (tmp_path / "sitecustomize.py").write_text(
-        "from sim.harness import PysimHarness\n"
+        "from sim.backends.pysim import PysimHarness\n"
         "real = PysimHarness._fill\n"
         "def lying(self, t, raw):\n"
         "    real(self, t, raw)\n"
@@ -137,15 +137,15 @@ def test_fuzz_exits_1_on_a_mismatch_with_the_summary_last(tmp_path):
         "        t.hpa ^= 0x2000\n"
         "PysimHarness._fill = lying\n"
         "try:\n"
-        "    from sim.verilator_backend import VerilatorHarness\n"
+        "    from sim.backends.verilator import VerilatorHarness\n"
         "    VerilatorHarness._fill = lying\n"
         "except Exception:\n"
         "    pass\n")
     import os
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
-    from sim.backend import BackendUnavailable
+    from sim.backends.base import BackendUnavailable
     try:
-        from sim.verilator_backend import toolchain
+        from sim.backends.verilator import toolchain
         toolchain()
         backend = "verilator"
     except BackendUnavailable:           # pragma: no cover - CI installs it

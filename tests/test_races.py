@@ -5,7 +5,7 @@ from rtl_util import verilator_or_skip
 
 from model.formats import EPT_A
 from model.pmap import PageDB
-from sim.races import OPS, RaceOptions, _World, run_races
+from sim.verify.races import OPS, RaceOptions, _World, run_races
 
 
 

@@ -11,8 +11,8 @@ from model.formats import EPT_A, EPT_D, Access, EptConfig, Eptp, Level, MemType,
 from model.physmem import FrameAllocator, PhysicalMemory
 from model.pmap import VM_PROT_READ, VM_PROT_WRITE, VM_PROT_EXECUTE, PMAP_NOCACHE, PageDB, Pmap
 from model.walk import translate
-from sim.replay import replay
-from sim.scenario import ScenarioError, parse_scenario
+from sim.verify.replay import replay
+from sim.cosim.scenario import ScenarioError, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,9 @@ translates correctly from a fresh EPTP load."""
 
 from model.formats import EPT_A, EPT_D, Access, EptConfig, Outcome
 from model.physmem import PhysicalMemory
-from sim.harness import PysimHarness
-from sim.scoreboard import MemoryHistory, Scoreboard
-from sim.tables import HandTables
+from sim.backends.pysim import PysimHarness
+from sim.cosim.scoreboard import MemoryHistory, Scoreboard
+from sim.cosim.tables import HandTables
 
 
 def test_reset_at_every_offset_of_a_walk_leaves_dram_consistent():

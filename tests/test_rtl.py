@@ -18,9 +18,9 @@ from model.formats import (
 )
 from model.physmem import PhysicalMemory
 from model.walk import translate as model_translate
-from sim.dram import DramConfig
-from sim.harness import HangError
-from sim.tables import random_table_set
+from sim.cosim.dram import DramConfig
+from sim.cosim.harness import HangError
+from sim.cosim.tables import random_table_set
 
 from rtl_util import Rig
 
@@ -461,7 +461,7 @@ def test_no_eptp_loaded_is_refused():
 
 
 def test_rtl_backend_refuses_invalid_eptp_like_the_model():
-    from sim.rtl_backend import RtlBackend
+    from sim.backends.pysim import PysimBackend as RtlBackend
     b = RtlBackend(PhysicalMemory(), EptConfig())
     with pytest.raises(EptpError):
         b.load_eptp(INVALID_EPTPS["memtype_7"])

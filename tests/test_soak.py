@@ -11,7 +11,7 @@ import pytest
 
 from rtl_util import verilator_or_skip
 
-from sim.soak import run_soak
+from sim.verify.soak import run_soak
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
 """The Verilator backend equals pysim cycle for cycle; its build cache.
 
 Every equivalence test runs the same random workload on
-:class:`~sim.harness.PysimHarness` and
-:class:`~sim.verilator_backend.VerilatorHarness` and compares the full
+:class:`~sim.backends.pysim.PysimHarness` and
+:class:`~sim.backends.verilator.VerilatorHarness` and compares the full
 response streams (cycles included), the DRAM statistics and the counters.
 pysim runs ~1.5k cycles/s here, so each run stays at a few thousand cycles.
 A cold build of one parameter set takes ~1 minute; later runs hit the cache
@@ -21,19 +21,20 @@ import pytest
 
 from model.formats import EPT_A, EPT_D, Access, EptConfig
 from model.physmem import PhysicalMemory
-from sim.dram import DramConfig
-from sim.harness import PysimHarness
-from sim.replay import replay
-from sim.run import run_workload
-from sim.scenario import parse_scenario
-from sim.scoreboard import MemoryHistory, Scoreboard
-from sim.tables import random_table_set
-from sim.workload import WorkloadOptions
+from sim.cosim.dram import DramConfig
+from sim.backends.pysim import PysimHarness
+from sim.verify.replay import replay
+from sim.cosim.run import run_workload
+from sim.cosim.scenario import parse_scenario
+from sim.cosim.scoreboard import MemoryHistory, Scoreboard
+from sim.cosim.tables import random_table_set
+from sim.cosim.workload import WorkloadOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
-vb = pytest.importorskip("sim.verilator_backend")
-from sim.backend import BackendUnavailable  # noqa: E402
+vb = pytest.importorskip("sim.backends.verilator")
+from sim.backends.base import BackendUnavailable  # noqa: E402
+from sim.backends.verilator import build as vbuild  # noqa: E402
 
 try:
     vb.toolchain()
@@ -248,15 +249,15 @@ def test_build_cache_hits_and_rebuilds_on_change(monkeypatch, tmp_path):
     fake_root = tmp_path / "root"
     shutil.copytree(ROOT / "hw", fake_root / "hw")
     monkeypatch.setattr(vb, "ROOT", fake_root)
-    same = vb._source_key(params, version)
+    same = vbuild._source_key(params, version)
     with open(fake_root / "hw" / "walker.py", "a") as f:
         f.write("\n# an edit\n")
-    assert vb._source_key(params, version) != same
+    assert vbuild._source_key(params, version) != same
     # ... and the library is keyed by the Verilog itself: unchanged Verilog
     # after a source edit regenerates the Verilog but reuses the build
     monkeypatch.setattr(vb, "ROOT", ROOT)
     monkeypatch.setattr(vb, "_source_key", lambda p, v, trace=False: "edited-but-same-verilog")
-    index = vb.BUILD_DIR / "index" / "edited-but-same-verilog"
+    index = vbuild.BUILD_DIR / "index" / "edited-but-same-verilog"
     index.unlink(missing_ok=True)
     try:
         regenerated = vb.build_model(params)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from sim.lint import lint, verilator_command
-from sim.verilog import TOP_NAME, ParamError, generate, parameters, top_class, write_atomic
+from sim.flows.lint import lint, verilator_command
+from sim.flows.verilog import TOP_NAME, ParamError, generate, parameters, top_class, write_atomic
 
 # (name, CLI options): the default unit and the corners of its parameters
 PARAMETER_SETS = [
@@ -175,7 +175,7 @@ def test_generic_options_for_another_top_class():
     import argparse
 
     from hw.top import PageWalkUnit
-    from sim.verilog import add_parameter_options, parameter_values
+    from sim.flows.verilog import add_parameter_options, parameter_values
 
     class Bigger(PageWalkUnit):
         _MustUse__silence = True       # refused instances are never elaborated
@@ -233,7 +233,7 @@ def test_synth_report_has_the_keys(tmp_path):
 
 def test_synth_places_each_default_target_at_its_speed_grade(tmp_path, monkeypatch):
     """Without the tools: the flow's nextpnr command lines and the report's grades."""
-    from sim import synth
+    from sim.flows import synth
     calls = []
 
     def fake_run(cmd, cwd, log, what):

@@ -25,10 +25,10 @@ from amaranth.lib import enum as am_enum
 
 import hw
 from hw.top import PageWalkUnit
-from sim.run import run_workload
-from sim.wave import (PERIOD_PS, WaveNames, dump_names, edge_ps, parse_filter,
+from sim.cosim.run import run_workload
+from sim.flows.gtkwave import (PERIOD_PS, WaveNames, dump_names, edge_ps, parse_filter,
                       var_name, vcd_vars)
-from sim.workload import WorkloadOptions
+from sim.cosim.workload import WorkloadOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "build" / "wave"
@@ -65,8 +65,8 @@ def pysim_wave(tmp_path_factory):
 def verilator_ready() -> str | None:
     """Why the Verilator waveform cannot be built here, or None."""
     try:
-        from sim.backend import BackendUnavailable
-        from sim.verilator_backend import _check_trace_headers, toolchain
+        from sim.backends.base import BackendUnavailable
+        from sim.backends.verilator import check_trace_headers as _check_trace_headers, toolchain
         toolchain()
         _check_trace_headers()
     except BackendUnavailable as e:
@@ -221,7 +221,7 @@ def test_enum_values_in_the_vcd_are_bits_not_strings(pysim_wave):
 # -- markers, error messages, the transaction log ------------------------------------------------
 
 def test_mismatch_puts_a_marker_and_names_the_file(monkeypatch, tmp_path):
-    from sim.harness import PysimHarness
+    from sim.backends.pysim import PysimHarness
     real = PysimHarness._fill
 
     def lying(self, t, raw):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from model.formats import EPT_A, Access, Outcome
-from sim.run import run_workload
-from sim.workload import GuestLayout, Host, WorkloadOptions
+from sim.cosim.run import run_workload
+from sim.cosim.workload import GuestLayout, Host, WorkloadOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_ad_disabled_runs_clean():
 def test_wrong_translation_is_caught(monkeypatch):
     """A backend that returns a wrong HPA must produce mismatches (the check can fail)."""
     from dataclasses import replace
-    from sim import backend as b
+    from sim.backends import base as b
 
     real = b.ModelBackend.translate
 
@@ -117,7 +117,7 @@ def test_unwritable_output_is_one_line_before_any_work(flag, path):
 
 def test_wrong_rtl_answer_is_caught_by_the_scoreboard(monkeypatch):
     """An RTL response with a flipped HPA bit must be reported (the check can fail)."""
-    from sim.harness import PysimHarness
+    from sim.backends.pysim import PysimHarness
     real = PysimHarness._fill
 
     def lying(self, t, raw):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from model.formats import EPT_A, EPT_D
 from model.physmem import MemoryAccessError, PhysicalMemory

@@ -10,12 +10,15 @@ set grew by less than ``flat_mb`` between the first sample after warm-up
 
 from __future__ import annotations
 
+import argparse
+
 import resource
 import time
 from dataclasses import dataclass, field
 
-from .run import run_workload
-from .workload import WorkloadOptions
+from sim.cosim.run import run_workload
+from sim.cosim.workload import WorkloadOptions
+from sim.options import positive, output_path, progress_printer
 
 __all__ = ["SoakReport", "run_soak", "rss_mb"]
 
@@ -67,3 +70,35 @@ def run_soak(translations: int = 1_000_000, backend: str = "verilator", seed: in
     rep.growth_mb = round(samples[-1][1] - warm, 1)
     rep.flat = rep.growth_mb < flat_mb
     return rep
+
+
+# -- the `soak` command ---------------------------------------------------------------
+ABOUT = dict(help="the pageable guest for a million translations, memory sampled",
+                        description="Run the default pageable-guest workload for N translations "
+                                    "(every one checked) and sample resident memory; fails on any "
+                                    "mismatch or if memory grows. The last line is "
+                                    "'N translations, M mismatches'.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--translations", type=positive, default=1_000_000, metavar="N",
+                    help="about this many translations (default 1000000)")
+    p.add_argument("--backend", default="verilator", choices=["rtl", "verilator"],
+                    help="verilator (default: the fastest) or rtl")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def main(args) -> int:
+    from dataclasses import asdict
+    from sim.verify.reliability import update_report
+    output_path("--out", "build/reliability/report.json")
+    progress = progress_printer(args.quiet)
+    rep = run_soak(args.translations, args.backend, args.seed, progress=progress)
+    path = update_report("soak", asdict(rep))
+    print(f"{rep.accesses} guest accesses, {rep.cycles} cycles in {rep.seconds} s on {rep.backend}; "
+          f"resident memory {rep.rss_mb[0][1] if rep.rss_mb else '?'} -> {rep.rss_mb[-1][1]} MiB "
+          f"({'flat' if rep.flat else 'GROWING'}: {rep.growth_mb:+} MiB after warm-up)")
+    print(f"report written to {path}")
+    print(f"{rep.translations} translations, {rep.mismatches} mismatches")
+    return 1 if rep.mismatches or not rep.flat else 0

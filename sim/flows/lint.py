@@ -8,10 +8,14 @@ point is missing (a Debian ``verilator``, for instance).
 
 from __future__ import annotations
 
+import argparse
+
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from sim.flows.verilog import DEFAULT_OUT
+from sim.options import PROG, UsageError
 
 __all__ = ["WAIVERS", "LintUnavailable", "verilator_command", "lint_command", "lint"]
 
@@ -45,3 +49,27 @@ def lint(verilog: str | Path, top: str = "ept_walker") -> tuple[bool, str]:
     output = proc.stdout + proc.stderr
     clean = proc.returncode == 0 and "%Warning" not in output and "%Error" not in output
     return clean, output
+
+
+# -- the `lint` command ---------------------------------------------------------------
+ABOUT = dict(help="verilator --lint-only -Wall on the generated Verilog",
+                        description="Lint FILE.v with Verilator -Wall and the reviewed waivers "
+                                    "in hw/lint_waivers.vlt; exit 1 on any warning.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("verilog", nargs="?", default=DEFAULT_OUT, metavar="FILE.v",
+                    help=f"(default {DEFAULT_OUT}, written by `verilog`)")
+
+
+def main(args) -> int:
+    if not Path(args.verilog).is_file():
+        raise UsageError(f"{PROG} lint: {args.verilog} not found (run `{PROG} verilog` first)")
+    try:
+        ok, output = lint(args.verilog)
+    except LintUnavailable as e:
+        raise UsageError(f"{PROG} lint: {e}") from None
+    if not ok:                 # a clean run's output is only Verilator's statistics
+        sys.stderr.write(output)
+    print(f"lint {'clean' if ok else 'FAILED'}: {args.verilog}")
+    return 0 if ok else 1

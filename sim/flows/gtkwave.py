@@ -19,10 +19,8 @@ the design (``value NAME`` lines, in the hex the save file displays).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,8 @@ from typing import Iterable
 from amaranth.hdl import Format, Fragment, Value
 from amaranth.hdl._ir import PortDirection
 from amaranth.lib import wiring
+
+from sim.files import atomic_open, write_atomic
 
 __all__ = ["PERIOD_PS", "edge_ps", "WaveNames", "trace_groups", "write_filters", "normalize_vcd",
            "write_save_file", "dump_names", "check_wave_path", "write_txn_log", "marker_note", "finish_waveform"]
@@ -257,7 +257,7 @@ def write_filters(directory: Path, enums: dict[str, EnumInfo]) -> dict[str, Path
             if padded.lstrip("0") and padded.lstrip("0") != padded:
                 lines.append(f"{padded.lstrip('0')} {member}")
         path = directory / f"{name}.txt"
-        _write_atomic(path, "\n".join(lines) + "\n")
+        write_atomic(path, "\n".join(lines) + "\n")
         paths[name] = path.resolve()
     return paths
 
@@ -290,8 +290,7 @@ def normalize_vcd(src: Path, dst: Path, names: WaveNames) -> None:
                 break
         ids: dict[str, dict] = {}          # enum var id -> {member name: value}
         out_header = _rename_header(header, renames, enum_vars, ids)
-        tmp = dst.with_name(dst.name + ".tmp")
-        with open(tmp, "w") as out:
+        with atomic_open(dst) as out:
             out.writelines(out_header)
             for line in fin:
                 c = line[:1]
@@ -307,7 +306,6 @@ def normalize_vcd(src: Path, dst: Path, names: WaveNames) -> None:
                         out.write(f"b{value:b} {vid}\n" if value is not None else f"bx {vid}\n")
                 else:
                     out.write(line)
-    os.replace(tmp, dst)
 
 
 def _rename_header(header: list[str], renames: dict, enum_vars: dict, ids: dict) -> list[str]:
@@ -444,8 +442,7 @@ def write_save_file(path: Path, dump: Path, names: WaveNames, groups: dict[str, 
 
     markers = sorted(set(markers))
     traced = []
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         g = GTKWSave(f)
         g.comment("EPT page-walk unit (sim/wave.py): groups per block, addresses in hex,",
                   "enum-valued signals by name through the translate filters next to this file")
@@ -468,7 +465,6 @@ def write_save_file(path: Path, dump: Path, names: WaveNames, groups: dict[str, 
                         else:
                             g.trace(full)
                         traced.append(full)
-    os.replace(tmp, path)
     return traced
 
 
@@ -495,19 +491,12 @@ def write_txn_log(path: Path, tickets: Iterable) -> int:
                     f"{t.gpa:#014x} {t.access.name.lower():<6} {outcome:<10} {result:<26} "
                     f"{t.level if t.level is not None else '-':>6} {t.retries:>7}")
         n += 1
-    _write_atomic(path, "\n".join(rows) + "\n")
+    write_atomic(path, "\n".join(rows) + "\n")
     return n
 
 
 def _size(page_size: int | None) -> str:
     return {1 << 12: "4K", 1 << 21: "2M", 1 << 30: "1G"}.get(page_size, str(page_size))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # -- everything around a dump ---------------------------------------------------------------

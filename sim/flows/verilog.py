@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from sim.files import write_atomic
+from sim.options import PROG, UsageError, output_path
 
 __all__ = [
     "TOP_NAME", "DEFAULT_OUT", "ParamError", "Param", "top_class", "parameters",
-    "add_parameter_options", "parameter_values", "build_top", "generate", "write_atomic",
+    "add_parameter_options", "parameter_values", "build_top", "generate",
     "port_table",
 ]
 
@@ -140,30 +139,6 @@ def generate(params: dict | None = None, cls=None) -> str:
     return header + text
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place.
-
-    A failure leaves the old file (or no file), never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        # mkstemp makes the file private (0600); give it a normal file's mode
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def port_table(params: dict | None = None, cls=None) -> str:
     """A Markdown table of the Verilog ports: name, direction, width, payload fields.
 
@@ -191,3 +166,33 @@ def port_table(params: dict | None = None, cls=None) -> str:
         rows.append(f"| `{name}` | {direction} | {width} | {fields} |")
     rows.append("| `clk`, `rst` | in | 1 | rising-edge clock; synchronous active-high reset |")
     return "\n".join(rows)
+
+
+# -- the `verilog` command ---------------------------------------------------------------
+ABOUT = dict(help="write the unit as Verilog (top module ept_walker)",
+                       description=f"Convert {top_class().__name__} to Verilog with the given "
+                                   "parameters; the options below are its constructor's.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="FILE.v",
+                   help=f"where to write the Verilog (default {DEFAULT_OUT})")
+    p.add_argument("--ports", action="store_true",
+                   help="print the port list as a Markdown table instead of writing Verilog")
+    add_parameter_options(p)
+
+
+def main(args) -> int:
+    params = parameter_values(args)
+    try:
+        if args.ports:
+            print(port_table(params))
+            return 0
+        build_top(params, elaborate=False)      # refuse bad parameters before creating anything
+        output_path("--out", args.out)
+        text = generate(params)
+    except ParamError as e:
+        raise UsageError(f"{PROG} verilog: {e}") from None
+    write_atomic(args.out, text)
+    print(f"wrote {args.out}")
+    return 0

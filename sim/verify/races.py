@@ -20,14 +20,20 @@ translate the page again.  Checked, beyond the scoreboard on every response:
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 from dataclasses import dataclass, field
 
 from model.formats import EPT_A, EPT_D, Access, EptConfig, Outcome, PAGE_SIZE
 from model.physmem import PhysicalMemory
 from model.pmap import VM_PROT_READ
 
-from .backend import make_backend
-from .workload import GuestLayout, Host, WorkloadOptions
+from sim.backends.base import make_backend
+from sim.cosim.workload import GuestLayout, Host, WorkloadOptions
+from pathlib import Path
+from sim.files import write_json
+from sim.options import positive, add_unit_options, unit_kwargs, output_path, progress_printer
 
 __all__ = ["RaceOptions", "RaceReport", "run_races", "OPS"]
 
@@ -176,3 +182,47 @@ def _check(w: _World, rep: RaceReport, t, where: str) -> None:
         rep.failures.append(f"{where}: request never answered")
     elif sb.failed > before:
         rep.failures.append(f"{where}: {sb.mismatches[-1] if sb.mismatches else 'scoreboard mismatch'}")
+
+
+# -- the `races` command ---------------------------------------------------------------
+ABOUT = dict(help="host pmap operations racing walks at every cycle offset",
+                        description="clear_reference, clear_modify, protect, remove and enter-on-a-"
+                                    "new-frame, run at every cycle offset of a cold and a warm "
+                                    "translation of each access kind; checks: scoreboard, one answer "
+                                    "per request, no A/D resurrection, no stale translation after "
+                                    "INVEPT. The last line is 'N races, M failures'.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="rtl", choices=["rtl", "verilator"],
+                    help="rtl (pysim, default) or verilator")
+    p.add_argument("--max-offset", type=positive, default=72, metavar="CYCLES",
+                    help="offsets 0..CYCLES-1 from the request (default 72: past a cold walk and its CASes)")
+    p.add_argument("--no-ad", action="store_true", help="EPTP A/D flags disabled")
+    p.add_argument("--out", default="build/reliability/races.json", metavar="FILE.json",
+                    help="where to write the JSON report (default build/reliability/races.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_unit_options(p)
+
+
+def main(args) -> int:
+    opts = RaceOptions(backend=args.backend, offsets=range(args.max_offset), ad=not args.no_ad,
+                       unit=unit_kwargs(args))
+    output_path("--out", args.out)
+    progress = progress_printer(args.quiet)
+    rep = run_races(opts, progress)
+    from sim.verify.reliability import update_report
+    data = {"races": rep.races, "translations": rep.translations, "by_op": rep.by_op,
+            "overlapped_walks": rep.overlapped, "cas_retries": rep.cas_lost,
+            "failures": rep.failures[:50],
+            "options": {"backend": args.backend, "max_offset": args.max_offset,
+                        "ad": not args.no_ad, "unit": opts.unit}}
+    write_json(Path(args.out), data, indent=1)
+    update_report("races", data)
+    for f in rep.failures[:20]:
+        print(f"FAIL: {f}", file=sys.stderr)
+    print(f"{rep.translations} translations; {rep.overlapped} races landed while the walk was in "
+          f"flight; {rep.cas_lost} A/D CASes lost to the host and retried")
+    print(f"report written to {args.out}")
+    print(f"{rep.races} races, {rep.failed} failures")
+    return 1 if rep.failed else 0

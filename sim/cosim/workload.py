@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import accumulate
 
 import numpy as np
 
-from model.formats import Access, EptConfig, Outcome, PAGE_SIZE
+from model.formats import Access, EptConfig, PAGE_SIZE
 from model.physmem import FrameAllocator, PhysicalMemory
 from model.pmap import (
     PMAP_CANFAIL, VM_PROT_EXECUTE, VM_PROT_NONE, VM_PROT_READ, VM_PROT_WRITE,

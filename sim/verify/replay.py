@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import sys
 from dataclasses import dataclass, field
@@ -10,8 +12,11 @@ from typing import TextIO
 from model.physmem import PhysicalMemory
 from model.walk import Translation
 
-from .backend import make_backend
-from .scenario import Scenario
+from sim.backends.base import make_backend
+from sim.cosim.scenario import Scenario
+from sim.backends.base import BACKENDS
+from sim.cosim.scenario import load_scenario
+from sim.options import add_rtl_options, rtl_kwargs, output_path
 
 __all__ = ["replay", "ReplayResult"]
 
@@ -57,3 +62,27 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
         backend.close()
     out.flush()
     return ReplayResult(lines, list(getattr(backend, "mismatches", [])))
+
+
+# -- the `replay` command ---------------------------------------------------------------
+ABOUT = dict(help="run a replay scenario (JSON) and print JSON Lines",
+                       description="Execute the ops of SCENARIO in order and print one JSON "
+                                   "line per read and translate (see README, Replay contract).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", metavar="SCENARIO.json")
+    p.add_argument("--backend", default="model", choices=sorted(BACKENDS),
+                   help="model (golden model), rtl (the Amaranth unit in pysim) or verilator "
+                        "(the same unit compiled with Verilator: same results, faster)")
+    add_rtl_options(p)
+
+
+def main(args) -> int:
+    scenario = load_scenario(args.scenario)
+    kw = rtl_kwargs(args)
+    output_path("--wave", args.wave)
+    result = replay(scenario, args.backend, **kw)
+    for m in result.mismatches:
+        print(f"MISMATCH: {m}", file=sys.stderr)
+    return 1 if result.mismatches else 0

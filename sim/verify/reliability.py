@@ -4,10 +4,10 @@ soak runs, one section each (each command rewrites its own section)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
+
+from sim.files import write_json
 
 __all__ = ["REPORT", "update_report"]
 
@@ -24,9 +24,5 @@ def update_report(section: str, data: dict, path: Path = REPORT) -> Path:
     except (OSError, ValueError):
         report = {}
     report[section] = dict(data, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, report, indent=1)
     return path

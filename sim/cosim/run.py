@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-from collections import deque
-import sys
+import argparse
+
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,8 +12,11 @@ from model.formats import EPT_D, EPT_R, Access, EptConfig, Outcome, PAGE_SIZE
 from model.pmap import PG_FRAME
 from model.physmem import PhysicalMemory
 
-from .backend import make_backend
-from .workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
+from sim.backends.base import make_backend
+from sim.cosim.workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
+from sim.files import write_json
+from sim.backends.base import BACKENDS
+from sim.options import PROG, UsageError, positive, fraction, add_rtl_options, rtl_kwargs, output_path, progress_printer
 
 __all__ = ["run_workload", "format_summary", "write_summary"]
 
@@ -40,13 +41,12 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     backend.load_eptp(host.eptp.encode())
     guest = Guest(layout, opts)
     agent = HostAgent(host, opts.race_rate, opts.seed)
-    harness = getattr(backend, "harness", None)
-    if harness is not None and not backend_kw.get("wave"):
+    timed = backend.timed
+    if not backend_kw.get("wave"):
         # only a waveform's transaction log needs every ticket: keep memory flat on long runs
-        harness.completed = deque(maxlen=64)
+        backend.keep_tickets(64)
     current = {"gpa": None}
-    if harness is not None:
-        harness.hooks.append(lambda cycle: agent.on_cycle(cycle, bool(harness.inflight), current["gpa"]))
+    backend.add_hook(lambda cycle: agent.on_cycle(cycle, backend.busy, current["gpa"]))
     outcomes = {o.value: 0 for o in Outcome}
     by_access = {a.name.lower(): 0 for a in Access}
     mismatches: list[str] = []
@@ -76,7 +76,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
             gpa, access = guest.next()
             current["gpa"] = gpa
             by_access[access.name.lower()] += 1
-            if harness is None:
+            if not timed:
                 agent.maybe_act(gpa)
             for attempt in range(16):
                 t, cycles = backend.translate(gpa, access)
@@ -84,7 +84,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
                 latency_total += cycles or 0
                 cas_retries += t.retries
                 outcomes[t.outcome.value] += 1
-                if harness is None:
+                if not timed:
                     pmap_check(gpa, access, t)
                 if t.outcome is Outcome.OK:
                     if still_valid(gpa, access, t):
@@ -106,20 +106,19 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
                         mismatches.append(f"GPA {gpa:#x} {access.name.lower()}: data {got:#x} "
                                           f"at HPA {word:#x}, guest stored {want:#x}")
             if progress and (n + 1) % step == 0 and n + 1 < opts.accesses:
-                bad = len(mismatches) + len(getattr(backend, "mismatches", []))
+                bad = len(mismatches) + len(backend.mismatches)
                 progress(f"  [{100 * (n + 1) // opts.accesses:3d}%] {n + 1}/{opts.accesses} "
                          f"accesses, {host.stats.faults} faults, {host.stats.evictions} evictions, "
                          f"{bad} mismatches")
-        counters = harness.counters() if harness is not None else None
+        counters = backend.counters()
     finally:
         backend.close()
     elapsed = time.monotonic() - started
-    rtl_mismatches = list(getattr(backend, "mismatches", []))
-    failed = len(mismatches) + (backend.scoreboard.failed + len(backend.dram.corruptions)
-                                if harness is not None else 0)
+    rtl_mismatches = list(backend.mismatches)
+    failed = len(mismatches) + backend.failures
     walks = translations + cas_retries
     s = host.stats
-    cycles = harness.cycle if harness is not None else None
+    cycles = backend.cycle
     summary = {
         "backend": backend_name,
         "accesses": opts.accesses,
@@ -131,8 +130,8 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
         "memory_cases": backend.walk_cases,
         "cas_retries": cas_retries,
         "cycles": cycles,
-        "cycles_per_translation": round(latency_total / translations, 2) if harness is not None else None,
-        "cycles_per_walk": round(latency_total / walks, 2) if harness is not None else None,
+        "cycles_per_translation": round(latency_total / translations, 2) if timed else None,
+        "cycles_per_walk": round(latency_total / walks, 2) if timed else None,
         "faults": s.faults,
         "evictions": s.evictions,
         "writebacks": s.writebacks,
@@ -149,20 +148,14 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
         "elapsed_seconds": round(elapsed, 3),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
     }
-    if harness is not None:
-        d = harness.dram
+    if timed:
         summary["cycles_per_second"] = round(cycles / elapsed) if elapsed else None
         summary["counters"] = counters
         # with a TLB, walks are what the unit counted, not one per translation
         summary["walks"] = counters["walks"]
         summary["cycles_per_walk"] = round(counters["walk_cycles"] / max(counters["walks"], 1), 2)
         summary["unit"] = backend_kw.get("unit") or {}
-        summary["scoreboard_checked"] = backend.scoreboard.checked
-        summary["scoreboard_alternative_states"] = backend.scoreboard.alternatives_used
-        summary["dram"] = {"reads": d.reads, "cases": d.cases, "cas_failures": d.cas_failures,
-                           "row_hits": d.row_hits, "row_misses": d.row_misses,
-                           "stall_cycles": d.stall_cycles, "bus_errors": d.errors,
-                           "config": asdict(d.config) | {"error_addrs": sorted(d.config.error_addrs)}}
+        summary.update(backend.report())
     return summary
 
 
@@ -220,8 +213,72 @@ def format_summary(s: dict) -> str:
 
 def write_summary(s: dict, path: str | Path) -> None:
     """Write the summary atomically: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(s, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, s)
+
+
+# -- the `run` command ---------------------------------------------------------------
+ABOUT = dict(help="run the pageable-guest workload and print a summary",
+                       description="A guest touches more pages than the host gives it frames; "
+                                   "EPT violations fault pages in with pmap_enter, a clock page "
+                                   "daemon evicts using the A/D bits the walker sets.")
+
+
+def _mix(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mix {text!r}: expected three numbers R,W,F") from None
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"--mix {text!r}: expected three non-negative weights R,W,F")
+    return parts
+
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="rtl", choices=sorted(BACKENDS),
+                   help="rtl (cosimulation in pysim, default), verilator (the same, compiled "
+                        "with Verilator) or model (golden model alone)")
+    p.add_argument("--accesses", type=positive, default=4000, help="guest accesses (default 4000)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--guest-pages", type=positive, default=256,
+                   help="guest working set in 4K pages (default 256)")
+    p.add_argument("--host-frames", type=positive, default=96,
+                   help="frames the host gives the guest (default 96)")
+    p.add_argument("--mix", type=_mix, default=(0.6, 0.3, 0.1), metavar="R,W,F",
+                   help="read,write,fetch weights (default 0.6,0.3,0.1)")
+    p.add_argument("--locality", type=fraction, default=0.8,
+                   help="share of accesses to the hot set (default 0.8)")
+    p.add_argument("--hot-pages", type=positive, default=24, help="hot-set size (default 24)")
+    p.add_argument("--sequential", type=fraction, default=0.15,
+                   help="chance an access goes to the next page (default 0.15)")
+    p.add_argument("--no-ad", action="store_true", help="run with EPTP A/D flags disabled")
+    p.add_argument("--race-rate", type=fraction, default=0.02, metavar="P",
+                   help="chance per cycle (rtl) or per access (model) that the host agent runs a "
+                        "pmap operation on the page being translated (default 0.02)")
+    p.add_argument("--summary", default="build/sim/summary.json",
+                   help="where to write the JSON summary (default build/sim/summary.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_rtl_options(p)
+
+
+def main(args) -> int:
+    from sim.cosim.workload import WorkloadOptions
+    opts = WorkloadOptions(accesses=args.accesses, seed=args.seed, guest_pages=args.guest_pages,
+                           host_frames=args.host_frames, mix=args.mix, locality=args.locality,
+                           hot_pages=args.hot_pages, sequential=args.sequential, ad=not args.no_ad,
+                           race_rate=args.race_rate)
+    try:
+        opts.validate()
+    except ValueError as e:
+        raise UsageError(f"{PROG} run: {e}") from None
+    kw = rtl_kwargs(args)
+    output_path("--summary", args.summary)
+    output_path("--wave", args.wave)
+    progress = progress_printer(args.quiet)
+    summary = run_workload(opts, args.backend, progress=progress, **kw)
+    write_summary(summary, args.summary)
+    print(format_summary(summary))
+    print(f"summary written to {args.summary}")
+    if args.wave:
+        print(f"waveform written to {args.wave} (open with: gtkwave {Path(args.wave).with_suffix('.gtkw')})")
+    return 1 if summary["mismatches"] else 0

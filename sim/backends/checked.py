@@ -1,25 +1,30 @@
-"""The ``rtl`` backend: the Amaranth unit in pysim, checked by the scoreboard.
+"""The RTL backends' common part: a harness driving the unit, checked by the scoreboard.
 
 Host loads and stores act between cycles on the shared DRAM image; each
 translation runs the clock until the unit answers; every answer is checked
 against the reference walk of the memory as it stood (see
-:mod:`sim.scoreboard`).  Results come back as :class:`model.walk.Translation`
-plus the cycle count from the port handshakes.
+:mod:`sim.cosim.scoreboard`).  Results come back as
+:class:`model.walk.Translation` plus the cycle count from the port
+handshakes.  The harness comes from the subclass: pysim
+(:mod:`sim.backends.pysim`) or Verilator (:mod:`sim.backends.verilator`).
 """
 
 from __future__ import annotations
 
-from model.formats import Access, EptConfig, Eptp, EptpError, Outcome
+from collections import deque
+from dataclasses import asdict
+
+from model.formats import Access, EptConfig, Eptp, EptpError
 from model.physmem import PhysicalMemory
 from model.walk import Translation
 
-from .backend import Backend
-from .dram import DramConfig
-from .harness import PysimHarness, Ticket
-from .scoreboard import MemoryHistory, Scoreboard
-from .wave import marker_note
+from sim.backends.base import Backend
+from sim.cosim.dram import DramConfig
+from sim.cosim.harness import HarnessCore, Ticket
+from sim.cosim.scoreboard import MemoryHistory, Scoreboard
+from sim.flows.gtkwave import marker_note
 
-__all__ = ["RtlBackend", "ticket_translation"]
+__all__ = ["ScoreboardBackend", "ticket_translation"]
 
 
 def ticket_translation(t: Ticket) -> Translation:
@@ -29,9 +34,10 @@ def ticket_translation(t: Ticket) -> Translation:
                        memtype=t.memtype, qual=t.qual, retries=t.retries)
 
 
-class RtlBackend(Backend):
-    name = "rtl"
-    harness_class = PysimHarness     # the Verilator backend swaps in its own harness
+class ScoreboardBackend(Backend):
+    """A timed backend: ``harness_class`` drives the unit, the scoreboard checks it."""
+    timed = True
+    harness_class: type[HarnessCore]
 
     def __init__(self, memory: PhysicalMemory, config: EptConfig, *, dram: DramConfig | None = None,
                  wave=None, resp_stall_probability: float = 0.0, seed: int = 1,
@@ -88,6 +94,24 @@ class RtlBackend(Backend):
         return ticket_translation(t), t.cycles
 
     @property
+    def cycle(self) -> int:
+        return self.harness.cycle
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.harness.inflight)
+
+    def add_hook(self, hook) -> bool:
+        self.harness.hooks.append(hook)
+        return True
+
+    def keep_tickets(self, n: int | None) -> None:
+        self.harness.completed = deque(self.harness.completed, maxlen=n)
+
+    def counters(self) -> dict[str, int]:
+        return self.harness.counters()
+
+    @property
     def walk_reads(self) -> int:
         return self.harness.dram.reads
 
@@ -98,6 +122,21 @@ class RtlBackend(Backend):
     @property
     def mismatches(self) -> list[str]:
         return self.scoreboard.mismatches + self.harness.dram.corruptions
+
+    @property
+    def failures(self) -> int:
+        return self.scoreboard.failed + len(self.harness.dram.corruptions)
+
+    def report(self) -> dict:
+        d = self.harness.dram
+        return {
+            "scoreboard_checked": self.scoreboard.checked,
+            "scoreboard_alternative_states": self.scoreboard.alternatives_used,
+            "dram": {"reads": d.reads, "cases": d.cases, "cas_failures": d.cas_failures,
+                     "row_hits": d.row_hits, "row_misses": d.row_misses,
+                     "stall_cycles": d.stall_cycles, "bus_errors": d.errors,
+                     "config": asdict(d.config) | {"error_addrs": sorted(d.config.error_addrs)}},
+        }
 
     def close(self) -> None:
         self.harness.close(markers=self.scoreboard.failed_cycles)

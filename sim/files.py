@@ -1,0 +1,51 @@
+"""Writing output files atomically: a reader never sees half a file.
+
+Every report, summary, waveform save file and reproducer the tools write
+goes through :func:`atomic_open`: the text goes to a temporary file beside
+the target, which is renamed into place only when it is complete.  A
+failure leaves the old file (or no file) and no temporary behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+__all__ = ["atomic_open", "write_atomic", "write_json"]
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; rename it into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        # mkstemp makes the file private (0600); give it a normal file's mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
+    """Write ``data`` as JSON (one trailing newline) to ``path`` atomically."""
+    write_atomic(path, json.dumps(data, indent=indent) + "\n")
