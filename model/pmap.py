@@ -240,11 +240,11 @@ class Page:
     """
     pa: int
     attrs: int = 0
-    pp_pte: Optional[tuple["Pmap", int]] = None
+    pp_pte: tuple[Pmap, int] | None = None
     pp_pvlist: list = field(default_factory=list)
 
     @property
-    def pv(self) -> list[tuple["Pmap", int]]:
+    def pv(self) -> list[tuple[Pmap, int]]:
         """Every ``(pmap, va)`` in ``pv_pte_first`` / ``pv_pte_next`` order:
         the embedded entry, then ``pp_pvlist`` from its head (newest first)."""
         head = [] if self.pp_pte is None else [self.pp_pte]
@@ -253,14 +253,14 @@ class Page:
     def mappings(self) -> list[tuple["Pmap", int]]:
         return self.pv
 
-    def enter_pv(self, pmap: "Pmap", va: int) -> None:
+    def enter_pv(self, pmap: Pmap, va: int) -> None:
         """pmap_enter_pv: the embedded slot if free, else LIST_INSERT_HEAD."""
         if self.pp_pte is None:
             self.pp_pte = (pmap, va)
         else:
             self.pp_pvlist.insert(0, (pmap, va))
 
-    def remove_pv(self, pmap: "Pmap", va: int) -> None:
+    def remove_pv(self, pmap: Pmap, va: int) -> None:
         """pmap_remove_pv: clear the embedded entry or unlink the list entry."""
         if self.pp_pte is not None and self.pp_pte[0] is pmap and self.pp_pte[1] == va:
             self.pp_pte = None
@@ -510,7 +510,7 @@ class Pmap:
             del self._ptps[(ptp.level, ptp.key)]
         self._gc_ptp.insert(0, ptp)         # LIST_INSERT_HEAD(&pmap->pm_gc_ptp, ...)
 
-    def _take_gc_ptp(self, level: int, key: int) -> Optional[Ptp]:
+    def _take_gc_ptp(self, level: int, key: int) -> Ptp | None:
         """pmap_get_ptp: a PTP queued to be freed is dequeued and used again."""
         for i, ptp in enumerate(self._gc_ptp):
             if ptp.level == level and ptp.key == key:

@@ -21,7 +21,11 @@ from __future__ import annotations
 
 from model.physmem import FrameAllocator, PhysicalMemory
 from model.pmap import (
-    VM_PROT_READ, VM_PROT_WRITE, PageDB, Pmap, Shootdown,
+    VM_PROT_READ,
+    VM_PROT_WRITE,
+    PageDB,
+    Pmap,
+    Shootdown,
 )
 
 PTP_BASE = 0x100000
