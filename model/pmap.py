@@ -18,9 +18,17 @@ The TLB shootdown callback (``pm_tlb_flush`` in NetBSD) is called exactly at
 NetBSD's ``pmap_tlb_shootdown`` call sites, as ``tlb_flush(pmap, va, why)``;
 the hypervisor sets it to issue INVEPT.
 
-Not modelled: the kernel pmap, pv-tracked unmanaged pages, the native
-recursive slot and deferred PTP freeing (PTPs return to the allocator at once,
-after any shootdown NetBSD issues before freeing).
+Also as in NetBSD (pmap.c rev. 1.421): ``resident_count`` counts the
+top-level page from ``pmap_create`` on (``PDP_SIZE``); PV lists are walked
+embedded entry first, then newest to oldest (``pv_pte_first`` /
+``pv_pte_next``, ``LIST_INSERT_HEAD``); a freed PTP waits on the pmap's
+``pm_gc_ptp`` list until :meth:`Pmap.update` (``pmap_update``) gives it back
+to the allocator; and the native ``pmap_free_ptp`` shoots down each freed
+PTP's VA in the recursive mapping (``TLBSHOOT_FREE_PTP``).
+
+Not modelled: the kernel pmap, pv-tracked unmanaged pages, the contents of
+the native recursive slot (only the VAs it gives freed PTPs, for the
+shootdowns), pv_entry allocation (never fails here).
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ __all__ = [
     "VM_PROT_NONE", "VM_PROT_READ", "VM_PROT_WRITE", "VM_PROT_EXECUTE", "VM_PROT_ALL",
     "PMAP_WIRED", "PMAP_CANFAIL", "PMAP_NOCACHE", "PMAP_WRITE_COMBINE", "PMAP_WRITE_BACK",
     "PMAP_NOCACHE_OVR", "PMAP_CACHE_MASK", "PP_ATTRS_M", "PP_ATTRS_U", "PP_ATTRS_W",
-    "ENOMEM", "VM_MAXUSER_ADDRESS", "PTP_LEVELS",
+    "ENOMEM", "VM_MAXUSER_ADDRESS", "PTP_LEVELS", "PDP_SIZE", "PDIR_SLOT_PTE",
+    "recursive_va",
     "Shootdown", "PteFormat", "NATIVE", "EPT", "Page", "PageDB", "Pmap", "PmapError",
     "native_mmu_access",
 ]
@@ -65,8 +74,32 @@ PP_ATTRS_W = 0x04    # writable
 ENOMEM = 12
 
 PTP_LEVELS = 4
+PDP_SIZE = 1              # amd64: one top-level page (pmap_create counts it)
 VM_MAXUSER_ADDRESS = 0x00007F7FFFFFC000
 PG_FRAME = 0x000FFFFFFFFFF000
+# amd64 L4_SLOT_PTE: the recursive slot.  A native kernel picks it at boot
+# (slotspace); Xen fixes it at 509, and so does the model.
+PDIR_SLOT_PTE = 509
+_VA_SIGN_MASK = 0xFFFF000000000000
+
+
+def _va_sign_neg(va: int) -> int:
+    return va | _VA_SIGN_MASK if va & (1 << 47) else va
+
+
+def recursive_va(va: int, level: int) -> int:
+    """Where the native recursive mapping shows the level-``level`` PTP of ``va``.
+
+    ``pmap_free_ptp``'s ``invaladdr + index * PAGE_SIZE``: ``invaladdr`` is
+    ``ptes`` (PTE_BASE) for a PT and ``pdes[level - 2]`` (L2_BASE, L3_BASE)
+    above it; ``index = pl_i(va, level + 1)``, the index over the whole
+    linear table (not within one page).
+    """
+    base = _va_sign_neg(PDIR_SLOT_PTE * _nbpd(4))          # PTE_BASE (= L1_BASE)
+    for lvl in range(2, level + 1):                        # L2_BASE, L3_BASE
+        base += PDIR_SLOT_PTE * _nbpd(PTP_LEVELS + 1 - lvl)
+    index = (va & ~_VA_SIGN_MASK) >> (12 + 9 * level)      # pl_i(va, level + 1)
+    return (base + index * PAGE_SIZE) & ((1 << 64) - 1)
 
 
 class Shootdown(enum.Enum):
@@ -75,6 +108,7 @@ class Shootdown(enum.Enum):
     ENTER = "enter"
     SYNC_PV = "sync_pv"
     WRITE_PROTECT = "write_protect"
+    FREE_PTP = "free_ptp"          # native pmap_free_ptp only
 
 
 class PmapError(RuntimeError):
@@ -199,13 +233,43 @@ class Ptp:
 
 @dataclass(eq=False)
 class Page:
-    """A managed physical page: ``struct vm_page`` with its ``pmap_page``."""
+    """A managed physical page: ``struct vm_page`` with its ``pmap_page``.
+
+    ``pp_pte`` is the embedded PV entry, ``pp_pvlist`` the list of the others
+    with its head at index 0.
+    """
     pa: int
     attrs: int = 0
-    pv: list = field(default_factory=list)    # [(pmap, va)], pmap_enter_pv order
+    pp_pte: tuple[Pmap, int] | None = None
+    pp_pvlist: list = field(default_factory=list)
+
+    @property
+    def pv(self) -> list[tuple[Pmap, int]]:
+        """Every ``(pmap, va)`` in ``pv_pte_first`` / ``pv_pte_next`` order:
+        the embedded entry, then ``pp_pvlist`` from its head (newest first)."""
+        head = [] if self.pp_pte is None else [self.pp_pte]
+        return head + self.pp_pvlist
 
     def mappings(self) -> list[tuple["Pmap", int]]:
-        return list(self.pv)
+        return self.pv
+
+    def enter_pv(self, pmap: Pmap, va: int) -> None:
+        """pmap_enter_pv: the embedded slot if free, else LIST_INSERT_HEAD."""
+        if self.pp_pte is None:
+            self.pp_pte = (pmap, va)
+        else:
+            self.pp_pvlist.insert(0, (pmap, va))
+
+    def remove_pv(self, pmap: Pmap, va: int) -> None:
+        """pmap_remove_pv: clear the embedded entry or unlink the list entry."""
+        if self.pp_pte is not None and self.pp_pte[0] is pmap and self.pp_pte[1] == va:
+            self.pp_pte = None
+            return
+        for i, (pm, v) in enumerate(self.pp_pvlist):
+            if pm is pmap and v == va:
+                del self.pp_pvlist[i]
+                return
+        raise PmapError(f"no pv entry for va {va:#x} on page {self.pa:#x}")
 
 
 class PageDB:
@@ -236,7 +300,7 @@ class PageDB:
 
     # -- pmap_sync_pv and the page operations built on it --------------------
     def _sync_all(self, pg: Page, clearbits: int) -> None:
-        for pmap, va in list(pg.pv):
+        for pmap, va in pg.pv:          # pmap_pp_clear_attrs: pv_pte_first on
             pg.attrs |= pmap._sync_pv(va, pg.pa, clearbits)[0]
 
     def clear_attrs(self, pa: int, clearbits: int) -> bool:
@@ -252,7 +316,7 @@ class PageDB:
         pg = self.page(pa)
         if pg.attrs & testbits:
             return True
-        for pmap, va in list(pg.pv):
+        for pmap, va in pg.pv:
             if pg.attrs & testbits:
                 break
             pg.attrs |= pmap._sync_pv(va, pg.pa, 0)[0]
@@ -271,7 +335,7 @@ class PageDB:
         return self.test_attrs(pa, PP_ATTRS_M)
 
     def page_remove(self, pa: int) -> None:
-        """pmap_pp_remove: remove every mapping of the page."""
+        """pmap_pp_remove: remove every mapping of the page, pv_pte_first each time."""
         pg = self.page(pa)
         while pg.pv:
             pmap, va = pg.pv[0]
@@ -312,7 +376,9 @@ class Pmap:
         self.tlb_flush = tlb_flush
         self.pdir_pa = ptp_frames.alloc(zero=True)
         self._ptps: dict[tuple[int, int], Ptp] = {}
-        self.resident_count = 0
+        # pm_gc_ptp: freed PTPs (wire_count 0) waiting for pmap_update; head first
+        self._gc_ptp: list[Ptp] = []
+        self.resident_count = PDP_SIZE      # pmap_create counts the PDP
         self.wired_count = 0
         self.refs = 1
         self.destroyed = False
@@ -333,7 +399,7 @@ class Pmap:
         hardware never sets A or D, so the pmap must treat every valid entry
         as possibly cached and every page as referenced and modified.
         """
-        if self._ptps or self.resident_count:
+        if self._ptps or self.resident_count != PDP_SIZE:
             raise PmapError("pmap_ept_transform on a pmap that already has mappings")
         self.fmt = EPT
         self.has_ad = bool(has_ad)
@@ -430,17 +496,48 @@ class Pmap:
         return tree
 
     def _freepage(self, ptp: Ptp) -> None:
-        self.resident_count -= 1
+        """pmap_freepage: uncount the PTP and queue it on pm_gc_ptp.
+
+        NetBSD subtracts ``wire_count`` (1 for an emptied PTP, 0 for one
+        ``pmap_unget_ptp`` gives back unused) and keeps the page in the pmap's
+        object, marked free (wire_count 0), until ``pmap_update``.
+        """
+        if ptp.wire_count > 1:
+            raise PmapError(f"pmap_freepage of a PTP still in use ({ptp.wire_count})")
+        self.resident_count -= ptp.wire_count
         ptp.wire_count = 0
-        del self._ptps[(ptp.level, ptp.key)]
-        self.ptp_frames.free(ptp.pa)
+        if self._ptps.get((ptp.level, ptp.key)) is ptp:
+            del self._ptps[(ptp.level, ptp.key)]
+        self._gc_ptp.insert(0, ptp)         # LIST_INSERT_HEAD(&pmap->pm_gc_ptp, ...)
+
+    def _take_gc_ptp(self, level: int, key: int) -> Ptp | None:
+        """pmap_get_ptp: a PTP queued to be freed is dequeued and used again."""
+        for i, ptp in enumerate(self._gc_ptp):
+            if ptp.level == level and ptp.key == key:
+                return self._gc_ptp.pop(i)
+        return None
+
+    def update(self) -> None:
+        """pmap_update: shootdowns are immediate here; free the PTPs on pm_gc_ptp."""
+        while self._gc_ptp:
+            ptp = self._gc_ptp.pop(0)           # LIST_FIRST
+            self.ptp_frames.free(ptp.pa)        # uvm_pagefree
 
     def _free_ptp(self, ptp: Ptp, va: int) -> None:
-        """pmap_ept_free_ptp: free an empty PT and any parents it leaves empty."""
+        """pmap_free_ptp / pmap_ept_free_ptp: free an empty PT and any parents it
+        leaves empty.
+
+        Native: after clearing each PDE, ``pmap_tlb_shootdown(pmap, invaladdr +
+        index * PAGE_SIZE, opde, TLBSHOOT_FREE_PTP)``, the freed PTP's VA in the
+        recursive mapping.  EPT has no recursive slot and shoots nothing down here
+        (``pmap_ept_remove_pte`` forced A on the last PTE to flush the PDE).
+        """
         tree = self._get_tree(va)
         level = 1
         while True:
             self.memory.swap(tree[level - 1], 0)
+            if not self.is_ept:
+                self._shootdown(recursive_va(va, level), Shootdown.FREE_PTP)
             self._freepage(ptp)
             if level < PTP_LEVELS - 1:
                 ptp = self._find_ptp(va, level + 1)
@@ -454,19 +551,23 @@ class Pmap:
     def _get_ptp(self, va: int) -> Ptp:
         """pmap_ept_get_ptp: allocate PDPT, PD and PT as needed; return the PT."""
         found: dict[int, tuple[Ptp, bool]] = {}
-        new_frames = []
         try:
             for i in range(PTP_LEVELS, 1, -1):
                 ptp = self._find_ptp(va, i - 1)
                 if ptp is None:
-                    pa = self.ptp_frames.alloc(zero=True)
-                    new_frames.append(pa)
-                    found[i] = (Ptp(pa, i - 1, va >> (12 + 9 * (i - 1)), wire_count=0), True)
+                    key = va >> (12 + 9 * (i - 1))
+                    ptp = self._take_gc_ptp(i - 1, key)
+                    if ptp is None:
+                        pa = self.ptp_frames.alloc(zero=True)
+                        ptp = Ptp(pa, i - 1, key, wire_count=0)
+                    found[i] = (ptp, True)
                 else:
                     found[i] = (ptp, False)
         except OutOfFrames:
-            for pa in new_frames:
-                self.ptp_frames.free(pa)
+            # pmap_unget_ptp: pmap_freepage (wire_count 0) puts them on pm_gc_ptp
+            for ptp, new in found.values():
+                if new:
+                    self._freepage(ptp)
             raise
         table = self.pdir_pa
         for i in range(PTP_LEVELS, 1, -1):
@@ -488,10 +589,7 @@ class Pmap:
         return found[2][0]
 
     def _remove_pv(self, pg: Page, va: int) -> None:
-        try:
-            pg.pv.remove((self, va))
-        except ValueError:
-            raise PmapError(f"no pv entry for va {va:#x} on page {pg.pa:#x}") from None
+        pg.remove_pv(self, va)
 
     # -- pmap_enter ---------------------------------------------------------------
     def enter(self, va: int, pa: int, prot: int, flags: int = 0) -> int:
@@ -551,7 +649,7 @@ class Pmap:
                 self._remove_pv(old_pg, va)
                 old_pg.attrs |= self._to_attrs(opte)
             if new_pg is not None:
-                new_pg.pv.append((self, va))
+                new_pg.enter_pv(self, va)
 
         if self._maybe_cached(opte) and (opte ^ npte) & (PG_FRAME | f.writable):
             self._shootdown(va, Shootdown.ENTER)
@@ -731,6 +829,7 @@ class Pmap:
         self.refs -= 1
         if self.refs > 0:
             return False
+        self.update()                   # pmap_destroy: pmap_update(pmap) first
         if self._ptps:
             raise PmapError(f"destroy: {len(self._ptps)} page-table pages still in use")
         self.ptp_frames.free(self.pdir_pa)
@@ -744,6 +843,11 @@ class Pmap:
 
     def ptps(self) -> list[Ptp]:
         return list(self._ptps.values())
+
+    @property
+    def gc_ptp_count(self) -> int:
+        """PTPs freed but not yet given back (on pm_gc_ptp until :meth:`update`)."""
+        return len(self._gc_ptp)
 
     def mappings(self) -> Iterator[tuple[int, int]]:
         """Every valid leaf as ``(va, pte)``, found by walking the tables."""

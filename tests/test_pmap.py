@@ -51,6 +51,7 @@ RW = VM_PROT_READ | VM_PROT_WRITE
 RX = VM_PROT_READ | VM_PROT_EXECUTE
 RWXP = VM_PROT_ALL
 
+PDP = 1              # pmap_create counts the top-level page (PDP_SIZE) in resident_count
 K4 = 1 << 12
 M2 = 1 << 21
 G1 = 1 << 30
@@ -141,7 +142,7 @@ class TestTransform:
         pm.ept_transform()
         assert pm.is_ept
         assert not env.mem.read_frame(pm.pdir_pa).any()
-        assert pm.resident_count == 0 and pm.wired_count == 0
+        assert pm.resident_count == PDP and pm.wired_count == 0
         assert pm.ptp_count == 0
 
     def test_eptp_points_at_pdir(self, env):
@@ -225,12 +226,12 @@ class TestEnterBits:
         pm.enter(va, UNMANAGED, RW, PMAP_NOCACHE)
         assert leaf(env, pm, va) == UNMANAGED | EPT_R | EPT_W | EPT_IGNORE_PAT
         assert env.pages.phys_to_vm_page(UNMANAGED) is None
-        assert pm.resident_count == 4
+        assert pm.resident_count == PDP + 4
         t = translate(env.mem, pm.eptp(), va | 8, Access.WRITE)
         assert (t.outcome, t.hpa, t.memtype) == (Outcome.OK, UNMANAGED | 8, 0)
         # removing it must not look for a PV entry
         pm.remove(va, va + K4)
-        assert pm.resident_count == 0
+        assert pm.resident_count == PDP
 
     def test_managed_page_gets_pv_entry(self, env):
         pm = env.ept()
@@ -283,7 +284,7 @@ class TestEnterBits:
         levels = sorted(p.level for p in pm.ptps())
         assert levels == [1, 2, 3]
         assert pm.ptp_count == 3
-        assert pm.resident_count == 4
+        assert pm.resident_count == PDP + 4
         assert env.ptp_frames.allocated_frames == 4
         # the intermediate entries pass the walker's reserved-bit checks
         assert walk(env.mem, pm.eptp(), va, Access.READ).outcome is Outcome.OK
@@ -294,7 +295,7 @@ class TestEnterBits:
         n = env.ptp_frames.allocated_frames
         pm.enter(gva(pt=2), env.gpa(1), R)
         assert env.ptp_frames.allocated_frames == n
-        assert pm.resident_count == 5
+        assert pm.resident_count == PDP + 5
         pm.enter(gva(pd=1), env.gpa(2), R)          # new PT only
         assert env.ptp_frames.allocated_frames == n + 1
         pm.enter(gva(pdpt=1), env.gpa(3), R)        # new PD + PT
@@ -302,7 +303,7 @@ class TestEnterBits:
         pm.enter(gva(pml4=1), env.gpa(4), R)        # new PDPT + PD + PT
         assert env.ptp_frames.allocated_frames == n + 6
         assert pm.ptp_count == 9
-        assert pm.resident_count == 9 + 5
+        assert pm.resident_count == PDP + 9 + 5
 
     def test_translates_with_right_permissions(self, env):
         pm = env.ept()
@@ -348,7 +349,7 @@ class TestEnterBits:
         with pytest.raises(PmapError):
             pm.enter(gva(pt=1), env.gpa(0), prot)
         assert env.ptp_frames.allocated_frames == 1
-        assert pm.resident_count == 0 and pm.ptp_count == 0
+        assert pm.resident_count == PDP and pm.ptp_count == 0
         assert env.pages.page(env.gpa(0)).pv == []
         assert not env.mem.read_frame(pm.pdir_pa).any()
 
@@ -380,7 +381,7 @@ class TestEnterReplace:
         pm.enter(va, pa, RW)
         assert leaf(env, pm, va) == pa | EPT_R | EPT_W | WB_BITS | EPT_PVLIST | EPT_A | EPT_D
         assert env.pages.page(pa).pv == [(pm, va)]
-        assert pm.resident_count == 4
+        assert pm.resident_count == PDP + 4
         assert env.shots() == []           # same frame, same W
 
     def test_reenter_same_pa_changes_wiring_and_prot(self, env):
@@ -389,7 +390,7 @@ class TestEnterReplace:
         pm.enter(va, pa, R, VM_PROT_READ)
         pm.enter(va, pa, RX, PMAP_WIRED)
         assert leaf(env, pm, va) == pa | EPT_R | EPT_X | WB_BITS | EPT_PVLIST | EPT_WIRED | EPT_A
-        assert pm.wired_count == 1 and pm.resident_count == 4
+        assert pm.wired_count == 1 and pm.resident_count == PDP + 4
         assert env.shots() == []           # X changed, W and frame did not
         pm.enter(va, pa, RX)
         assert pm.wired_count == 0
@@ -408,7 +409,7 @@ class TestEnterReplace:
         assert env.pages.page(new).attrs == 0
         assert env.pages.is_referenced(old) and env.pages.is_modified(old)
         assert not env.pages.is_referenced(new) and not env.pages.is_modified(new)
-        assert pm.resident_count == 4
+        assert pm.resident_count == PDP + 4
         assert env.shots() == [(va, Shootdown.ENTER)]
         assert walk(env.mem, pm.eptp(), va, Access.READ).hpa == new
 
@@ -477,9 +478,11 @@ class TestEnterNoMemory:
         pm = env.ept()
         before = env.dram()
         assert pm.enter(gva(pt=1), env.gpa(0), R, PMAP_CANFAIL) == ENOMEM
+        assert pm.gc_ptp_count == 1 and env.ptp_frames.allocated_frames == 2   # pmap_unget_ptp -> pm_gc_ptp
+        pm.update()
         assert env.ptp_frames.allocated_frames == 1
         assert env.ptp_frames.free_frames == 1
-        assert pm.ptp_count == 0 and pm.resident_count == 0
+        assert pm.ptp_count == 0 and pm.resident_count == PDP
         assert env.pages.page(env.gpa(0)).pv == []
         assert env.dram() == before
         assert env.shots() == []
@@ -489,8 +492,10 @@ class TestEnterNoMemory:
         pm = env.ept()
         with pytest.raises(PmapError):
             pm.enter(gva(pt=1), env.gpa(0), R)
+        assert pm.gc_ptp_count == 2 and env.ptp_frames.allocated_frames == 3   # pmap_unget_ptp -> pm_gc_ptp
+        pm.update()
         assert env.ptp_frames.allocated_frames == 1
-        assert pm.ptp_count == 0 and pm.resident_count == 0
+        assert pm.ptp_count == 0 and pm.resident_count == PDP
         assert env.pages.page(env.gpa(0)).pv == []
 
     def test_partial_allocation_is_given_back(self):
@@ -501,21 +506,25 @@ class TestEnterNoMemory:
         before = env.dram()
         # needs a PD and a PT: the PD is allocated, the PT fails
         assert pm.enter(gva(0, 1, 0, 0), env.gpa(1), R, PMAP_CANFAIL) == ENOMEM
+        assert env.ptp_frames.allocated_frames == 5 and pm.gc_ptp_count == 1     # the PD, on pm_gc_ptp
+        pm.update()
         assert env.ptp_frames.allocated_frames == 4
-        assert pm.ptp_count == 3 and pm.resident_count == 4
+        assert pm.ptp_count == 3 and pm.resident_count == PDP + 4
         assert env.dram() == before
         # a mapping in the existing PT still works without any frame
         assert pm.enter(gva(0, 0, 0, 2), env.gpa(1), R, PMAP_CANFAIL) == 0
         # and the spare frame is enough for a new PT under the existing PD
         assert pm.enter(gva(0, 0, 1, 0), env.gpa(2), R, PMAP_CANFAIL) == 0
         assert env.ptp_frames.allocated_frames == 5
-        assert pm.resident_count == 4 + 1 + 2
+        assert pm.resident_count == PDP + 4 + 1 + 2
 
     def test_enter_after_enomem_succeeds_once_frames_are_back(self):
         env = Env(ptp_count=4)
         a, b = env.ept(), env.ept()               # 2 pdirs, 2 frames left
         assert a.enter(gva(pt=1), env.gpa(0), R, PMAP_CANFAIL) == ENOMEM
-        assert env.ptp_frames.allocated_frames == 2
+        # pmap_unget_ptp queued the PDPT and PD on pm_gc_ptp: the retry takes
+        # them back (pmap_get_ptp) and needs one frame, the one b gives back
+        assert env.ptp_frames.allocated_frames == 4 and a.gc_ptp_count == 2
         b.destroy()
         assert a.enter(gva(pt=1), env.gpa(0), R, PMAP_CANFAIL) == 0
         assert a.extract(gva(pt=1)) == env.gpa(0)
@@ -536,7 +545,7 @@ class TestRemove:
         assert pm.extract(a) is None
         assert pm.extract(b) == env.gpa(2)
         assert pm.ptp_count == 3
-        assert pm.resident_count == 4
+        assert pm.resident_count == PDP + 4
         assert env.pages.page(env.gpa(1)).pv == []
         assert env.shots() == []                      # A clear, PT not empty
         t = walk(env.mem, pm.eptp(), a, Access.READ)
@@ -548,7 +557,9 @@ class TestRemove:
         pm.enter(va, env.gpa(0), R)
         ptp_pas = {p.pa for p in pm.ptps()}
         pm.remove(va, va + K4)
-        assert pm.ptp_count == 0 and pm.resident_count == 0
+        assert pm.ptp_count == 0 and pm.resident_count == PDP
+        assert pm.gc_ptp_count == 3 and env.ptp_frames.allocated_frames == 4   # on pm_gc_ptp
+        pm.update()                                   # pmap_update frees them
         assert env.ptp_frames.allocated_frames == 1
         assert not ptp_pas & env.ptp_frames.allocated()
         assert not env.mem.read_frame(pm.pdir_pa).any()
@@ -570,6 +581,7 @@ class TestRemove:
         assert pm.ptp_count == 5
         pm.remove(a, a + K4)
         assert pm.ptp_count == 3
+        pm.update()
         assert env.ptp_frames.allocated_frames == 4
         assert pd_a not in env.ptp_frames.allocated()
         assert pt_a not in env.ptp_frames.allocated()
@@ -578,7 +590,7 @@ class TestRemove:
         assert env.mem.peek(ea[0][0]) == ea[0][1]     # PML4E kept
         assert env.mem.peek(eb[1][0]) == eb[1][1]     # PDPTE[1] kept
         assert pm.extract(b) == env.gpa(1)
-        assert pm.resident_count == 3 + 1
+        assert pm.resident_count == PDP + 3 + 1
 
     def test_range_crossing_2m_and_1g_boundaries(self, env):
         pm = env.ept()
@@ -596,7 +608,8 @@ class TestRemove:
             assert walk(env.mem, pm.eptp(), va, Access.READ).outcome is Outcome.VIOLATION
         assert pm.extract(e) == env.gpa(4)
         assert pm.ptp_count == 3                      # PDPT, PD of PDPT 1, PT of e
-        assert pm.resident_count == 4
+        assert pm.resident_count == PDP + 4
+        pm.update()
         assert env.ptp_frames.allocated_frames == 4
         assert entries(env.mem, pm.pdir_pa, a)[1][1] == 0   # PDPTE 0 cleared
         # no entry had A: only the PTs that emptied shoot down (b's PT keeps c)
@@ -613,7 +626,8 @@ class TestRemove:
         pm.enter(b, env.gpa(1), R)
         assert pm.ptp_count == 6
         pm.remove(a, b + K4)
-        assert pm.ptp_count == 0 and pm.resident_count == 0
+        assert pm.ptp_count == 0 and pm.resident_count == PDP
+        pm.update()
         assert env.ptp_frames.allocated_frames == 1
         assert not env.mem.read_frame(pm.pdir_pa).any()
 
@@ -625,7 +639,8 @@ class TestRemove:
             pm.enter(va, env.gpa(i), R)
         translate(env.mem, pm.eptp(), vas[1], Access.READ)
         pm.remove(base, base + 8 * M2)
-        assert pm.ptp_count == 0 and pm.resident_count == 0
+        assert pm.ptp_count == 0 and pm.resident_count == PDP
+        pm.update()
         assert env.ptp_frames.allocated_frames == 1
         # vas[1] had A; vas[2] emptied its PT; vas[3] emptied its PT
         assert env.shots() == [(vas[1], Shootdown.REMOVE_PTE),
@@ -640,7 +655,7 @@ class TestRemove:
         pm.remove(base + K4, base + 4 * K4)
         assert [pm.extract(base + i * K4) is not None for i in range(6)] == \
             [True, False, False, False, True, True]
-        assert pm.resident_count == 3 + 3
+        assert pm.resident_count == PDP + 3 + 3
 
     def test_remove_whole_space(self, env):
         pm = env.ept()
@@ -650,7 +665,8 @@ class TestRemove:
             pm.enter(va, env.gpa(i), RW, PMAP_WIRED)
         assert pm.wired_count == 5
         pm.remove(0, VM_MAXUSER_ADDRESS)
-        assert pm.ptp_count == 0 and pm.resident_count == 0 and pm.wired_count == 0
+        assert pm.ptp_count == 0 and pm.resident_count == PDP and pm.wired_count == 0
+        pm.update()
         assert env.ptp_frames.allocated_frames == 1
         assert not env.mem.read_frame(pm.pdir_pa).any()
         assert list(pm.mappings()) == []
@@ -760,7 +776,7 @@ class TestWriteProtect:
             t = translate(env.mem, pm.eptp(), va, Access.WRITE)
             assert t.outcome is Outcome.VIOLATION
             assert translate(env.mem, pm.eptp(), va, Access.READ).outcome is Outcome.OK
-        assert pm.resident_count == 6
+        assert pm.resident_count == PDP + 6
         # page attributes are not touched by write_protect
         assert env.pages.page(env.gpa(1)).attrs == 0
 
@@ -811,7 +827,8 @@ class TestWriteProtect:
     def test_protect_none_removes(self, env):
         pm, (p1, p2, p3) = self._three(env)
         pm.protect(p1, p3 + K4, VM_PROT_NONE)
-        assert pm.resident_count == 0 and pm.ptp_count == 0
+        assert pm.resident_count == PDP and pm.ptp_count == 0
+        pm.update()
         assert env.ptp_frames.allocated_frames == 1
         for i in (1, 2, 3):
             assert env.pages.page(env.gpa(i)).pv == []
@@ -872,7 +889,7 @@ class TestPageProtect:
         for pm, va in ((pm1, v1), (pm1, v2), (pm2, v3)):
             assert translate(env.mem, pm.eptp(), va, Access.WRITE).outcome is Outcome.VIOLATION
             assert translate(env.mem, pm.eptp(), va, Access.READ).hpa == pa
-        assert pm1.resident_count == 2 + 5 and pm2.resident_count == 1 + 3
+        assert pm1.resident_count == PDP + 2 + 5 and pm2.resident_count == PDP + 1 + 3
 
     def test_read_execute_also_only_clears_w(self, env):
         pa, pm1, pm2, (v1, v2, v3) = self._shared(env)
@@ -886,8 +903,10 @@ class TestPageProtect:
         pa, pm1, pm2, (v1, v2, v3) = self._shared(env)
         env.pages.page_protect(pa, VM_PROT_NONE)
         assert env.pages.page(pa).pv == []
-        assert pm1.resident_count == 0 and pm2.resident_count == 0
+        assert pm1.resident_count == PDP and pm2.resident_count == PDP
         assert pm1.ptp_count == 0 and pm2.ptp_count == 0
+        pm1.update()
+        pm2.update()
         assert env.ptp_frames.allocated_frames == 2
         assert not env.mem.read_frame(pm1.pdir_pa).any()
         assert not env.mem.read_frame(pm2.pdir_pa).any()
@@ -907,7 +926,7 @@ class TestPageProtect:
         pm.enter(b, env.gpa(2), R, PMAP_WIRED)
         env.pages.page_protect(env.gpa(1), VM_PROT_NONE)
         assert pm.extract(a) is None and pm.extract(b) == env.gpa(2)
-        assert pm.ptp_count == 3 and pm.resident_count == 4 and pm.wired_count == 1
+        assert pm.ptp_count == 3 and pm.resident_count == PDP + 4 and pm.wired_count == 1
         assert env.shots() == []
 
     @pytest.mark.parametrize("prot", [VM_PROT_WRITE, RW, VM_PROT_ALL])
@@ -964,7 +983,7 @@ class TestUnwire:
         assert pm.unwire(va) is True
         assert leaf(env, pm, va) == old & ~EPT_WIRED
         assert pm.wired_count == 1
-        assert pm.resident_count == 5
+        assert pm.resident_count == PDP + 5
         assert env.shots() == []
 
     def test_unwire_unwired_is_noop(self, env):
@@ -1153,7 +1172,7 @@ class TestPvLists:
         env.pages.page_protect(pa, VM_PROT_NONE)
         assert pg.pv == []
         assert env.pages.page(env.gpa(6)).pv == [(pm2, m2[0])]
-        assert pm2.resident_count == 1 + 3
+        assert pm2.resident_count == PDP + 1 + 3
 
     def test_same_va_in_two_pmaps_are_distinct(self, env):
         pm1, pm2 = env.ept(), env.ept()
@@ -1193,15 +1212,18 @@ class TestStatsAndShootdowns:
         pm.remove(a, a + K4); snap()
         env.pages.page_protect(env.gpa(4), VM_PROT_NONE); snap() # b gone, PTs freed
         pm.remove(c, c + K4); snap()
-        assert seq == [(4, 1, 3), (5, 1, 3), (9, 2, 6), (9, 3, 6), (9, 2, 6),
-                       (9, 2, 6), (8, 2, 6), (4, 1, 3), (0, 0, 0)]
+        assert seq == [(PDP + r, w, n) for r, w, n in [
+            (4, 1, 3), (5, 1, 3), (9, 2, 6), (9, 3, 6), (9, 2, 6),
+            (9, 2, 6), (8, 2, 6), (4, 1, 3), (0, 0, 0)]]
+        assert env.ptp_frames.allocated_frames == 1 + 6      # the freed PTPs on pm_gc_ptp
+        pm.update()
         assert env.ptp_frames.allocated_frames == 1
 
     def test_resident_count_matches_tables(self, env):
         pm = env.ept()
         for i in range(10):
             pm.enter(gva(i % 3, i % 2, i, i), env.gpa(i), R)
-        assert pm.resident_count == len(list(pm.mappings())) + pm.ptp_count
+        assert pm.resident_count == PDP + len(list(pm.mappings())) + pm.ptp_count
         assert len(list(pm.mappings())) == 10
 
     def test_shootdown_calls_in_a_sequence(self, env):
@@ -1277,7 +1299,7 @@ class TestNativeAndEpt:
         nat.enter(vn + 2 * K4, pa, R, PMAP_NOCACHE)
         assert leaf(env, nat, vn + 2 * K4) == (pa | PG_V | PG_u | PG_NX | PG_PVLIST
                                                | (1 << 3) | (1 << 4))
-        assert nat.wired_count == 1 and nat.resident_count == 3 + 3
+        assert nat.wired_count == 1 and nat.resident_count == PDP + 3 + 3
         assert set(env.pages.page(pa).pv) == {(nat, vn), (ept, ve), (nat, vn + K4),
                                               (nat, vn + 2 * K4)}
 
@@ -1347,8 +1369,10 @@ class TestNativeAndEpt:
         native_mmu_access(nat, vn, write=False)
         env.pages.page_protect(pa, VM_PROT_NONE)
         assert env.pages.page(pa).pv == []
-        assert nat.resident_count == 0 and ept.resident_count == 0
+        assert nat.resident_count == PDP and ept.resident_count == PDP
         assert nat.ptp_count == 0 and ept.ptp_count == 0
+        nat.update()
+        ept.update()
         assert env.ptp_frames.allocated_frames == 2
         assert native_mmu_access(nat, vn, write=False) is None
         assert env.pages.is_referenced(pa)

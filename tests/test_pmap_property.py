@@ -120,6 +120,7 @@ class World:
         r = pm.enter(va, pa, prot, flags)
         if need > free:
             assert r == ENOMEM
+            pm.update()              # pmap_unget_ptp queued them on pm_gc_ptp
             assert self.ptp_frames.free_frames == free
             assert list(self.mem.nonzero_words()) == before
             return
@@ -243,7 +244,8 @@ class World:
     # -- invariants -------------------------------------------------------------
     def check(self):
         live = [pm for pm in self.pms if not pm.destroyed]
-        assert self.ptp_frames.allocated_frames == sum(1 + pm.ptp_count for pm in live)
+        assert self.ptp_frames.allocated_frames == sum(1 + pm.ptp_count + pm.gc_ptp_count
+                                                       for pm in live)
         for pmi, pm in enumerate(self.pms):
             mine = {va: v for (i, va), v in self.shadow.items() if i == pmi}
             valid = PG_V if pmi == NATIVE else EPT_R
@@ -252,7 +254,7 @@ class World:
             pv_bit = PG_PVLIST if pmi == NATIVE else EPT_PVLIST
             leaves = dict(pm.mappings())
             assert set(leaves) == set(mine)
-            assert pm.resident_count == len(mine) + pm.ptp_count
+            assert pm.resident_count == 1 + len(mine) + pm.ptp_count    # + the PDP
             assert pm.ptp_count == expected_ptps(mine)
             assert pm.wired_count == sum(1 for v in mine.values() if v[2])
             for va in CANDS:
@@ -401,6 +403,9 @@ def run(seq):
         elif kind == "hw":
             _, pmi, vi, off, access = op
             w.hw(pmi, CANDS[vi], off & ~7 if access is not Access.FETCH else off, access)
+        w.check()
+        for pm in w.pms:            # UVM's protocol: pmap_update after the pmap calls
+            pm.update()
         w.check()
     w.teardown()
 

@@ -159,6 +159,15 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     return summary
 
 
+def _resident(s: dict) -> str:
+    """pm_stats.resident_count at the end of the run: leaves + PTPs + the PDP."""
+    rc = s.get("pmap_resident_count")
+    if rc is None:
+        return "n/a"
+    return (f"{rc} ({s.get('resident_pages', '?')} guest pages + "
+            f"{s.get('ptp_pages', '?')} PTPs + 1 PDP)")
+
+
 def format_summary(s: dict) -> str:
     rows = [
         ("backend", s["backend"]),
@@ -182,6 +191,7 @@ def format_summary(s: dict) -> str:
         ("host-agent races (clear_ref/clear_mod/protect/evict)",
          "/".join(str(v) for v in s["host_agent"].values())),
         ("accesses re-run after a race", s["raced_accesses"]),
+        ("host EPT pmap resident count", _resident(s)),
         ("mismatches", s["mismatches"]),
     ]
     c = s.get("counters")

@@ -231,6 +231,7 @@ class Host:
         err = self.pmap.enter(page, frame, prot, ACCESS_PROT[access] | PMAP_CANFAIL)
         if err:
             raise RuntimeError(f"pmap_enter failed ({err}): out of page-table pages")
+        self.pmap.update()      # uvm_fault: pmap_update after pmap_enter (frees pm_gc_ptp)
 
     def remap(self, page: int, access: Access) -> int:
         """Map a resident page to a new frame in place (pmap_enter over the old
@@ -245,6 +246,7 @@ class Host:
         err = self.pmap.enter(page, new, self.layout.prot(page), ACCESS_PROT[access] | PMAP_CANFAIL)
         if err:
             raise RuntimeError(f"pmap_enter failed ({err}): out of page-table pages")
+        self.pmap.update()
         self.resident[page] = new
         self.owner.pop(old)
         self.owner[new] = page
