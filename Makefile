@@ -9,7 +9,7 @@ VERILOG := build/ept_walker.v
 # unit parameters for verilog/lint/synth, e.g. make verilog PARAMS="--maxphyaddr 39"
 PARAMS ?=
 
-.PHONY: sim test test-all bench clean distclean venv verilog lint synth wave \
+.PHONY: sim test test-all ruff bench clean distclean venv verilog lint synth wave \
         fuzz races soak formal reliability
 
 $(STAMP): pyproject.toml
@@ -31,11 +31,15 @@ sim: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m sim bench
 
+# -n auto: one pytest worker per core (pytest-xdist)
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 test-all: $(FPGA_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
+
+ruff: $(STAMP)
+	$(PY) -m ruff check .
 
 # a short run with a waveform, opened in GTKWave (or the command printed without a display);
 # WORKLOAD=path/scenario.json replays a scenario, or WORKLOAD="--accesses 300 --seed 2";

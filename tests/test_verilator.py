@@ -248,15 +248,15 @@ def test_build_cache_hits_and_rebuilds_on_change(monkeypatch, tmp_path):
     version = vb.toolchain()[1]
     fake_root = tmp_path / "root"
     shutil.copytree(ROOT / "hw", fake_root / "hw")
-    monkeypatch.setattr(vb, "ROOT", fake_root)
+    monkeypatch.setattr(vbuild, "ROOT", fake_root)
     same = vbuild._source_key(params, version)
     with open(fake_root / "hw" / "walker.py", "a") as f:
         f.write("\n# an edit\n")
     assert vbuild._source_key(params, version) != same
     # ... and the library is keyed by the Verilog itself: unchanged Verilog
     # after a source edit regenerates the Verilog but reuses the build
-    monkeypatch.setattr(vb, "ROOT", ROOT)
-    monkeypatch.setattr(vb, "_source_key", lambda p, v, trace=False: "edited-but-same-verilog")
+    monkeypatch.setattr(vbuild, "ROOT", ROOT)
+    monkeypatch.setattr(vbuild, "_source_key", lambda p, v, trace=False: "edited-but-same-verilog")
     index = vbuild.BUILD_DIR / "index" / "edited-but-same-verilog"
     index.unlink(missing_ok=True)
     try:

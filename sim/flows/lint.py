@@ -19,7 +19,7 @@ from sim.options import PROG, UsageError
 
 __all__ = ["WAIVERS", "LintUnavailable", "verilator_command", "lint_command", "lint"]
 
-WAIVERS = Path(__file__).resolve().parent.parent / "hw" / "lint_waivers.vlt"
+WAIVERS = Path(__file__).resolve().parents[2] / "hw" / "lint_waivers.vlt"
 
 
 class LintUnavailable(Exception):

@@ -169,7 +169,8 @@ def _runtime(build_dir: Path, root: Path, version: str, cxx: str, trace: bool = 
     objs = [out / f"{n}.o" for n in names]
     if not all(o.exists() for o in objs):
         out.mkdir(parents=True, exist_ok=True)
-        tmp = [(root / "include" / f"{n}.cpp", out / f"{n}.o.tmp") for n in names]
+        # another process (a parallel test worker) may be compiling the same objects
+        tmp = [(root / "include" / f"{n}.cpp", out / f"{n}.o.{os.getpid()}.tmp") for n in names]
         _compile(cxx, tmp, [root / "include", root / "include" / "vltstd"], out, cxxflags)
         for (_, t), o in zip(tmp, objs):
             os.replace(t, o)
