@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """The AXI4 memory master, the AXI4-Lite CSR block and the AXI top level in pysim.
 
-The master runs against the behavioural AXI memory (``sim/axi_mem.py``) with
+The master runs against the behavioural AXI memory (``sim/cosim/axi_mem.py``) with
 seeded random READY stalls and RVALID/BVALID delays on every channel, and
 random valid gaps / ready stalls on its native side.  Every run also checks
 the AXI handshake rules with :class:`AxiProtocolMonitor` and the native

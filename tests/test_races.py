@@ -1,4 +1,4 @@
-"""Host pmap operations racing walks at every cycle offset (sim/races.py):
+"""Host pmap operations racing walks at every cycle offset (sim/verify/races.py):
 clean on both backends, and each check fails when its property is broken."""
 
 from rtl_util import verilator_or_skip

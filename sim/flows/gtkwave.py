@@ -444,7 +444,7 @@ def write_save_file(path: Path, dump: Path, names: WaveNames, groups: dict[str, 
     traced = []
     with atomic_open(path) as f:
         g = GTKWSave(f)
-        g.comment("EPT page-walk unit (sim/wave.py): groups per block, addresses in hex,",
+        g.comment("EPT page-walk unit (sim/flows/gtkwave.py): groups per block, addresses in hex,",
                   "enum-valued signals by name through the translate filters next to this file")
         g.dumpfile(str(Path(dump).resolve()))
         g.savefile(str(Path(path).resolve()))

@@ -9,7 +9,7 @@ switches guests); with ``--faults`` each round also gets a hostile DRAM:
 bus errors on chosen entries and at random, long stalls, latencies far above
 normal.
 
-Hostile tables (beyond :class:`sim.tables.TableBuilder`'s reserved bits, W
+Hostile tables (beyond :class:`sim.cosim.tables.TableBuilder`'s reserved bits, W
 without R, execute-only and bad memory types): every reserved bit of every
 level in a deterministic sweep first, 1G and 2M pages, a table entry
 pointing at its own table or its parent's, tables aliased between paths and

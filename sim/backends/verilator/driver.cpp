@@ -1,4 +1,4 @@
-// The compiled side of the Verilator backend (sim/verilator_backend.py).
+// The compiled side of the Verilator backend (sim/backends/verilator/).
 //
 // It owns the Verilated PageWalkUnit and the DRAM model's *timing* (queue,
 // due cycles, open rows, max_outstanding, in-order responses); the memory
@@ -125,7 +125,7 @@ struct Sim {
     hooks_fn on_hooks = nullptr;
     VerilatedContext* ctx;
     Vpwu* top;
-    // DRAM timing (sim/dram.py semantics)
+    // DRAM timing (sim/cosim/dram.py semantics)
     int read_latency, cas_latency, row_miss_penalty, max_outstanding;
     uint64_t row_bytes, banks;
     std::deque<Req> queue;
@@ -140,7 +140,7 @@ struct Sim {
     bool direct = false;
     uint64_t limit = 0;                 // 1 << MAXPHYADDR of the memory
 #if VM_TRACE
-    // The waveform (sim/wave.py's timing): a cycle's inputs settle at its
+    // The waveform (sim/flows/gtkwave.py timing): a cycle's inputs settle at its
     // start, 10 ns * cycle, and its rising edge is 5 ns later.
     VerilatedFstC* fst = nullptr;
 #endif
@@ -237,7 +237,7 @@ void edge(Sim* s) {
     t->clk = 1;
     t->eval();
     dump(s, s->st.cycle * PERIOD_PS + PERIOD_PS / 2);
-    // sim/dram.py Dram.clock
+    // sim/cosim/dram.py Dram.clock
     bool taken = head_valid && f[FLAG_MRESP_READY];
     f[FLAG_RESP_TAKEN] = taken;
     f[FLAG_RESP_ERROR_TAKEN] = taken && s->queue.front().error;

@@ -1,0 +1,44 @@
+"""driver.cpp and the Python harness agree on the stop codes and flag indices.
+
+The compiled loop returns a ``Stop`` code and fills ``Status.flags`` by
+``Flag`` index; both are C++ enums mirrored by name in
+``sim/backends/verilator/harness.py``.  Read from the source, so a change on
+one side only fails here, not as a silent misreading at run time.
+"""
+
+import re
+from pathlib import Path
+
+from sim.backends.verilator.harness import Flag, Status, Stop
+from sim.backends.verilator.build import DRIVER
+
+
+def cpp_enum(name: str) -> dict[str, int]:
+    text = DRIVER.read_text()
+    body = re.search(rf"enum {name} : int \{{(.*?)\}};", text, re.S).group(1)
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"(\w+) = (\d+),", body)}
+
+
+def test_stop_codes_match_by_name():
+    cpp = cpp_enum("Stop")
+    assert cpp == {f"STOP_{s.name}": s.value for s in Stop}
+
+
+def test_flag_indices_match_by_name():
+    cpp = cpp_enum("Flag")
+    count = cpp.pop("FLAG_COUNT")
+    assert cpp == {f"FLAG_{f.name}": f.value for f in Flag}
+    assert count == len(Flag) == Status.flags.size     # one byte per flag in the shared Status
+
+
+def test_every_stop_code_is_returned_by_sim_run():
+    text = DRIVER.read_text()
+    run = text[text.index("int sim_run("):]
+    run = run[:run.index("\n}\n")]
+    returned = set(re.findall(r"return (STOP_\w+);", run))
+    assert returned == {f"STOP_{s.name}" for s in Stop}
+    assert not re.search(r"return \d+;", run), "sim_run returns a bare number"
+
+
+def test_driver_is_beside_the_harness():
+    assert DRIVER == Path(__file__).resolve().parents[1] / "sim" / "backends" / "verilator" / "driver.cpp"
