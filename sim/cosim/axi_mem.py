@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hw.axi import Burst, Resp
+from hw.params import check_int
 from model.physmem import MemoryAccessError, PhysicalMemory
 
 __all__ = ["AxiMemoryConfig", "AxiMemory", "AxiProtocolMonitor"]
@@ -71,13 +72,9 @@ class AxiMemoryConfig:
 
     def validate(self) -> None:
         for name in ("read_latency", "write_latency"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10000:
-                raise ValueError(f"AXI memory {name} must be in 1..10000, not {v!r}")
+            check_int(f"AXI memory {name}", getattr(self, name), 1, 10000)
         for name in ("max_reads", "max_writes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
-                raise ValueError(f"AXI memory {name} must be in 1..256, not {v!r}")
+            check_int(f"AXI memory {name}", getattr(self, name), 1, 256)
         for name in ("ar_stall", "aw_stall", "w_stall", "r_delay", "b_delay"):
             v = getattr(self, name)
             if not 0 <= v < 1:

@@ -30,6 +30,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
+from hw.params import check_int
 from model.formats import EPT_A, EPT_D
 from model.physmem import MemoryAccessError, PhysicalMemory
 
@@ -50,23 +51,16 @@ class DramConfig:
     seed: int = 1
 
     def validate(self) -> None:
-        def need(cond, msg):
-            if not cond:
-                raise ValueError(msg)
         for name in ("read_latency", "cas_latency"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and 1 <= v <= 10000, f"DRAM {name} must be in 1..10000, not {v!r}")
-        need(isinstance(self.row_miss_penalty, int) and 0 <= self.row_miss_penalty <= 10000,
-             f"DRAM row_miss_penalty must be in 0..10000, not {self.row_miss_penalty!r}")
-        need(isinstance(self.max_outstanding, int) and 1 <= self.max_outstanding <= 64,
-             f"DRAM max_outstanding must be in 1..64, not {self.max_outstanding!r}")
-        need(self.row_bytes >= 64 and self.row_bytes & (self.row_bytes - 1) == 0,
-             f"DRAM row_bytes must be a power of two >= 64, not {self.row_bytes!r}")
-        need(self.banks >= 1 and self.banks & (self.banks - 1) == 0,
-             f"DRAM banks must be a power of two, not {self.banks!r}")
+            check_int(f"DRAM {name}", getattr(self, name), 1, 10000)
+        check_int("DRAM row_miss_penalty", self.row_miss_penalty, 0, 10000)
+        check_int("DRAM max_outstanding", self.max_outstanding, 1, 64)
+        check_int("DRAM row_bytes", self.row_bytes, 64, power_of_two=True)
+        check_int("DRAM banks", self.banks, 1, power_of_two=True)
         for name in ("stall_probability", "error_probability"):
             v = getattr(self, name)
-            need(0 <= v < 1, f"DRAM {name} must be in [0, 1), not {v!r}")
+            if not 0 <= v < 1:
+                raise ValueError(f"DRAM {name} must be in [0, 1), not {v!r}")
 
 
 @dataclass

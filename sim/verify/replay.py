@@ -61,7 +61,7 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
     finally:
         backend.close()
     out.flush()
-    return ReplayResult(lines, list(getattr(backend, "mismatches", [])))
+    return ReplayResult(lines, list(backend.mismatches))
 
 
 # -- the `replay` command ---------------------------------------------------------------
