@@ -17,7 +17,7 @@ from model.physmem import MemoryAccessError
 
 from sim.backends.base import BackendUnavailable
 from sim.cosim.scenario import ScenarioError
-from sim.options import PROG, Parser, UsageError
+from sim.options import PROG, Parser, UsageError, settle
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -50,10 +50,16 @@ def build_parser() -> Parser:
 
 
 def main(argv=None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
+        settle(args)
         return args.run(args)
-    except (UsageError, ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:
+    except UsageError as e:
+        prog = e.prog or (f"{PROG} {args.command}" if args is not None else PROG)
+        print(f"error: {prog}: {e}", file=sys.stderr)
+        return 2
+    except (ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -38,7 +38,7 @@ def test_ad_disabled_runs_clean():
     """Without A/D the host cannot see D: it writes back every writable victim."""
     s = run_workload(WorkloadOptions(accesses=2000, ad=False))
     assert s["mismatches"] == 0, s["mismatch_details"]
-    assert s["memory_cases"] == 0
+    assert s["memory_cas"] == 0
     assert s["writebacks"] > 0
 
 

@@ -12,11 +12,11 @@ from model.formats import EPT_D, EPT_R, Access, EptConfig, Outcome, PAGE_SIZE
 from model.pmap import PG_FRAME
 from model.physmem import PhysicalMemory
 
-from sim.backends.base import make_backend
+from sim import unit_params
+from sim.backends.base import BACKENDS, make_backend
 from sim.cosim.workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
-from sim.files import write_json
-from sim.backends.base import BACKENDS
-from sim.options import PROG, UsageError, positive, fraction, add_rtl_options, rtl_kwargs, output_path, progress_printer
+from sim.files import provenance, write_json
+from sim.options import UsageError, add_rtl_options, fraction, output_path, positive, progress_printer, rtl_kwargs
 
 __all__ = ["run_workload", "format_summary", "write_summary"]
 
@@ -51,6 +51,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     by_access = {a.name.lower(): 0 for a in Access}
     mismatches: list[str] = []
     translations = latency_total = cas_retries = raced = 0
+    latencies: list[int] = []
     started = time.monotonic()
     step = max(opts.accesses // 10, 1)
 
@@ -82,6 +83,8 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
                 t, cycles = backend.translate(gpa, access)
                 translations += 1
                 latency_total += cycles or 0
+                if cycles is not None:
+                    latencies.append(cycles)
                 cas_retries += t.retries
                 outcomes[t.outcome.value] += 1
                 if not timed:
@@ -119,19 +122,22 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     walks = translations + cas_retries
     s = host.stats
     cycles = backend.cycle
-    summary = {
+    summary = provenance(SUMMARY_SCHEMA) | {
+        "passed": failed == 0,
         "backend": backend_name,
+        "seed": opts.seed,
         "accesses": opts.accesses,
         "translations": translations,
         "outcomes": outcomes,
         "accesses_by_type": by_access,
         "walks": walks,
         "memory_reads": backend.walk_reads,
-        "memory_cases": backend.walk_cases,
+        "memory_cas": backend.walk_cases,
         "cas_retries": cas_retries,
         "cycles": cycles,
         "cycles_per_translation": round(latency_total / translations, 2) if timed else None,
         "cycles_per_walk": round(latency_total / walks, 2) if timed else None,
+        "latency_cycles": _percentiles(latencies) if timed else None,
         "faults": s.faults,
         "evictions": s.evictions,
         "writebacks": s.writebacks,
@@ -154,7 +160,8 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
         # with a TLB, walks are what the unit counted, not one per translation
         summary["walks"] = counters["walks"]
         summary["cycles_per_walk"] = round(counters["walk_cycles"] / max(counters["walks"], 1), 2)
-        summary["unit"] = backend_kw.get("unit") or {}
+        # the harness runs the protocol checks in every simulation
+        summary["unit"] = unit_params.defaults() | {"checks": True} | (backend_kw.get("unit") or {})
         summary.update(backend.report())
     return summary
 
@@ -168,20 +175,46 @@ def _resident(s: dict) -> str:
             f"{s.get('ptp_pages', '?')} PTPs + 1 PDP)")
 
 
+SUMMARY_SCHEMA = 2      # 2: provenance, passed, seed, every unit parameter, latency percentiles
+
+
+def _percentiles(values: list[int]) -> dict:
+    """p50 / p99 / max of the cycles per translation (nearest rank: a cycle count that occurred)."""
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    v = sorted(values)
+
+    def rank(q: int) -> int:
+        return v[max(0, -(-len(v) * q // 100) - 1)]
+    return {"p50": rank(50), "p99": rank(99), "max": v[-1]}
+
+
 def format_summary(s: dict) -> str:
     rows = [
         ("backend", s["backend"]),
+        ("seed", s["seed"]),
+    ]
+    d = s.get("dram")
+    if d:
+        c = d["config"]
+        rows.append(("DRAM read / CAS latency, row miss, in flight",
+                     f"{c['read_latency']} / {c['cas_latency']} / +{c['row_miss_penalty']} / "
+                     f"{c['max_outstanding']} (stall {c['stall_probability']}, "
+                     f"bus errors {c['error_probability']})"))
+    rows += [
         ("guest accesses", s["accesses"]),
         ("translations", s["translations"]),
         ("  ok / violation / misconfig / bus_error",
          " / ".join(str(s["outcomes"][k]) for k in ("ok", "violation", "misconfig", "bus_error"))),
         ("walks", s["walks"]),
         ("walker memory reads", s["memory_reads"]),
-        ("walker CASes", s["memory_cases"]),
+        ("walker CASes", s["memory_cas"]),
         ("CAS retries", s["cas_retries"]),
         ("cycles", s["cycles"] if s["cycles"] is not None else "n/a (untimed model)"),
         ("cycles per translation", s["cycles_per_translation"] if s["cycles_per_translation"] else "n/a"),
         ("cycles per walk", s["cycles_per_walk"] if s["cycles_per_walk"] else "n/a"),
+        ("cycles per translation p50 / p99 / max",
+         " / ".join(str(s["latency_cycles"][k]) for k in ("p50", "p99", "max")) if s["latency_cycles"] else "n/a"),
         ("EPT faults (pmap_enter)", s["faults"]),
         ("evictions (page daemon)", s["evictions"]),
         ("write-backs (D set)", s["writebacks"]),
@@ -280,7 +313,7 @@ def main(args) -> int:
     try:
         opts.validate()
     except ValueError as e:
-        raise UsageError(f"{PROG} run: {e}") from None
+        raise UsageError(str(e)) from None
     kw = rtl_kwargs(args)
     output_path("--summary", args.summary)
     output_path("--wave", args.wave)

@@ -138,7 +138,7 @@ def main(args) -> int:
         proof = prove(args.depth, Path(args.out))
         reach = prove(args.reach_depth, Path(args.out) / "reach", reach_cas=True)
     except YosysUnavailable as e:
-        raise UsageError(f"{PROG} formal: {e}") from None
+        raise UsageError(str(e)) from None
     reached = reach["result"] == "fail"
     covers_cas = reached and args.depth >= args.reach_depth
     update_report("formal", {"depth": args.depth, "properties": proof["asserts"], "result": proof["result"],

@@ -64,11 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     if not Path(args.verilog).is_file():
-        raise UsageError(f"{PROG} lint: {args.verilog} not found (run `{PROG} verilog` first)")
+        raise UsageError(f"{args.verilog} not found (run `{PROG} verilog` first)")
     try:
         ok, output = lint(args.verilog)
     except LintUnavailable as e:
-        raise UsageError(f"{PROG} lint: {e}") from None
+        raise UsageError(str(e)) from None
     if not ok:                 # a clean run's output is only Verilator's statistics
         sys.stderr.write(output)
     print(f"lint {'clean' if ok else 'FAILED'}: {args.verilog}")

@@ -251,7 +251,7 @@ def main(args) -> int:
     try:
         build_top(params, elaborate=False)   # refuse bad parameters before any tool runs
     except ParamError as e:
-        raise UsageError(f"{PROG} synth: {e}") from None
+        raise UsageError(str(e)) from None
     output_path("--report", args.report)
     targets = args.target or None
     try:
@@ -259,7 +259,7 @@ def main(args) -> int:
                             workdir=Path(args.report).parent,
                             progress=lambda line: print(line, file=sys.stderr, flush=True))
     except SynthError as e:
-        raise UsageError(f"{PROG} synth: {e}") from None
+        raise UsageError(str(e)) from None
     write_report(report, args.report)
     for name, r in report["targets"].items():
         print(f"{name}: fmax {r['fmax_mhz']:.1f} MHz (goal {r['goal_mhz']}: "

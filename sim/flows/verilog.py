@@ -192,7 +192,7 @@ def main(args) -> int:
         output_path("--out", args.out)
         text = generate(params)
     except ParamError as e:
-        raise UsageError(f"{PROG} verilog: {e}") from None
+        raise UsageError(str(e)) from None
     write_atomic(args.out, text)
     print(f"wrote {args.out}")
     return 0

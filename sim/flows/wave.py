@@ -38,7 +38,7 @@ def main(args) -> int:
     import shutil
     import subprocess
     if args.wave:
-        raise UsageError(f"{PROG} wave: use --out PATH (without suffix), not --wave")
+        raise UsageError("use --out PATH (without suffix), not --wave")
     args.wave = args.out + (".fst" if args.backend == "verilator" else ".vcd")
     output_path("--out", args.wave)
     kw = rtl_kwargs(args)

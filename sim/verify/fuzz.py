@@ -444,19 +444,18 @@ def _cut(ops: list[dict]) -> list[dict]:
 
 
 def _dram_flags(d: DramConfig, o: FuzzOptions) -> str:
+    """The replay options that rebuild this DRAM model and unit (only what differs from the defaults)."""
     flags = []
     base = DramConfig()
-    for name, flag in (("read_latency", "--dram-latency"), ("cas_latency", "--cas-latency"),
-                       ("max_outstanding", "--max-outstanding"), ("stall_probability", "--dram-stall"),
+    for name, flag in (("read_latency", "--dram-latency"), ("cas_latency", "--dram-cas-latency"),
+                       ("row_miss_penalty", "--dram-row-miss-penalty"),
+                       ("max_outstanding", "--dram-max-outstanding"), ("stall_probability", "--dram-stall"),
                        ("error_probability", "--bus-error-rate"), ("seed", "--dram-seed")):
         if getattr(d, name) != getattr(base, name):
             flags.append(f"{flag} {getattr(d, name)}")
-    for name, flag in (("walkers", "--walkers"), ("tlb_sets", "--tlb-sets"), ("tlb_ways", "--tlb-ways"),
-                       ("pde_cache", "--pde-cache")):
-        if name in o.unit:
-            flags.append(f"{flag} {o.unit[name]}")
-    if o.unit.get("caches") is False:
-        flags.append("--no-caches")
+    for name, value in o.unit.items():
+        option = name.replace("_", "-")
+        flags.append(f"--{option} {value}" if type(value) is int else f"--{'' if value else 'no-'}{option}")
     return "".join(" " + f for f in flags)
 
 
