@@ -25,8 +25,11 @@ $(FPGA_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
+# make sim BACKEND=rtl|verilator|model ARGS="--accesses 20000 --seed 3": both reach the command
+BACKEND ?=
+ARGS ?=
 sim: $(STAMP)
-	$(PY) -m sim run
+	$(PY) -m sim run $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m sim bench
@@ -43,11 +46,10 @@ ruff: $(STAMP)
 
 # a short run with a waveform, opened in GTKWave (or the command printed without a display);
 # WORKLOAD=path/scenario.json replays a scenario, or WORKLOAD="--accesses 300 --seed 2";
-# BACKEND=verilator writes FST instead of VCD
+# BACKEND=verilator writes FST instead of VCD (default rtl: pysim, VCD)
 WORKLOAD ?=
-BACKEND ?= rtl
 wave: $(STAMP)
-	$(PY) -m sim wave --backend $(BACKEND) $(WORKLOAD)
+	$(PY) -m sim wave --backend $(or $(BACKEND),rtl) $(WORKLOAD) $(ARGS)
 
 # reliability: each writes its section of build/reliability/report.json
 WALKS ?= 20000

@@ -9,6 +9,7 @@ stderr and exit status 2.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -37,13 +38,22 @@ COMMANDS = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual, but keeps an epilog of examples line by line."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("examples:"):
+            return "".join(indent + line + "\n" for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Cycle-level EPT page-walk unit: golden model, "
                                       "replay and cosimulation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, module in COMMANDS.items():
         mod = importlib.import_module(module)
-        cmd = sub.add_parser(name, **mod.ABOUT)
+        cmd = sub.add_parser(name, formatter_class=_Formatter, **mod.ABOUT)
         mod.add_arguments(cmd)
         cmd.set_defaults(run=mod.main)
     return p

@@ -85,7 +85,9 @@ def settle(args: argparse.Namespace) -> None:
     args.given = {}
     for dest, (option, default) in _TRACKED.items():
         if hasattr(args, dest):
-            args.given[dest] = option
+            value = getattr(args, dest)
+            # a switch is named as it was given: --caches or --no-caches
+            args.given[dest] = option.replace("--", "--no-", 1) if value is False and default is True else option
         elif dest.startswith("unit_") or dest in _RTL_DESTS:
             setattr(args, dest, default)
 
@@ -165,7 +167,9 @@ def unit_kwargs(args, *, check: bool = True) -> dict:
         try:
             unit_params.check(given)
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            # the constructor names the parameter its own way: say which options were given
+            options = [args.given[f"unit_{n}"] for n in given]
+            raise UsageError(f"{', '.join(options)}: {e}") from None
     return given
 
 

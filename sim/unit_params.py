@@ -18,7 +18,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Param", "UNIT", "AXI_TOP", "NATIVE_TOP", "parameters", "defaults", "check", "CACHE_GEOMETRY"]
+__all__ = ["Param", "UNIT", "AXI_TOP", "NATIVE_TOP", "parameters", "defaults", "check", "check_instance", "CACHE_GEOMETRY"]
 
 HW = Path(__file__).resolve().parents[1] / "hw"
 
@@ -140,5 +140,26 @@ def defaults(module: str = UNIT[0], cls: str = UNIT[1]) -> dict:
 def check(params: dict, module: str = UNIT[0], cls: str = UNIT[1]) -> None:
     """Let the constructor judge ``params``: its ValueError, unchanged (this imports Amaranth)."""
     import importlib
-    top = getattr(importlib.import_module(f"hw.{module}"), cls)(**params)
-    top._MustUse__silence = True          # built to be checked, never elaborated: no warning
+    check_instance(getattr(importlib.import_module(f"hw.{module}"), cls), params)
+
+
+def check_instance(cls, params: dict):
+    """``cls(**params)``, built only to be checked or inspected: neither it nor the
+    blocks its constructor made will be elaborated, so Amaranth is told not to
+    warn about them (once per block) when they are collected."""
+    from amaranth.hdl import Elaboratable
+    top = cls(**params)
+    todo, seen = [top], set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Elaboratable):
+            obj._MustUse__silence = True
+            todo += list(vars(obj).values())
+        elif isinstance(obj, (list, tuple)):
+            todo += obj
+        elif isinstance(obj, dict):
+            todo += obj.values()
+    return top

@@ -263,7 +263,11 @@ def write_summary(s: dict, path: str | Path) -> None:
 ABOUT = dict(help="run the pageable-guest workload and print a summary",
                        description="A guest touches more pages than the host gives it frames; "
                                    "EPT violations fault pages in with pmap_enter, a clock page "
-                                   "daemon evicts using the A/D bits the walker sets.")
+                                   "daemon evicts using the A/D bits the walker sets.",
+             epilog=("examples:\n"
+                     "  python -m sim run --backend verilator\n"
+                     "  python -m sim run --backend rtl --accesses 300 --wave build/sim/run.vcd\n"
+                     "  python -m sim run --backend model --accesses 20000 --seed 7\n"))
 
 
 def _mix(text: str) -> tuple[float, float, float]:

@@ -8,6 +8,7 @@ See README "Replay contract" for the format.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,16 +162,33 @@ def parse_scenario(data: Any, name: str = "scenario") -> Scenario:
     return Scenario(eptp=eptp, config=config, memory=memory, ops=ops)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are unique (json.loads keeps the last of a repeated key silently)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def load_scenario(path: str | Path) -> Scenario:
-    path = Path(path)
+    """Read and check a scenario file; ``-`` reads standard input."""
+    name = "<stdin>" if str(path) == "-" else str(path)
     try:
-        text = path.read_text()
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
     except OSError as e:
-        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
+        raise ScenarioError(f"{name}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise ScenarioError(f"{path}: not UTF-8 text") from None
+        raise ScenarioError(f"{name}: not UTF-8 text") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise ScenarioError(f"{name}: key {e} appears twice in one object") from None
     except json.JSONDecodeError as e:
-        raise ScenarioError(f"{path}: bad JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    return parse_scenario(data, str(path))
+        raise ScenarioError(f"{name}: bad JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    return parse_scenario(data, name)

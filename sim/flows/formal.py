@@ -120,7 +120,10 @@ ABOUT = dict(help="bounded proof of the handshake and CAS properties (yosys sat)
                         description="Prove hw/checks.py's Asserts on a walker whose inputs are all "
                                     "free (the memory only answers what was asked) for N cycles from "
                                     "reset, with yosys's SAT solver; and show the depth reaches a CAS "
-                                    "(asserting 'no CAS' must fail).")
+                                    "(asserting 'no CAS' must fail).",
+             epilog=("examples:\n"
+                     "  python -m sim formal\n"
+                     "  python -m sim formal --depth 6 --reach-depth 12\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -54,7 +54,9 @@ def lint(verilog: str | Path, top: str = "ept_walker") -> tuple[bool, str]:
 # -- the `lint` command ---------------------------------------------------------------
 ABOUT = dict(help="verilator --lint-only -Wall on the generated Verilog",
                         description="Lint FILE.v with Verilator -Wall and the reviewed waivers "
-                                    "in hw/lint_waivers.vlt; exit 1 on any warning.")
+                                    "in hw/lint_waivers.vlt; exit 1 on any warning.",
+             epilog=("examples:\n"
+                     "  python -m sim verilog && python -m sim lint\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -230,7 +230,10 @@ def write_report(report: dict, path: str | os.PathLike) -> None:
 ABOUT = dict(help="ECP5 synthesis and place-and-route (yowasp yosys + nextpnr)",
                        description="Synthesize the unit with yosys synth_ecp5, place and route it "
                                    "with nextpnr-ecp5 at a 100 MHz constraint, and write fmax and "
-                                   "utilization per target.")
+                                   "utilization per target.",
+             epilog=("examples:\n"
+                     "  python -m sim synth\n"
+                     "  python -m sim synth --target ecp5-85f-8 --seed 2 --walkers 1\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

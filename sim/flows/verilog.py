@@ -106,14 +106,12 @@ def build_top(params: dict | None = None, cls=None, *, elaborate=True):
     ``elaborate=False``: the instance is only checked or inspected, so Amaranth
     is told not to warn that it was never elaborated.
     """
+    from sim.unit_params import check_instance
     cls = top_class() if cls is None else cls
     try:
-        top = cls(**(params or {}))
+        return cls(**(params or {})) if elaborate else check_instance(cls, params or {})
     except ValueError as e:
         raise ParamError(str(e)) from None
-    if not elaborate:
-        top._MustUse__silence = True
-    return top
 
 
 def _describe(params: dict, cls) -> str:
@@ -171,7 +169,11 @@ def port_table(params: dict | None = None, cls=None) -> str:
 # -- the `verilog` command ---------------------------------------------------------------
 ABOUT = dict(help="write the unit as Verilog (top module ept_walker)",
                        description=f"Convert {top_class().__name__} to Verilog with the given "
-                                   "parameters; the options below are its constructor's.")
+                                   "parameters; the options below are its constructor's.",
+             epilog=("examples:\n"
+                     "  python -m sim verilog\n"
+                     "  python -m sim verilog --out build/ept39.v --maxphyaddr 39 --walkers 4\n"
+                     "  python -m sim verilog --ports\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

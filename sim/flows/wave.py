@@ -17,7 +17,11 @@ ABOUT = dict(help="a short run with a waveform, opened in GTKWave",
                         description="Run a short pageable-guest workload (or replay SCENARIO) on "
                                     "the RTL with a waveform, a GTKWave save file (signals grouped "
                                     "by block, enums by name) and a transaction log; open GTKWave "
-                                    "on it if there is a display, else print the command.")
+                                    "on it if there is a display, else print the command.",
+             epilog=("examples:\n"
+                     "  python -m sim wave\n"
+                     "  python -m sim wave examples/4k-read.json --no-open\n"
+                     "  python -m sim wave --backend verilator --accesses 200\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

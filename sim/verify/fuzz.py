@@ -471,7 +471,10 @@ ABOUT = dict(help="differential fuzzing: hostile tables on the RTL vs the golden
                                     "and access streams with host stores and INVEPTs, run on the RTL "
                                     "and checked against the golden model. The last line is "
                                     "'N walks, M mismatches'; a mismatch exits 1 and leaves a replay "
-                                    "scenario that reproduces it.")
+                                    "scenario that reproduces it.",
+             epilog=("examples:\n"
+                     "  python -m sim fuzz --backend verilator --faults --walks 20000\n"
+                     "  python -m sim fuzz --walks 200 --seed 3 --walkers 1\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

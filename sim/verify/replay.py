@@ -67,7 +67,11 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
 # -- the `replay` command ---------------------------------------------------------------
 ABOUT = dict(help="run a replay scenario (JSON) and print JSON Lines",
                        description="Execute the ops of SCENARIO in order and print one JSON "
-                                   "line per read and translate (see README, Replay contract).")
+                                   "line per read and translate (see README, Replay contract).",
+             epilog=("examples:\n"
+                     "  python -m sim replay examples/4k-read.json\n"
+                     "  python -m sim replay examples/4k-read.json --backend verilator\n"
+                     "  cat scenario.json | python -m sim replay - --backend rtl --dram-latency 20\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
