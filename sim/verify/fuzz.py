@@ -317,6 +317,8 @@ class _Fuzzer:
             rep.invalid_eptps += 1
             # refused by both: nothing may be walked, every request answered "refused"
             for _ in range(2):
+                if rep.walks >= o.walks:        # exactly the walks asked for, never more
+                    break
                 t = backend.translate_ticket(crng.choice(ts.gpas), crng.choice(list(Access)))
                 rep.walks += 1
                 rep.outcomes["refused"] = rep.outcomes.get("refused", 0) + 1
@@ -329,6 +331,8 @@ class _Fuzzer:
             return builder.next, builder.top
         n = 1 + len(Access) if k < len(self.sweep) else crng.randrange(4, 24)
         for _ in range(n):
+            if rep.walks >= o.walks:
+                break
             r = crng.random()
             if r < 0.12 and entries:
                 addr = crng.choice(entries)
