@@ -75,5 +75,13 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        wave = getattr(args, "wave", None)
+        if wave:
+            # a dump cut off mid-run has no save file and no transaction log: do not leave it
+            from sim.flows.gtkwave import wave_outputs
+            for path in wave_outputs(wave):
+                path.unlink(missing_ok=True)
+            print(f"interrupted: the partial waveform {wave} was removed", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
