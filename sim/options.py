@@ -146,7 +146,8 @@ def add_unit_options(p: argparse.ArgumentParser, params=None, *, title: str | No
     for q in params:
         if q.name in exclude:
             continue
-        text = f"{q.help + ' ' if q.help else ''}(default {('on' if q.default else 'off') if q.kind is bool else q.default})"
+        default = ("on" if q.default else "off") if q.kind is bool else q.default
+        text = f"{q.help + ' ' if q.help else ''}(default {default})"
         if q.kind is bool:
             _tracked(g, q.option, dest=f"unit_{q.name}", default=q.default,
                      action=argparse.BooleanOptionalAction, help=text)

@@ -18,7 +18,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Param", "UNIT", "AXI_TOP", "NATIVE_TOP", "parameters", "defaults", "check", "check_instance", "CACHE_GEOMETRY"]
+__all__ = ["Param", "UNIT", "AXI_TOP", "NATIVE_TOP", "parameters", "defaults", "check", "check_instance",
+           "CACHE_GEOMETRY"]
 
 HW = Path(__file__).resolve().parents[1] / "hw"
 
@@ -121,7 +122,7 @@ def parameters(module: str, cls: str) -> tuple[Param, ...]:
         return parameters(*_resolve(module, base.id))
     docs = _doc_params(node)
     out = []
-    for arg, default in zip(init.args.kwonlyargs, init.args.kw_defaults):
+    for arg, default in zip(init.args.kwonlyargs, init.args.kw_defaults, strict=True):
         if isinstance(default, ast.Constant) and isinstance(default.value, (bool, int)):
             out.append(Param(arg.arg, default.value, docs.get(arg.arg, ""), cls))
     if init.args.kwarg is not None:

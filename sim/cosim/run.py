@@ -79,7 +79,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
             by_access[access.name.lower()] += 1
             if not timed:
                 agent.maybe_act(gpa)
-            for attempt in range(16):
+            for _attempt in range(16):
                 t, cycles = backend.translate(gpa, access)
                 translations += 1
                 latency_total += cycles or 0

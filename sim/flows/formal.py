@@ -38,7 +38,7 @@ from hw.entry_check import EntryCheck
 from hw.checks import PortChecker
 from hw.layouts import MemOp, MemRequest, MemResponse, TranslateResponse
 from hw.walker import Walker, WalkRequest
-from sim.options import PROG, UsageError, positive, output_path
+from sim.options import UsageError, positive, output_path
 
 __all__ = ["FormalWalker", "prove", "YosysUnavailable"]
 

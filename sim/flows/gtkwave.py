@@ -145,7 +145,7 @@ def _naming(design) -> dict[int, tuple]:
     """id(signal) -> (signal, {scope: name}) for the unit's scopes, the scope
     as ``TOP.pwu...`` (Signals compare structurally: they cannot key a dict)."""
     out: dict[int, tuple] = {}
-    for fragment, info in design.fragments.items():
+    for info in design.fragments.values():
         if not info.name or info.name[0] != "top":
             continue
         scope = TOP + info.name[1:]

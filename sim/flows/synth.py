@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from sim.flows.verilog import add_parameter_options
-from sim.options import PROG, UsageError, positive, output_path
+from sim.options import UsageError, positive, output_path
 
 __all__ = ["TARGETS", "DEFAULT_TARGETS", "DEFAULT_REPORT", "Target", "SynthError", "synthesize", "write_report",
            "parse_nextpnr_report"]

@@ -13,7 +13,7 @@ import argparse
 import inspect
 from dataclasses import dataclass
 from sim.files import write_atomic
-from sim.options import PROG, UsageError, output_path
+from sim.options import UsageError, output_path
 
 __all__ = [
     "TOP_NAME", "DEFAULT_OUT", "ParamError", "Param", "top_class", "parameters",
@@ -147,7 +147,7 @@ def port_table(params: dict | None = None, cls=None) -> str:
     from amaranth.lib import data, wiring
     top = build_top(params, cls, elaborate=False)
     rows = ["| port | dir | bits | fields (lsb first) |", "|---|---|---|---|"]
-    for path, member, value in top.signature.flatten(top):
+    for path, member, _value in top.signature.flatten(top):
         name = "__".join(map(str, path))
         width = Shape.cast(member.shape).width
         fields = ""

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 from sim.cosim.scenario import load_scenario
-from sim.options import PROG, UsageError, positive, add_rtl_options, rtl_kwargs, output_path
+from sim.options import UsageError, positive, add_rtl_options, rtl_kwargs, output_path
 
 __all__ = ["add_arguments", "main"]
 
