@@ -12,7 +12,8 @@ from model.formats import EPT_D, EPT_R, Access, EptConfig, Outcome, PAGE_SIZE
 from model.pmap import PG_FRAME
 from model.physmem import PhysicalMemory
 
-from sim.backends.base import make_backend
+from sim.backends.base import backend_class, make_backend
+from sim.cosim.guest_os import GuestOsOptions, format_guest_os_summary, run_guest_os
 from sim.cosim.workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
 from sim.files import write_json
 from sim.backends.base import BACKENDS
@@ -78,7 +79,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
             by_access[access.name.lower()] += 1
             if not timed:
                 agent.maybe_act(gpa)
-            for attempt in range(16):
+            for _attempt in range(16):
                 t, cycles = backend.translate(gpa, access)
                 translations += 1
                 latency_total += cycles or 0
@@ -120,6 +121,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     s = host.stats
     cycles = backend.cycle
     summary = {
+        "workload": "stress",
         "backend": backend_name,
         "accesses": opts.accesses,
         "translations": translations,
@@ -211,7 +213,7 @@ def format_summary(s: dict) -> str:
             ("  INVEPTs", c["invepts"]),
         ]
     w = max(len(k) for k, _ in rows)
-    lines = ["", "pageable-guest summary", "-" * (w + 16)]
+    lines = ["", "stress summary (pageable guest, racing host agent)", "-" * (w + 16)]
     lines += [f"{k:<{w}}  {v}" for k, v in rows]
     lines.append("-" * (w + 16))
     for m in s["mismatch_details"]:
@@ -227,10 +229,13 @@ def write_summary(s: dict, path: str | Path) -> None:
 
 
 # -- the `run` command ---------------------------------------------------------------
-ABOUT = dict(help="run the pageable-guest workload and print a summary",
-                       description="A guest touches more pages than the host gives it frames; "
-                                   "EPT violations fault pages in with pmap_enter, a clock page "
-                                   "daemon evicts using the A/D bits the walker sets.")
+ABOUT = dict(help="run a workload (guest-os or stress) and print a summary",
+             description="guest-os (the default on the model backend): a paging guest OS runs four "
+                         "processes (hot set, streaming, GUPS, pointer chasing) through 2D walks while "
+                         "the host pages its memory. stress (the default on rtl/verilator, which cannot "
+                         "walk guest tables yet): a guest touches more pages than the host gives it "
+                         "frames while a host agent races pmap operations with the walks.")
+WORKLOADS = ("guest-os", "stress")
 
 
 def _mix(text: str) -> tuple[float, float, float]:
@@ -248,12 +253,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="rtl", choices=sorted(BACKENDS),
                    help="rtl (cosimulation in pysim, default), verilator (the same, compiled "
                         "with Verilator) or model (golden model alone)")
-    p.add_argument("--accesses", type=positive, default=4000, help="guest accesses (default 4000)")
+    p.add_argument("--workload", choices=WORKLOADS, default=None,
+                   help="guest-os (default with --backend model; model only for now) or stress "
+                        "(default on rtl and verilator)")
+    p.add_argument("--accesses", type=positive, default=None,
+                   help="guest accesses (default 40000 for guest-os, 4000 for stress)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--guest-pages", type=positive, default=256,
-                   help="guest working set in 4K pages (default 256)")
-    p.add_argument("--host-frames", type=positive, default=96,
-                   help="frames the host gives the guest (default 96)")
+                   help="stress: guest working set in 4K pages (default 256)")
+    p.add_argument("--host-frames", type=positive, default=None,
+                   help="frames the host gives the guest (default 896 for guest-os, 96 for stress)")
     p.add_argument("--mix", type=_mix, default=(0.6, 0.3, 0.1), metavar="R,W,F",
                    help="read,write,fetch weights (default 0.6,0.3,0.1)")
     p.add_argument("--locality", type=fraction, default=0.8,
@@ -272,9 +281,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sim.cosim.workload import WorkloadOptions
-    opts = WorkloadOptions(accesses=args.accesses, seed=args.seed, guest_pages=args.guest_pages,
-                           host_frames=args.host_frames, mix=args.mix, locality=args.locality,
+    workload = args.workload or ("guest-os" if backend_class(args.backend).nested else "stress")
+    if workload == "guest-os":
+        return main_guest_os(args)
+    opts = WorkloadOptions(accesses=args.accesses or 4000, seed=args.seed, guest_pages=args.guest_pages,
+                           host_frames=args.host_frames or 96, mix=args.mix, locality=args.locality,
                            hot_pages=args.hot_pages, sequential=args.sequential, ad=not args.no_ad,
                            race_rate=args.race_rate)
     try:
@@ -291,4 +302,23 @@ def main(args) -> int:
     print(f"summary written to {args.summary}")
     if args.wave:
         print(f"waveform written to {args.wave} (open with: gtkwave {Path(args.wave).with_suffix('.gtkw')})")
+    return 1 if summary["mismatches"] else 0
+
+
+def main_guest_os(args) -> int:
+    cls = backend_class(args.backend)
+    if not cls.nested:
+        raise cls.refuse_nested("the guest-os workload (use --workload stress)")
+    rtl_kwargs(args)            # the model takes no RTL options (--wave is refused here)
+    opts = GuestOsOptions(accesses=args.accesses or 40000, seed=args.seed,
+                          host_frames=args.host_frames or 896, ad=not args.no_ad)
+    try:
+        opts.validate()
+    except ValueError as e:
+        raise UsageError(f"{PROG} run: {e}") from None
+    output_path("--summary", args.summary)
+    summary = run_guest_os(opts, args.backend, progress=progress_printer(args.quiet))
+    write_summary(summary, args.summary)
+    print(format_guest_os_summary(summary))
+    print(f"summary written to {args.summary}")
     return 1 if summary["mismatches"] else 0
