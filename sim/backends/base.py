@@ -63,10 +63,11 @@ class Backend:
 
     # -- nested translation (a guest with its own page tables) -----------------------
     @classmethod
-    def refuse_nested(cls, what: str) -> BackendUnavailable:
+    def refuse_nested(cls, what: str, alternative: str = "") -> BackendUnavailable:
         """The one-line refusal of a backend that cannot walk guest page tables yet."""
         return BackendUnavailable(f"the {cls.name} backend cannot run {what} yet (nested "
-                                  f"translation is in the golden model only): use --backend model")
+                                  f"translation is in the golden model only): use --backend model"
+                                  f"{alternative}")
 
     def load_guest(self, regs: GuestRegs) -> None:
         """Enter the guest: its CR3, CR0.PG/WP, EFER.NXE and VPID."""

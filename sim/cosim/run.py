@@ -308,7 +308,7 @@ def main(args) -> int:
 def main_guest_os(args) -> int:
     cls = backend_class(args.backend)
     if not cls.nested:
-        raise cls.refuse_nested("the guest-os workload (use --workload stress)")
+        raise cls.refuse_nested("the guest-os workload", ", or --workload stress")
     rtl_kwargs(args)            # the model takes no RTL options (--wave is refused here)
     opts = GuestOsOptions(accesses=args.accesses or 40000, seed=args.seed,
                           host_frames=args.host_frames or 896, ad=not args.no_ad)
