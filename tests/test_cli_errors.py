@@ -95,3 +95,10 @@ def test_every_help_has_an_example(command):
     examples = res.stdout.split("examples:\n", 1)[1].splitlines()
     assert examples and all(line.startswith(f"  python -m sim {command}") or "| python -m sim" in line
                             or line.startswith("  python -m sim verilog &&") for line in examples)
+
+
+def test_stress_options_are_refused_on_guest_os(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", "model", "--workload", "guest-os",
+                          "--locality", "0.5"], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(ROOT)}, timeout=120)
+    assert res.returncode == 2 and "--locality" in res.stderr and res.stdout == ""
