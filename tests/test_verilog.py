@@ -7,10 +7,13 @@ import re
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 from sim.flows.lint import lint, verilator_command
-from sim.flows.verilog import TOP_NAME, ParamError, generate, parameters, top_class, write_atomic
+from sim.files import write_atomic
+from sim.flows.verilog import TOP_NAME, ParamError, generate, parameters, top_class
 
 # (name, CLI options): the default unit and the corners of its parameters
 PARAMETER_SETS = [
@@ -169,31 +172,58 @@ def test_options_follow_the_constructor_signature():
             assert "--no-" + p.option[2:] in r.stdout
 
 
-def test_generic_options_for_another_top_class():
-    """A stand-in for a future top (more parameters): options and validation come
-    from its constructor."""
+def test_generic_options_for_another_top_class(tmp_path, monkeypatch):
+    """A stand-in for a future top (more parameters, in a hw/ file): its options come
+    from its constructor's source and its docstring, and its constructor checks them."""
     import argparse
 
+    from sim import options, unit_params
+    (tmp_path / "bigger.py").write_text('''
+class Bigger:
+    """A bigger unit.
+
+    Parameters
+    ----------
+    tlb_ways : int
+        Ways of the TLB. Powers of two.
+    psc : bool
+        With paging-structure caches.
+    """
+
+    def __init__(self, *, tlb_ways=4, tlb_sets=16, walkers=1, psc=True, maxphyaddr=46, name="x"):
+        if tlb_ways not in (1, 2, 4, 8):
+            raise ValueError(f"tlb_ways must be 1, 2, 4 or 8, not {tlb_ways!r}")
+''')
+    monkeypatch.setattr(unit_params, "HW", tmp_path)
+    unit_params._module.cache_clear()
+    unit_params.parameters.cache_clear()
+    try:
+        params = unit_params.parameters("bigger", "Bigger")
+        assert [(q.name, q.default) for q in params] == [
+            ("tlb_ways", 4), ("tlb_sets", 16), ("walkers", 1), ("psc", True), ("maxphyaddr", 46)]
+        assert params[0].help == "Ways of the TLB" and params[3].help == "With paging-structure caches"
+        p = argparse.ArgumentParser()
+        options.add_unit_options(p, params, exclude=())
+        args = p.parse_args(["--tlb-ways", "8", "--no-psc"])
+        options.settle(args)
+        assert options.unit_kwargs(args, check=False) == {"tlb_ways": 8, "psc": False}
+        empty = p.parse_args([])
+        options.settle(empty)
+        assert options.unit_kwargs(empty, check=False) == {}
+        assert "Ways of the TLB (default 4)" in p.format_help()
+    finally:
+        unit_params._module.cache_clear()
+        unit_params.parameters.cache_clear()
+
     from hw.top import PageWalkUnit
-    from sim.flows.verilog import add_parameter_options, parameter_values
 
     class Bigger(PageWalkUnit):
-        _MustUse__silence = True       # refused instances are never elaborated
-        def __init__(self, *, tlb_ways=4, tlb_sets=16, walkers=1, psc=True, maxphyaddr=46,
-                     name="x"):
+        def __init__(self, *, tlb_ways=4):
             if tlb_ways not in (1, 2, 4, 8):
                 raise ValueError(f"tlb_ways must be 1, 2, 4 or 8, not {tlb_ways!r}")
-            super().__init__(maxphyaddr=maxphyaddr)
-
-    assert [(p.name, p.default) for p in parameters(Bigger)] == [
-        ("tlb_ways", 4), ("tlb_sets", 16), ("walkers", 1), ("psc", True), ("maxphyaddr", 46)]
-    p = argparse.ArgumentParser()
-    add_parameter_options(p, Bigger)
-    args = p.parse_args(["--tlb-ways", "8", "--no-psc"])
-    assert parameter_values(args) == {"tlb_ways": 8, "psc": False}
-    assert parameter_values(p.parse_args([])) == {}
+            super().__init__()
     with pytest.raises(ParamError, match="tlb_ways must be"):
-        generate({"tlb_ways": 3}, Bigger)
+        generate({"tlb_ways": 3}, cls=Bigger)
 
 
 def test_port_table_matches_the_verilog(generated):
@@ -261,3 +291,52 @@ def test_synth_bad_parameter_is_one_line(tmp_path):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "maxphyaddr" in r.stderr
     assert not report.exists()
+
+
+# ---- reproducible, integrable Verilog -----------------------------------------------
+
+def test_same_verilog_from_any_checkout_and_no_absolute_paths(generated):
+    text = generated["default"][0].read_text()
+    root = str(Path(__file__).resolve().parents[1])
+    assert root not in text and '(* src = "hw/' in text
+    assert generate({}) == text      # the same text again
+
+
+def test_ports_clock_reset_then_interface_by_interface(generated):
+    text = generated["default"][0].read_text()
+    header = re.search(rf"^module {TOP_NAME}\((.*?)\);", text, re.M | re.S).group(1)
+    ports = [p.strip() for p in header.split(",")]
+    assert ports[:2] == ["clk", "rst"]
+    groups = [p.split("__")[0] for p in ports[2:]]
+    # each interface's ports together, in the signature's order
+    assert groups == sorted(groups, key=groups.index)
+    assert list(dict.fromkeys(groups))[:3] == ["translate_req", "translate_resp", "mem"]
+
+
+def test_src_none_and_native_top_and_vivado_names_are_lint_clean(tmp_path):
+    for name, opts in [("native", ["--top", "native", "--src", "none"]),
+                       ("vivado", ["--port-names", "vivado"])]:
+        out = tmp_path / name / f"{TOP_NAME}.v"
+        out.parent.mkdir()
+        r = run_cli("verilog", "--out", str(out), *opts)
+        assert r.returncode == 0, r.stderr
+        text = out.read_text()
+        top = text[text.index(f"module {TOP_NAME}("):]
+        if name == "native":
+            assert "(* src" not in text and "mem_req__valid" in top and "mem__araddr" not in top
+        else:
+            assert re.search(r"^\s*output \[51:0\] m_axi_araddr;", top, re.M)
+            assert re.search(r"^\s*input \[11:0\] s_axi_awaddr;", top, re.M)
+            assert "ASSOCIATED_BUSIF m_axi:s_axi" in top and not re.search(r"\bmem__araddr\b", top)
+        clean, output = lint(out)
+        assert clean, output[-3000:]
+
+
+@pytest.mark.parametrize("opts, needle", [
+    (["--top", "native", "--axi-id-width", "6"], "--axi-id-width"),
+    (["--top", "native", "--port-names", "vivado"], "--port-names"),
+    (["--no-caches", "--tlb-sets", "64"], "--tlb-sets"),
+])
+def test_options_that_mean_nothing_for_the_top_are_refused(tmp_path, opts, needle):
+    r = run_cli("verilog", "--out", str(tmp_path / "x.v"), *opts)
+    assert r.returncode == 2 and needle in r.stderr and not (tmp_path / "x.v").exists()

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from sim.flows.verilog import add_parameter_options
+from sim.flows.verilog import add_top_options
 from sim.options import UsageError, positive, output_path
 
 __all__ = ["TARGETS", "DEFAULT_TARGETS", "DEFAULT_REPORT", "Target", "SynthError", "synthesize", "write_report",
@@ -140,7 +140,7 @@ def parse_nextpnr_report(report: dict) -> dict:
 
 
 def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100, seed: int = 1,
-               workdir: str | os.PathLike = "build/synth", progress=None) -> dict:
+               workdir: str | os.PathLike = "build/synth", progress=None, top: str = "axi") -> dict:
     """Synthesize once, place and route for each target; returns the report dict."""
     from amaranth.back import rtlil
     from sim.flows.verilog import TOP_NAME, build_top, parameters, top_class
@@ -155,10 +155,10 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
     work.mkdir(parents=True, exist_ok=True)
 
     params = dict(params or {})
-    cls = top_class()
-    top = build_top(params, cls)
+    cls = top_class(top)
+    instance = build_top(params, top)
     il = work / f"{TOP_NAME}.il"
-    il.write_text(rtlil.convert(top, name=TOP_NAME))
+    il.write_text(rtlil.convert(instance, name=TOP_NAME))
 
     t0 = time.monotonic()
     say(f"yosys synth_ecp5 ({cls.__name__}) ...")
@@ -205,7 +205,7 @@ def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100,
                  seconds=round(time.monotonic() - t1, 1))
         results[name] = r
 
-    full = {p.name: p.default for p in parameters(cls)}
+    full = {p.name: p.default for p in parameters(top)}
     full.update(params)
     return {
         "top": f"{cls.__module__}.{cls.__name__}",
@@ -245,21 +245,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     p.add_argument("--report", default=DEFAULT_REPORT,
                    help=f"where to write the JSON report (default {DEFAULT_REPORT})")
-    add_parameter_options(p)
+    add_top_options(p)
 
 
 def main(args) -> int:
-    from sim.flows.verilog import ParamError, build_top, parameter_values
-    params = parameter_values(args)
+    from sim.flows.verilog import ParamError, build_top, top_parameters
+    params = top_parameters(args)
     try:
-        build_top(params, elaborate=False)   # refuse bad parameters before any tool runs
+        build_top(params, args.top, elaborate=False)   # refuse bad parameters before any tool runs
     except ParamError as e:
         raise UsageError(str(e)) from None
     output_path("--report", args.report)
     targets = args.target or None
     try:
         report = synthesize(params, targets=targets, freq_mhz=args.freq, seed=args.seed,
-                            workdir=Path(args.report).parent,
+                            workdir=Path(args.report).parent, top=args.top,
                             progress=lambda line: print(line, file=sys.stderr, flush=True))
     except SynthError as e:
         raise UsageError(str(e)) from None

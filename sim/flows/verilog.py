@@ -1,143 +1,148 @@
 """Verilog generation for the page-walk unit (``python -m sim verilog``).
 
-The command-line options are not written out here: they come from the keyword
-parameters of the top class's constructor, so a parameter added to the unit
-(TLB sets/ways, walkers, caches, ...) is an option at once.  The constructor
-stays the one place that validates them; its ``ValueError`` becomes a one-line
-error.  The file is written whole or not at all.
+The top is the AXI one (:class:`hw.axi_top.EptWalkerAxi`: the unit with an
+AXI4 master for memory and an AXI4-Lite slave for its registers) or, with
+``--top native``, the unit itself (:class:`hw.top.PageWalkUnit`, its native
+memory port).  The parameter options are not written out here: they are the
+constructors' keyword parameters (:mod:`sim.unit_params`), so a parameter
+added to the unit is an option at once, and the constructor stays the one
+place that checks them (its ``ValueError`` becomes a one-line error).
+
+The text is made reproducible and easy to integrate: ``(* src *)``
+attributes name files relative to the checkout (or are left out), the top
+module's ports are listed clock and reset first, then interface by
+interface in the signature's order, and ``--port-names vivado`` renames the
+AXI ports ``m_axi_*`` / ``s_axi_*`` (with the clock ``aclk`` and the reset
+``areset``) so that Vivado's IP integrator infers the interfaces.  The file
+is written whole or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
-from dataclasses import dataclass
+import re
+from pathlib import Path
+
+from sim import unit_params
 from sim.files import write_atomic
-from sim.options import UsageError, output_path
+from sim.options import UsageError, add_unit_options, output_path
+from sim.unit_params import Param
 
 __all__ = [
-    "TOP_NAME", "DEFAULT_OUT", "ParamError", "Param", "top_class", "parameters",
-    "add_parameter_options", "parameter_values", "build_top", "generate",
-    "port_table",
+    "TOP_NAME", "DEFAULT_OUT", "TOPS", "ParamError", "Param", "top_class", "parameters",
+    "build_top", "generate", "port_table", "tidy",
 ]
 
 TOP_NAME = "ept_walker"
 DEFAULT_OUT = "build/ept_walker.v"
+ROOT = Path(__file__).resolve().parents[2]
+# --top NAME -> (module in hw/, class)
+TOPS = {"axi": unit_params.AXI_TOP, "native": unit_params.NATIVE_TOP}
+# Vivado's interface inference: an AXI master's ports as m_axi_*, a slave's as s_axi_*
+VIVADO_PREFIXES = {"mem__": "m_axi_", "csr__": "s_axi_"}
 
 
 class ParamError(Exception):
     """A parameter the top class refused: reported in one line, exit 2."""
 
 
-def top_class():
-    """The class whose instance is the ``ept_walker`` module.
-
-    ``hw.axi_top.EptWalkerAxi``: the unit with an AXI4 master for memory and
-    an AXI4-Lite slave for its registers, the bus FPGA interconnects speak.
-    Verilog, lint and synthesis all take their top from here.
-    """
-    from hw.axi_top import EptWalkerAxi
-    return EptWalkerAxi
+def top_class(top: str = "axi"):
+    """The class whose instance is the ``ept_walker`` module (imports Amaranth)."""
+    import importlib
+    module, cls = TOPS[top]
+    return getattr(importlib.import_module(f"hw.{module}"), cls)
 
 
-@dataclass(frozen=True)
-class Param:
-    name: str               # the constructor's keyword
-    default: int | bool
-
-    @property
-    def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def kind(self) -> type:
-        # bool before int: True is an int too
-        return bool if isinstance(self.default, bool) else int
+def parameters(top: str = "axi") -> tuple[Param, ...]:
+    """The top's parameters, its own first, then those it passes on to the unit."""
+    return unit_params.parameters(*TOPS[top])
 
 
-def parameters(cls=None) -> list[Param]:
-    """Keyword-only constructor parameters with an int or bool default, in order.
-
-    Anything else (positional parameters, other defaults) is not an option:
-    the command line can only say numbers and switches.
-    """
-    cls = top_class() if cls is None else cls
-    out = []
-    for p in inspect.signature(cls.__init__).parameters.values():
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and isinstance(p.default, (bool, int)):
-            out.append(Param(p.name, p.default))
-    # a wrapper that passes ``**params`` on says to whom (EptWalkerAxi -> PageWalkUnit)
-    inner = getattr(cls, "forwards_params_to", None)
-    if inner is not None:
-        out += parameters(inner)
-    return out
-
-
-def _integer(text: str) -> int:
-    # range checks belong to the constructor; here only "is it a number"
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def add_parameter_options(parser: argparse.ArgumentParser, cls=None) -> None:
-    """One option per parameter; unset options keep the constructor's default."""
-    cls = top_class() if cls is None else cls
-    g = parser.add_argument_group(f"parameters of {cls.__name__} (checked by its constructor)")
-    for p in parameters(cls):
-        if p.kind is bool:
-            g.add_argument(p.option, dest=f"param_{p.name}", action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS,
-                           help=f"(default {'on' if p.default else 'off'})")
-        else:
-            g.add_argument(p.option, dest=f"param_{p.name}", type=_integer, metavar="N",
-                           default=argparse.SUPPRESS, help=f"(default {p.default})")
-
-
-def parameter_values(args: argparse.Namespace) -> dict:
-    """The parameters given on the command line (only those)."""
-    return {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_")}
-
-
-def build_top(params: dict | None = None, cls=None, *, elaborate=True):
-    """An instance of the top class; a refused parameter raises :class:`ParamError`.
+def build_top(params: dict | None = None, top: str = "axi", *, elaborate=True, cls=None):
+    """An instance of the top; a refused parameter raises :class:`ParamError`.
 
     ``elaborate=False``: the instance is only checked or inspected, so Amaranth
-    is told not to warn that it was never elaborated.
+    is told not to warn that it (and its blocks) were never elaborated.
     """
-    from sim.unit_params import check_instance
-    cls = top_class() if cls is None else cls
+    cls = top_class(top) if cls is None else cls
     try:
-        return cls(**(params or {})) if elaborate else check_instance(cls, params or {})
+        return cls(**(params or {})) if elaborate else unit_params.check_instance(cls, params or {})
     except ValueError as e:
         raise ParamError(str(e)) from None
 
 
-def _describe(params: dict, cls) -> str:
-    full = {p.name: p.default for p in parameters(cls)}
+def _describe(params: dict, top: str) -> str:
+    full = {p.name: p.default for p in parameters(top)}
     full.update(params)
     return " ".join(f"{k}={v}" for k, v in full.items())
 
 
-def generate(params: dict | None = None, cls=None) -> str:
+def _port_order(instance) -> list[str]:
+    """The top's port names: clock and reset, then the signature's members in order."""
+    return ["clk", "rst"] + ["__".join(map(str, path)) for path, _, _ in instance.signature.flatten(instance)]
+
+
+def tidy(text: str, ports: list[str], *, src: str = "relative", port_names: str = "amaranth") -> str:
+    """Make Amaranth's Verilog reproducible and readable.
+
+    ``src``: ``relative`` (paths in ``(* src *)`` relative to the checkout),
+    ``none`` (no source attributes) or ``absolute`` (as Amaranth writes them).
+    ``ports``: the top module's ports in the order its header should list them.
+    ``port_names``: ``vivado`` renames them as :data:`VIVADO_PREFIXES` says.
+    """
+    if src == "relative":
+        text = text.replace(f'(* src = "{ROOT}/', '(* src = "')
+    elif src == "none":
+        text = re.sub(r"^\s*\(\* src = \"[^\"]*\" \*\)\n", "", text, flags=re.M)
+        text = re.sub(r"\(\* src = \"[^\"]*\" \*\) ?", "", text)
+    header = re.search(rf"^module {TOP_NAME}\((.*?)\);", text, re.M | re.S)
+    listed = [p.strip() for p in header.group(1).replace("\n", "").split(",")]
+    if sorted(listed) != sorted(ports):
+        raise ValueError(f"the top's ports {sorted(set(listed) ^ set(ports))} are not in its signature")
+    text = text[:header.start(1)] + "\n    " + ",\n    ".join(ports) + "\n" + text[header.end(1):]
+    if port_names == "vivado":
+        start = text.index(f"module {TOP_NAME}(")
+        end = text.index("endmodule", start)
+        body = text[start:end]
+        renames = {"clk": "aclk", "rst": "areset"}
+        for p in ports:
+            for old, new in VIVADO_PREFIXES.items():
+                if p.startswith(old):
+                    renames[p] = new + p[len(old):]
+        # whole identifiers, not an instance's pin names (``.clk(clk)`` keeps its ``.clk``)
+        body = re.sub(r"(?<![.\w$\\])(" + "|".join(map(re.escape, renames)) + r")\b",
+                      lambda m: renames[m.group(1)], body)
+        # the clock's bus association and the reset's polarity, for the IP integrator
+        busif = ":".join(new.rstrip("_") for old, new in VIVADO_PREFIXES.items()
+                         if any(p.startswith(old) for p in ports))
+        body = re.sub(r"^(\s*)input aclk;", rf'\1(* X_INTERFACE_PARAMETER = "ASSOCIATED_BUSIF {busif}, '
+                                           r'ASSOCIATED_RESET areset" *)\n\1input aclk;', body, count=1, flags=re.M)
+        body = re.sub(r"^(\s*)input areset;", r'\1(* X_INTERFACE_PARAMETER = "POLARITY ACTIVE_HIGH" *)\n'
+                                             r'\1input areset;', body, count=1, flags=re.M)
+        text = text[:start] + body + text[end:]
+    return text
+
+
+def generate(params: dict | None = None, top: str = "axi", *, src: str = "relative",
+             port_names: str = "amaranth", cls=None) -> str:
     """The Verilog text of the top with ``params``, top module :data:`TOP_NAME`."""
     from amaranth.back import verilog
-    cls = top_class() if cls is None else cls
     params = dict(params or {})
-    top = build_top(params, cls)
+    instance = build_top(params, top, cls=cls)
+    ports = _port_order(instance)
     try:
         # ports=None: the ports are the component's signature, flattened as
         # name__member (translate_req__valid, translate_req__payload, ...)
-        text = verilog.convert(top, name=TOP_NAME)
+        text = verilog.convert(instance, name=TOP_NAME)
     except ValueError as e:       # a parameter the constructor let through but elaboration refused
         raise ParamError(str(e)) from None
-    header = (f"// {TOP_NAME}: {cls.__module__}.{cls.__name__} ({_describe(params, cls)})\n"
+    cls = type(instance)
+    header = (f"// {TOP_NAME}: {cls.__module__}.{cls.__name__} ({_describe(params, top)})\n"
               f"// Generated by `python -m sim verilog`; do not edit.\n")
-    return header + text
+    return header + tidy(text, ports, src=src, port_names=port_names)
 
 
-def port_table(params: dict | None = None, cls=None) -> str:
+def port_table(params: dict | None = None, top: str = "axi") -> str:
     """A Markdown table of the Verilog ports: name, direction, width, payload fields.
 
     The README's port list is made by this (``python -m sim verilog --ports``),
@@ -145,9 +150,10 @@ def port_table(params: dict | None = None, cls=None) -> str:
     """
     from amaranth.hdl import Shape
     from amaranth.lib import data, wiring
-    top = build_top(params, cls, elaborate=False)
-    rows = ["| port | dir | bits | fields (lsb first) |", "|---|---|---|---|"]
-    for path, member, _value in top.signature.flatten(top):
+    instance = build_top(params, top, elaborate=False)
+    rows = ["| port | dir | bits | fields (lsb first) |", "|---|---|---|---|",
+            "| `clk`, `rst` | in | 1 | rising-edge clock; synchronous active-high reset |"]
+    for path, member, _value in instance.signature.flatten(instance):
         name = "__".join(map(str, path))
         width = Shape.cast(member.shape).width
         fields = ""
@@ -162,17 +168,47 @@ def port_table(params: dict | None = None, cls=None) -> str:
             fields = ", ".join(parts)
         direction = "in" if member.flow == wiring.In else "out"
         rows.append(f"| `{name}` | {direction} | {width} | {fields} |")
-    rows.append("| `clk`, `rst` | in | 1 | rising-edge clock; synchronous active-high reset |")
     return "\n".join(rows)
+
+
+# -- options shared with `synth` ------------------------------------------------------
+def add_top_options(p: argparse.ArgumentParser) -> None:
+    """--top, and every parameter of either top (the unit's, then the AXI top's own)."""
+    p.add_argument("--top", choices=sorted(TOPS), default="axi",
+                   help="axi: the unit with an AXI4 master and AXI4-Lite registers (default); "
+                        "native: the unit with its own memory port")
+    axi, unit = TOPS["axi"], TOPS["native"]
+    add_unit_options(p, unit_params.parameters(*unit), exclude=(),
+                     title="the unit's parameters (PageWalkUnit; checked by its constructor)")
+    own = [q for q in unit_params.parameters(*axi) if q.owner == axi[1]]
+    add_unit_options(p, own, exclude=(), title="the AXI top's parameters (EptWalkerAxi; --top axi only)")
+
+
+def top_parameters(args) -> dict:
+    """The parameters given for the chosen top; the AXI top's own refused with --top native."""
+    axi_own = {q.name for q in unit_params.parameters(*TOPS["axi"]) if q.owner == TOPS["axi"][1]}
+    given = {d[len("unit_"):]: getattr(args, d) for d in args.given if d.startswith("unit_")}
+    if args.top == "native":
+        extra = [args.given[f"unit_{n}"] for n in given if n in axi_own]
+        if extra:
+            raise UsageError(f"{extra[0]} is a parameter of the AXI top: it means nothing with --top native")
+    if given.get("caches") is False:
+        sized = [args.given[f"unit_{n}"] for n in given if unit_params.CACHE_GEOMETRY(n)]
+        if sized:
+            raise UsageError(f"{sized[0]} sizes a cache, and --no-caches has none: drop one of them")
+    return given
 
 
 # -- the `verilog` command ---------------------------------------------------------------
 ABOUT = dict(help="write the unit as Verilog (top module ept_walker)",
-                       description=f"Convert {top_class().__name__} to Verilog with the given "
-                                   "parameters; the options below are its constructor's.",
+             description="Convert the unit (with its AXI4 master and AXI4-Lite registers, or with "
+                         "--top native its own memory port) to Verilog with the given parameters; "
+                         "the parameter options are its constructors'.",
              epilog=("examples:\n"
                      "  python -m sim verilog\n"
                      "  python -m sim verilog --out build/ept39.v --maxphyaddr 39 --walkers 4\n"
+                     "  python -m sim verilog --top native --src none --out build/pwu.v\n"
+                     "  python -m sim verilog --port-names vivado --axi-id-width 6\n"
                      "  python -m sim verilog --ports\n"))
 
 
@@ -181,18 +217,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"where to write the Verilog (default {DEFAULT_OUT})")
     p.add_argument("--ports", action="store_true",
                    help="print the port list as a Markdown table instead of writing Verilog")
-    add_parameter_options(p)
+    p.add_argument("--src", choices=("relative", "none", "absolute"), default="relative",
+                   help="(* src *) attributes: file paths relative to the checkout (default: the "
+                        "same text from any clone), none, or absolute as Amaranth writes them")
+    p.add_argument("--port-names", choices=("amaranth", "vivado"), default="amaranth",
+                   help="amaranth: mem__araddr, csr__awaddr, ... (default); vivado: m_axi_araddr, "
+                        "s_axi_awaddr, aclk, areset, so the IP integrator infers the AXI interfaces")
+    add_top_options(p)
 
 
 def main(args) -> int:
-    params = parameter_values(args)
+    params = top_parameters(args)
+    if args.port_names == "vivado" and args.top == "native":
+        raise UsageError("--port-names vivado names AXI ports: the native top has none")
     try:
         if args.ports:
-            print(port_table(params))
+            print(port_table(params, args.top))
             return 0
-        build_top(params, elaborate=False)      # refuse bad parameters before creating anything
+        build_top(params, args.top, elaborate=False)      # refuse bad parameters before creating anything
         output_path("--out", args.out)
-        text = generate(params)
+        text = generate(params, args.top, src=args.src, port_names=args.port_names)
     except ParamError as e:
         raise UsageError(str(e)) from None
     write_atomic(args.out, text)
