@@ -247,6 +247,7 @@ def _have_fpga_tools():
 @pytest.mark.skipif(not _have_fpga_tools(), reason="fpga extra not installed (make test-all installs it)")
 def test_synth_report_has_the_keys(tmp_path):
     report = tmp_path / "synth" / "report.json"
+    report.parent.mkdir()           # outside build/, an output's folder must exist
     r = run_cli("synth", "--target", "ecp5-25f", "--report", str(report))
     assert r.returncode == 0, r.stdout + r.stderr
     data = json.loads(report.read_text())
