@@ -40,11 +40,12 @@ class ADUpdater(wiring.Component):
     addrs: In(data.ArrayLayout(PA_BITS, 4))
     leaf_level: In(Level)
     dirty: In(1)                             # the access is a write: set D in the leaf
-    state: Out(ADState)
     done: Out(1)
     status: Out(ADStatus)
     mem_req: Out(stream.Signature(MemRequest))
     mem_resp: In(stream.Signature(MemResponse))
+    # for waveforms only: the state of the FSM by name
+    debug: Out(wiring.Signature({"state": Out(ADState)}))
 
     def elaborate(self, platform):
         m = Module()
@@ -86,7 +87,7 @@ class ADUpdater(wiring.Component):
         m.d.sync += self.done.eq(0)
         with m.FSM(name="ad_fsm") as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.state.eq(ADState.IDLE)
+                m.d.comb += self.debug.state.eq(ADState.IDLE)
                 with m.If(self.start):
                     m.d.sync += pend.eq(self.pending)
                     with m.If(self.pending != 0):
@@ -94,12 +95,12 @@ class ADUpdater(wiring.Component):
                     with m.Else():
                         m.d.sync += [self.done.eq(1), self.status.eq(ADStatus.DONE)]
             with m.State("ISSUE"):
-                m.d.comb += [self.state.eq(ADState.ISSUE), self.mem_req.valid.eq(1)]
+                m.d.comb += [self.debug.state.eq(ADState.ISSUE), self.mem_req.valid.eq(1)]
                 with m.If(self.mem_req.ready):
                     m.d.sync += [sent_level.eq(cur), sent_old.eq(old)]
                     m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += [self.state.eq(ADState.WAIT), self.mem_resp.ready.eq(1)]
+                m.d.comb += [self.debug.state.eq(ADState.WAIT), self.mem_resp.ready.eq(1)]
                 with m.If(self.mem_resp.valid):
                     rest = Signal(4)
                     m.d.comb += rest.eq(pend & ~(1 << sent_level.as_value())[:4])

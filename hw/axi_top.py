@@ -54,18 +54,12 @@ class EptWalkerAxi(wiring.Component):
         self.master = AxiMemoryMaster(addr_width=axi_addr_width, id_width=axi_id_width,
                                       max_outstanding=axi_max_outstanding, rdata_check=check)
         fields = {"axi_cas_retries": 32}
-        # Transitional: PageWalkUnit is gaining a ``counters`` port (a StructLayout);
-        # work both before and after it lands.
         self.unit_counter_names = []
-        if hasattr(self.unit, "counters"):
-            layout = data.Layout.cast(self.unit.counters.shape())
-            if not isinstance(layout, data.StructLayout):
-                raise ValueError(f"PageWalkUnit counters must be a StructLayout, not {layout!r}")
-            for name, f in layout:
-                if name in fields:
-                    raise ValueError(f"PageWalkUnit counter {name!r} clashes with the AXI counters")
-                fields[name] = f.shape
-                self.unit_counter_names.append(name)
+        for name, f in data.Layout.cast(self.unit.counters.shape()):
+            if name in fields:
+                raise ValueError(f"PageWalkUnit counter {name!r} clashes with the AXI counters")
+            fields[name] = f.shape
+            self.unit_counter_names.append(name)
         self.csr_block = CsrBlock(data.StructLayout(fields), addr_width=csr_addr_width)
         unit_members = self.unit.signature.members
         super().__init__({
@@ -96,11 +90,11 @@ class EptWalkerAxi(wiring.Component):
             csr.eptp_error.eq(unit.eptp_error),
             csr.counters.axi_cas_retries.eq(master.cas_retries),
         ]
-        m.d.comb += master.cas_retries_clear.eq(csr.counters_clear)
-        if hasattr(unit, "invept_count"):
-            m.d.comb += csr.invept_count.eq(unit.invept_count)
-        if hasattr(unit, "counters_clear"):     # transitional, like counters
-            m.d.comb += unit.counters_clear.eq(csr.counters_clear)
+        m.d.comb += [
+            master.cas_retries_clear.eq(csr.counters_clear),
+            csr.invept_count.eq(unit.invept_count),
+            unit.counters_clear.eq(csr.counters_clear),
+        ]
         for name in self.unit_counter_names:
             m.d.comb += csr.counters[name].eq(unit.counters[name])
         return m

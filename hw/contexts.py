@@ -30,7 +30,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .layouts import InveptKind, InveptRequest
+from .layouts import FRAME_BITS, InveptKind, InveptRequest
 
 __all__ = ["ContextTable"]
 
@@ -47,7 +47,7 @@ class ContextTable(wiring.Component):
         super().__init__({
             "load": In(1),                    # an EPTP is loaded at this edge
             "load_ok": In(1),                 # it is architecturally valid
-            "load_pml4": In(40),              # its EPTP[51:12]
+            "load_pml4": In(FRAME_BITS),          # its EPTP[51:12]
             "load_ad": In(1),                 # its EPTP[6]
             "ready": Out(1),                  # the loaded EPTP has a slot: cur_id is good
             "cur_id": Out(max(1, ceil_log2(contexts))),
@@ -59,7 +59,7 @@ class ContextTable(wiring.Component):
         m = Module()
         n = self.contexts
         valid = Signal(n)
-        pml4 = Array(Signal(40, name=f"pml4_{i}") for i in range(n))
+        pml4 = Array(Signal(FRAME_BITS, name=f"pml4_{i}") for i in range(n))
         ad = Signal(n)
         rr = Signal(range(n))
 

@@ -9,7 +9,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import check_maxphyaddr
+from .layouts import FRAME_BITS, check_maxphyaddr
 
 __all__ = ["EptpRegister"]
 
@@ -22,7 +22,7 @@ class EptpRegister(wiring.Component):
     value_ok: Out(1)       # ``value`` is a valid EPTP (combinational: the context lookup)
     valid: Out(1)
     error: Out(1)
-    pml4: Out(40)          # EPTP[51:12]: the PML4 frame, and the cache tag
+    pml4: Out(FRAME_BITS)      # EPTP[51:12]: the PML4 frame, and the cache tag
     ad_enabled: Out(1)
 
     def __init__(self, *, maxphyaddr=46):
@@ -41,7 +41,7 @@ class EptpRegister(wiring.Component):
             m.d.sync += [
                 self.valid.eq(ok),
                 self.error.eq(~ok),
-                self.pml4.eq(Mux(ok, v[12:52], 0)),
+                self.pml4.eq(Mux(ok, v[12:12 + FRAME_BITS], 0)),
                 self.ad_enabled.eq(ok & v[6]),
             ]
         return m

@@ -32,7 +32,7 @@ from .ad_updater import ADStatus, ADUpdater
 from .entry_check import EntryVerdict
 from .layouts import (
     Access, EptEntry, Level, MemOp, MemRequest, MemResponse, Outcome, PageSize,
-    TranslateResponse, GPA_BITS, PA_BITS, TAG_BITS, check_maxphyaddr,
+    TranslateResponse, FRAME_BITS, GPA_BITS, PA_BITS, TAG_BITS, check_maxphyaddr,
 )
 
 __all__ = ["Walker", "WalkerState", "WalkRequest"]
@@ -41,13 +41,13 @@ WalkRequest = data.StructLayout({
     "gpa": GPA_BITS,
     "access": Access,
     "tag": TAG_BITS,     # returned with the response
-    "pml4": 40,          # EPTP[51:12]
+    "pml4": FRAME_BITS,  # EPTP[51:12]
     "ad_enabled": 1,     # EPTP[6]
     "ctx_valid": 1,      # a valid EPTP is loaded
     # where to start: PML4E with the PML4 and perms 0b111 for a full walk, or
     # a lower level from a paging-structure cache hit
     "start_level": Level,
-    "start_table": 40,
+    "start_table": FRAME_BITS,
     "start_perms": 3,
 })
 
@@ -68,8 +68,6 @@ class Walker(wiring.Component):
     # :class:`~hw.entry_check.EntryCheck`'s verdict on ``mem_resp``'s data, valid with it: the
     # unit checks each response once for all walkers, or its memory adapter before registering it
     mem_verdict: In(EntryVerdict)
-    state: Out(WalkerState)
-    level: Out(Level)
     page: Out(GPA_BITS - 12)      # GPA[47:12] of the walk: the parent's same-page check, cache fills
     access: Out(Access)
     # what the walk used, for filling the caches when the response leaves
@@ -80,6 +78,8 @@ class Walker(wiring.Component):
     walked: Out(3)
     psc_drop: Out(1)       # strobe: a walk started from a cache faulted; walking again
     lost_race: Out(1)      # strobe: an A/D CAS lost; walking again
+    # for waveforms only: nothing in the unit reads these
+    debug: Out(wiring.Signature({"state": Out(WalkerState), "level": Out(Level)}))
 
     def __init__(self, *, maxphyaddr=46, execute_only=True):
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
@@ -90,19 +90,22 @@ class Walker(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.ad = ad = self.ad_updater
+        state = Signal(WalkerState)
+        level = Signal(Level)                  # of the entry being read
+        m.d.comb += [self.debug.state.eq(state), self.debug.level.eq(level)]
 
         gpa = Signal(GPA_BITS)
         m.d.comb += self.page.eq(gpa[12:])
-        pml4 = Signal(40)
+        pml4 = Signal(FRAME_BITS)
         ad_enabled = Signal()
-        table = Signal(40)                 # frame of the table being read
+        table = Signal(FRAME_BITS)             # frame of the table being read
         perms = Signal(3)                  # R/W/X AND over the entries so far
         entries = self.entries
         skipped = Signal()                 # this walk started below the PML4E
         addrs = Signal(data.ArrayLayout(PA_BITS, 4))
         retries = Signal(4)
         result = Signal(TranslateResponse)
-        lvl = self.level.as_value()
+        lvl = level.as_value()
 
         tag = Signal(TAG_BITS)
         m.d.comb += [self.resp.payload.eq(result), self.resp.payload.tag.eq(tag)]
@@ -110,21 +113,21 @@ class Walker(wiring.Component):
         # entry address: table base + 9-bit GPA index of this level * 8
         # In IDLE the first read leaves in the cycle the request is taken, so the
         # address comes from the request; afterwards from the walk's registers.
-        idle = self.state == WalkerState.IDLE
+        idle = state == WalkerState.IDLE
         req = self.req.payload
         cur_level = Signal(Level)
         cur_page = Signal(GPA_BITS - 12)         # GPA[47:12]: what the entry index uses
-        cur_table = Signal(40)
+        cur_table = Signal(FRAME_BITS)
         m.d.comb += [
-            cur_level.eq(Mux(idle, req.start_level, self.level)),
+            cur_level.eq(Mux(idle, req.start_level, level)),
             cur_page.eq(Mux(idle, req.gpa[12:], gpa[12:])),
             cur_table.eq(Mux(idle, req.start_table, table)),
         ]
         index = Signal(9)
         with m.Switch(cur_level):
-            for level in Level:
-                with m.Case(level):
-                    lo = 9 * level.value
+            for lv in Level:
+                with m.Case(lv):
+                    lo = 9 * lv.value
                     m.d.comb += index.eq(cur_page[lo:lo + 9])
         entry_addr = Signal(PA_BITS)
         m.d.comb += entry_addr.eq(Cat(C(0, 3), index, cur_table))
@@ -134,7 +137,7 @@ class Walker(wiring.Component):
         present = self.mem_verdict.present
         misconfig = self.mem_verdict.misconfig.bit_select(lvl, 1)
         leaf = Signal()
-        with m.Switch(self.level):
+        with m.Switch(level):
             with m.Case(Level.PTE):
                 m.d.comb += leaf.eq(1)
             with m.Case(Level.PDE, Level.PDPTE):
@@ -163,13 +166,13 @@ class Walker(wiring.Component):
         m.d.comb += [
             ad.entries.eq(entries),
             ad.addrs.eq(addrs),
-            ad.leaf_level.eq(self.level),
+            ad.leaf_level.eq(level),
             ad.dirty.eq(self.access == Access.WRITE),
             ad.pending.eq(pending),
         ]
 
         # memory port: the walker's reads, or the updater's CASes
-        with m.If(self.state == WalkerState.AD_UPDATE):
+        with m.If(state == WalkerState.AD_UPDATE):
             m.d.comb += [
                 self.mem_req.valid.eq(ad.mem_req.valid),
                 self.mem_req.payload.eq(ad.mem_req.payload),
@@ -182,14 +185,14 @@ class Walker(wiring.Component):
             m.d.comb += [
                 self.mem_req.payload.op.eq(MemOp.READ),
                 self.mem_req.payload.addr.eq(entry_addr),
-                self.mem_req.valid.eq((self.state == WalkerState.READ)
+                self.mem_req.valid.eq((state == WalkerState.READ)
                                       | (idle & self.req.valid & req.ctx_valid)),
-                self.mem_resp.ready.eq(self.state == WalkerState.WAIT),
+                self.mem_resp.ready.eq(state == WalkerState.WAIT),
             ]
 
         def restart():
-            return [self.level.eq(Level.PML4E), table.eq(pml4), perms.eq(0b111), result.eq(0),
-                    self.walked.eq(0), skipped.eq(0), self.state.eq(WalkerState.READ)]
+            return [level.eq(Level.PML4E), table.eq(pml4), perms.eq(0b111), result.eq(0),
+                    self.walked.eq(0), skipped.eq(0), state.eq(WalkerState.READ)]
 
         def fault(outcome, **fields):
             # a fault seen through a cached upper entry is decided by memory: walk again
@@ -200,14 +203,13 @@ class Walker(wiring.Component):
                 m.d.sync += finish(outcome, **fields)
 
         def finish(outcome, **fields):
-            stmts = [result.outcome.eq(outcome), result.level.eq(self.level),
-
-                     result.retries.eq(retries), self.state.eq(WalkerState.RESPOND)]
+            stmts = [result.outcome.eq(outcome), result.level.eq(level),
+                     result.retries.eq(retries), state.eq(WalkerState.RESPOND)]
             for k, v in fields.items():
                 stmts.append(getattr(result, k).eq(v))
             return stmts
 
-        with m.Switch(self.state):
+        with m.Switch(state):
             with m.Case(WalkerState.IDLE):
                 m.d.comb += self.req.ready.eq(1)
                 # An idle walker loads the offered request every cycle, taken or not: nothing
@@ -218,23 +220,23 @@ class Walker(wiring.Component):
                     gpa.eq(p.gpa), self.access.eq(p.access), pml4.eq(p.pml4),
                     ad_enabled.eq(p.ad_enabled), retries.eq(0), result.eq(0),
                     tag.eq(p.tag),
-                    self.level.eq(p.start_level), table.eq(p.start_table),
+                    level.eq(p.start_level), table.eq(p.start_table),
                     perms.eq(p.start_perms), self.walked.eq(0),
                     skipped.eq(p.start_level != Level.PML4E),
                     addrs[p.start_level.as_value()].eq(entry_addr),
                 ]
                 with m.If(self.req.valid):
                     with m.If(p.ctx_valid & self.mem_req.ready):
-                        m.d.sync += self.state.eq(WalkerState.WAIT)
+                        m.d.sync += state.eq(WalkerState.WAIT)
                     with m.Elif(p.ctx_valid):
-                        m.d.sync += self.state.eq(WalkerState.READ)
+                        m.d.sync += state.eq(WalkerState.READ)
                     with m.Else():
                         m.d.sync += [result.outcome.eq(Outcome.REFUSED),
-                                     self.state.eq(WalkerState.RESPOND)]
+                                     state.eq(WalkerState.RESPOND)]
 
             with m.Case(WalkerState.READ):
                 with m.If(self.mem_req.ready):
-                    m.d.sync += [addrs[lvl].eq(entry_addr), self.state.eq(WalkerState.WAIT)]
+                    m.d.sync += [addrs[lvl].eq(entry_addr), state.eq(WalkerState.WAIT)]
 
             with m.Case(WalkerState.WAIT):
                 # The level's entry and permissions are loaded every cycle of the wait (the
@@ -255,7 +257,7 @@ class Walker(wiring.Component):
                             fault(Outcome.VIOLATION, qual=qual)
                         with m.Else():
                             # the successful result, kept while A/D is set
-                            with m.Switch(self.level):
+                            with m.Switch(level):
                                 with m.Case(Level.PTE):
                                     m.d.sync += [result.hpa.eq(Cat(gpa[:12], entry.addr)),
                                                  result.page_size.eq(PageSize.SIZE_4K)]
@@ -268,14 +270,14 @@ class Walker(wiring.Component):
                             m.d.sync += [result.memtype.eq(entry.memtype), result.qual.eq(0)]
                             with m.If(ad_enabled & (pending != 0)):
                                 m.d.comb += ad.start.eq(1)
-                                m.d.sync += self.state.eq(WalkerState.AD_UPDATE)
+                                m.d.sync += state.eq(WalkerState.AD_UPDATE)
                             with m.Else():
                                 m.d.sync += finish(Outcome.OK)
                     with m.Else():
                         m.d.sync += [
                             table.eq(next_table),
-                            self.level.eq(lvl - 1),
-                            self.state.eq(WalkerState.READ),
+                            level.eq(lvl - 1),
+                            state.eq(WalkerState.READ),
                         ]
 
             with m.Case(WalkerState.AD_UPDATE):
@@ -294,5 +296,5 @@ class Walker(wiring.Component):
             with m.Case(WalkerState.RESPOND):
                 m.d.comb += self.resp.valid.eq(1)
                 with m.If(self.resp.ready):
-                    m.d.sync += self.state.eq(WalkerState.IDLE)
+                    m.d.sync += state.eq(WalkerState.IDLE)
         return m
