@@ -20,9 +20,9 @@ read in S0 is then old), so a hit is never built from a stale read; valid
 bits cleared after S0 are not looked at again (a flush marks the request
 stale in ``hw.top``; a dropped entry was still one the reference page
 allowed).  A drop (``drop`` with a hit) and the LRU refresh of a hit take
-effect one cycle after S1; a fill is written two cycles after ``fill.valid`` (one
-to pick the way, one to write), so a lookup in S0 from the cycle after next
-sees it.
+effect one cycle after S1; a fill is written at the end of the cycle after
+``fill.valid`` (one cycle picks the way, the next writes), and a lookup in S0
+in that next cycle already sees it (the read is transparent to the write).
 
 An array of one set has no set index; it keeps its ways in registers rather
 than in a one-word memory (which would have a 0-bit address).
@@ -123,8 +123,9 @@ class TlbArray(wiring.Component):
     Timing
     ------
     A lookup in S0 answers in S1 (one per cycle).  A fill is written two
-    edges after ``fill.valid`` (one to pick the way, one to write): a lookup
-    in S0 from the cycle after next sees it.  ``drop`` and the LRU refresh of
+    edges after ``fill.valid`` (one to pick the way, one to write); a lookup
+    in S0 from the cycle after ``fill.valid`` on sees it (the read is
+    transparent to the write), one in its own cycle does not.  ``drop`` and the LRU refresh of
     a hit land one edge after S1; ``flush`` clears valid bits at the next
     edge, and wins over a fill landing then.
     """
@@ -349,7 +350,7 @@ class Tlb(wiring.Component):
     Timing
     ------
     :class:`TlbArray`'s: a lookup answers in the next cycle, a fill is seen
-    by a lookup two cycles after it, a flush acts at the next edge.
+    by lookups from the cycle after it, a flush acts at the next edge.
     """
 
     def __init__(self, *, sets_4k=16, ways_4k=4, sets_2m=4, ways_2m=4, sets_1g=1, ways_1g=4,
