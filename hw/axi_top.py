@@ -37,10 +37,34 @@ __all__ = ["EptWalkerAxi"]
 class EptWalkerAxi(wiring.Component):
     """``PageWalkUnit(**params)`` behind an AXI4 master (``mem``) and AXI4-Lite CSRs (``csr``).
 
-    Own parameters, all prefixed so they cannot shadow one of the unit's:
-    ``axi_addr_width`` (default 52), ``axi_id_width`` (4),
-    ``axi_max_outstanding`` (reads in flight on AXI, 4), ``csr_addr_width``
-    (12); everything else goes to ``PageWalkUnit`` untouched.
+    Parameters
+    ----------
+    axi_addr_width : int
+        The master's address width (default 52).
+    axi_id_width : int
+        Default 4.
+    axi_max_outstanding : int
+        Reads in flight on AXI (default 4).
+    csr_addr_width : int
+        Default 12.
+    **params
+        Everything else goes to :class:`~hw.top.PageWalkUnit` untouched (the
+        own parameters are prefixed so they cannot shadow one of the unit's).
+
+    Members
+    -------
+    translate_req : In(stream.Signature(TranslateRequest))
+    translate_resp : Out(stream.Signature(TranslateResponse))
+        The unit's own translate port.
+    mem : Out(AXI4Signature(axi_addr_width, 64, axi_id_width))
+    csr : In(AXI4LiteSignature(csr_addr_width, 32))
+        The register map of :mod:`hw.csr`; counter 0 is ``axi_cas_retries``,
+        then the unit's counters in order.
+
+    Timing
+    ------
+    The unit's, with the memory latency of the AXI round trip plus the
+    master's registered cycles (see :mod:`hw.axi_master`).
     """
 
     forwards_params_to = PageWalkUnit      # ``**params`` go to the unit unchanged

@@ -36,6 +36,36 @@ __all__ = ["ContextTable"]
 
 
 class ContextTable(wiring.Component):
+    """EPTP[51:12] and A/D-enable to a context id, and the flushes that go with it.
+
+    Parameters
+    ----------
+    contexts : int
+        Slots (context ids), 1..64.
+
+    Members
+    -------
+    load : In(1)
+        An EPTP is loaded at this edge (``load_ok``: it is valid).
+    load_ok : In(1)
+    load_pml4 : In(FRAME_BITS)
+    load_ad : In(1)
+    ready : Out(1)
+        The loaded EPTP has a slot: ``cur_id`` is good.
+    cur_id : Out(range(contexts))
+    invept : In(stream.Signature(InveptRequest))
+        Always ready.
+    flush : Out(contexts)
+        Registered: the contexts whose cached entries are cleared at the next edge.
+
+    Timing
+    ------
+    A known EPTP is ready with its id from the edge that loads it; a new one
+    gets a slot at that edge, ``flush`` names the slot in the next cycle, and
+    ``ready`` rises the cycle after that.  An INVEPT taken in cycle ``t``
+    shows on ``flush`` in ``t+1``.  A full table replaces round robin.
+    """
+
     @staticmethod
     def check(contexts):
         if isinstance(contexts, bool) or not isinstance(contexts, int) or not 1 <= contexts <= 64:

@@ -83,9 +83,33 @@ def _merge(old, new, strb):
 
 
 class CsrBlock(wiring.Component):
-    """AXI4-Lite register block; ``counters`` is a ``data.StructLayout`` (or None).
+    """AXI4-Lite register block (the register map is in the module docstring).
 
-    ``addr_width`` (8..32, default 12) must leave room for every counter.
+    Parameters
+    ----------
+    counters : data.StructLayout or None
+        The counter fields readable at ``COUNTER_BASE``, each 1..64 bits.
+    addr_width : int
+        8..32 (default 12); must leave room for every counter.
+
+    Members
+    -------
+    bus : In(AXI4LiteSignature(addr_width, 32))
+    eptp_value : Out(64)
+    eptp_load : Out(1)
+        Pulses for one cycle when EPTP_HI is written.
+    eptp_valid, eptp_error : In(1)
+    invept : Out(stream.Signature(InveptRequest))
+        One request per INVEPT_TRIGGER write, held until taken.
+    invept_count : In(32)
+    counters : In(counters)
+    counters_clear : Out(1)
+        Pulses for one cycle on a COUNTERS_CLEAR write with bit 0 set.
+
+    Timing
+    ------
+    A read answers the cycle after its AR handshake; a write answers the
+    cycle after both AW and W are taken, and acts in that same cycle.
     """
 
     def __init__(self, counters=None, *, addr_width=12):

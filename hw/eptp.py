@@ -15,7 +15,31 @@ __all__ = ["EptpRegister"]
 
 
 class EptpRegister(wiring.Component):
-    """``load``/``value`` in; ``valid``, ``error`` and the decoded fields out."""
+    """``load``/``value`` in; ``valid``, ``error`` and the decoded fields out.
+
+    Parameters
+    ----------
+    maxphyaddr : int
+        36..52: an EPTP with bits 63:maxphyaddr set is refused.
+
+    Members
+    -------
+    value : In(64)
+    load : In(1)
+    value_ok : Out(1)
+        Combinational: ``value`` is a valid EPTP (memory type WB or UC, a
+        4-level walk, reserved bits clear).
+    valid, error : Out(1)
+        The last load was valid / refused.
+    pml4 : Out(FRAME_BITS)
+        EPTP[51:12] of a valid load, else 0.
+    ad_enabled : Out(1)
+        EPTP[6] of a valid load.
+
+    Timing
+    ------
+    A load at edge ``t`` shows from cycle ``t+1``.
+    """
 
     value: In(64)
     load: In(1)

@@ -23,7 +23,7 @@ the fault decided by memory).
 
 from amaranth import *
 from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
 
 from .layouts import FRAME_BITS, GPA_BITS, Level

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2, exact_log2
 
 from .layouts import FRAME_BITS, GPA_BITS, Access, PageSize

@@ -59,10 +59,8 @@ every request walks from the PML4E.
 """
 
 from amaranth import *
-from amaranth.hdl import Assert
 
 from amaranth import *
-from amaranth.hdl import Assert
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -210,21 +208,25 @@ class PageWalkUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # The blocks are added in the order the unit had before it was split into blocks
+        # (the lookup-and-dispatch logic last): the flattened netlist then keeps the old
+        # cell order.  ABC9's mapping and nextpnr's placement follow that order, and the
+        # fmax moved by several percent (seed 1, -6: 84.7 against 89.2 MHz) with the TLB and
+        # the new blocks added first, for the same logic.
         m.submodules.eptp = self.eptp_register
         m.submodules.contexts = ctxs = self.context_table
         m.submodules.arbiter = self.arbiter
         m.submodules.perf = perf = self.perf
-        m.submodules.responses = responses = self.responses
-        m.submodules.dispatch = dispatch = self.dispatch
-        if self.tlb is not None:
-            m.submodules.tlb = self.tlb
         for level, psc in self.pscs.items():
             m.submodules[f"psc_{level.name.lower()}"] = psc
         for k, w in enumerate(self.walker_units):
             m.submodules[f"walker{k}"] = w
-
         self._connect_control(m)
         self._connect_memory(m)
+        if self.tlb is not None:
+            m.submodules.tlb = self.tlb
+        m.submodules.responses = responses = self.responses
+        m.submodules.dispatch = dispatch = self.dispatch
         for k, w in enumerate(self.walker_units):
             wiring.connect(m, dispatch.walk[k], w.req)
             wiring.connect(m, w.resp, responses.walker[k])
@@ -541,13 +543,26 @@ class PageWalkUnit(wiring.Component):
 class PredecodedPageWalkUnit(PageWalkUnit):
     """:class:`PageWalkUnit` whose memory adapter checks each entry before registering it.
 
-    ``mem_resp_verdict`` is :class:`~hw.entry_check.EntryCheck`'s verdict on
-    ``mem_resp.payload.data``, valid with it (for reads; a CAS answer's is not
-    looked at).  The adapter computes it from the bus data on the way into its
+    The adapter computes the verdict from the bus data on the way into its
     response register, so the walkers' decisions start from a register instead
     of following the check (the unit's critical path on ECP5).  The adapter
     must check with this unit's ``maxphyaddr`` and ``execute_only``.
-    Behaviour and timing are :class:`PageWalkUnit`'s.
+
+    Parameters
+    ----------
+    **params
+        :class:`PageWalkUnit`'s.
+
+    Members
+    -------
+    mem_resp_verdict : In(EntryVerdict)
+        :class:`~hw.entry_check.EntryCheck`'s verdict on
+        ``mem_resp.payload.data``, valid with it (for reads; a CAS answer's is
+        not looked at).  Every other member is :class:`PageWalkUnit`'s.
+
+    Timing
+    ------
+    :class:`PageWalkUnit`'s.
     """
 
     mem_resp_verdict: In(EntryVerdict)

@@ -21,8 +21,11 @@ Timing: the first read leaves in the cycle the request is taken (when the
 memory port is ready); each level costs the memory latency plus one cycle
 (the next read leaves the cycle after the response); the response is
 registered.  With memory latency L (response L cycles after the request is
-accepted) a cold 4-level walk answers 4(L+1) cycles after the request.  The walker keeps at most one memory request outstanding.
+accepted) a cold 4-level walk answers 4(L+1) cycles after the request.  The
+walker keeps at most one memory request outstanding.
 """
+
+from types import SimpleNamespace
 
 from amaranth import *
 from amaranth.lib import data, enum, stream, wiring
@@ -61,6 +64,46 @@ class WalkerState(enum.Enum, shape=3):
 
 
 class Walker(wiring.Component):
+    """One walk at a time, from the level its request names (see the module docstring).
+
+    Parameters
+    ----------
+    maxphyaddr : int
+        36..52: the next table's frame keeps bits below it.
+    execute_only : bool
+        Kept for the unit's entry check, which must use the same value.
+
+    Members
+    -------
+    req : In(stream.Signature(WalkRequest))
+        Ready when idle; the first read leaves in the cycle it is taken.
+    resp : Out(stream.Signature(TranslateResponse))
+        Registered; the request's tag.
+    mem_req : Out(stream.Signature(MemRequest))
+    mem_resp : In(stream.Signature(MemResponse))
+        Reads, and the A/D updater's CASes; at most one outstanding.
+    mem_verdict : In(EntryVerdict)
+        :class:`~hw.entry_check.EntryCheck`'s verdict on ``mem_resp``'s data.
+    page : Out(GPA_BITS - 12)
+    access : Out(Access)
+    entries : Out(ArrayLayout(EptEntry, 4))
+    perms_at : Out(ArrayLayout(3, 4))
+    walked : Out(3)
+        What the walk used: for the same-page check and the cache fills,
+        valid while the response is offered.
+    psc_drop, lost_race : Out(1)
+        Strobes: a walk from a cached entry faulted, an A/D CAS lost; in both
+        cases the walker walks again from the PML4E.
+    debug : Out(Signature({"state": Out(WalkerState), "level": Out(Level)}))
+        For waveforms only.
+
+    Timing
+    ------
+    With memory latency L a walk answers (L+1) cycles per level read after
+    the cycle its request is taken; each CAS adds its round trip.  Requests
+    are served one at a time, in order.
+    """
+
     req: In(stream.Signature(WalkRequest))
     resp: Out(stream.Signature(TranslateResponse))
     mem_req: Out(stream.Signature(MemRequest))
@@ -89,7 +132,7 @@ class Walker(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.ad = ad = self.ad_updater
+        m.submodules.ad = self.ad_updater
         state = Signal(WalkerState)
         level = Signal(Level)                  # of the entry being read
         m.d.comb += [self.debug.state.eq(state), self.debug.level.eq(level)]
@@ -100,12 +143,10 @@ class Walker(wiring.Component):
         ad_enabled = Signal()
         table = Signal(FRAME_BITS)             # frame of the table being read
         perms = Signal(3)                  # R/W/X AND over the entries so far
-        entries = self.entries
         skipped = Signal()                 # this walk started below the PML4E
         addrs = Signal(data.ArrayLayout(PA_BITS, 4))
         retries = Signal(4)
         result = Signal(TranslateResponse)
-        lvl = level.as_value()
 
         tag = Signal(TAG_BITS)
         m.d.comb += [self.resp.payload.eq(result), self.resp.payload.tag.eq(tag)]
@@ -132,6 +173,18 @@ class Walker(wiring.Component):
         entry_addr = Signal(PA_BITS)
         m.d.comb += entry_addr.eq(Cat(C(0, 3), index, cur_table))
 
+        r = SimpleNamespace(state=state, level=level, gpa=gpa, pml4=pml4, ad_enabled=ad_enabled,
+                            table=table, perms=perms, skipped=skipped, addrs=addrs,
+                            retries=retries, result=result, tag=tag)
+        j = self._judge(m, r)
+        self._memory_port(m, r, entry_addr, j.pending)
+        self._fsm(m, r, j, entry_addr)
+        return m
+
+    def _judge(self, m, r):
+        """The entry on the memory port, judged for the walk's level (combinational)."""
+        level, perms, entries = r.level, r.perms, self.entries
+        lvl = level.as_value()
         # the entry arriving from memory, judged already: pick this level's verdict
         entry = EptEntry(self.mem_resp.payload.data)
         present = self.mem_verdict.present
@@ -163,10 +216,19 @@ class Walker(wiring.Component):
                 above = (lvl < i) & self.walked[i - 1]      # levels skipped via a cache have A set
                 m.d.comb += pending[i].eq((above & ~entries[i].a) | (here & leaf_needs))
 
+        return SimpleNamespace(entry=entry, present=present, misconfig=misconfig, leaf=leaf,
+                               perms_next=perms_next, allowed=allowed, qual=qual,
+                               next_table=next_table, pending=pending)
+
+    def _memory_port(self, m, r, entry_addr, pending):
+        """The A/D updater's inputs, and the memory port: the walk's reads or the updater's CASes."""
+        ad, state = self.ad_updater, r.state
+        idle = state == WalkerState.IDLE
+        req = self.req.payload
         m.d.comb += [
-            ad.entries.eq(entries),
-            ad.addrs.eq(addrs),
-            ad.leaf_level.eq(level),
+            ad.entries.eq(self.entries),
+            ad.addrs.eq(r.addrs),
+            ad.leaf_level.eq(r.level),
             ad.dirty.eq(self.access == Access.WRITE),
             ad.pending.eq(pending),
         ]
@@ -189,6 +251,17 @@ class Walker(wiring.Component):
                                       | (idle & self.req.valid & req.ctx_valid)),
                 self.mem_resp.ready.eq(state == WalkerState.WAIT),
             ]
+
+    def _fsm(self, m, r, j, entry_addr):
+        """The walk's state machine: request, a read per level, A/D update, response."""
+        ad = self.ad_updater
+        state, level, gpa, pml4, ad_enabled = r.state, r.level, r.gpa, r.pml4, r.ad_enabled
+        table, perms, skipped, addrs, retries, result, tag = \
+            r.table, r.perms, r.skipped, r.addrs, r.retries, r.result, r.tag
+        entries, lvl = self.entries, level.as_value()
+        entry, present, misconfig, leaf = j.entry, j.present, j.misconfig, j.leaf
+        perms_next, allowed, qual, next_table, pending = \
+            j.perms_next, j.allowed, j.qual, j.next_table, j.pending
 
         def restart():
             return [level.eq(Level.PML4E), table.eq(pml4), perms.eq(0b111), result.eq(0),
@@ -297,4 +370,3 @@ class Walker(wiring.Component):
                 m.d.comb += self.resp.valid.eq(1)
                 with m.If(self.resp.ready):
                     m.d.sync += state.eq(WalkerState.IDLE)
-        return m

@@ -1,6 +1,7 @@
 """hw.ad_updater.ADUpdater alone, against a behavioural memory: CAS order, values, races, errors."""
 
 from conftest import Memory, run, ticks
+
 from hw.ad_updater import ADState, ADStatus, ADUpdater
 from hw.layouts import Level
 from model.formats import EPT_A, EPT_D, make_leaf_entry, make_table_entry
@@ -42,8 +43,7 @@ def test_top_level_first_compares_the_value_read_and_sets_only_a_and_d():
         result["first"] = await update(ctx, dut, 0b1011, dirty=1)       # PML4E, PDE, PTE
 
     run(dut, tb, processes=[mem.process])
-    status, cycles = result["first"]
-    assert status == ADStatus.DONE
+    assert result["first"][0] == ADStatus.DONE
     assert mem.cases() == [
         (ADDRS[3], ENTRIES[3], ENTRIES[3] | EPT_A),
         (ADDRS[1], ENTRIES[1], ENTRIES[1] | EPT_A),

@@ -1,9 +1,10 @@
 """hw.contexts.ContextTable alone: slot allocation, ready timing, flush by allocation and by INVEPT."""
 
 import gc
-import pytest
 
+import pytest
 from conftest import run
+
 from hw.contexts import ContextTable
 from hw.layouts import InveptKind
 

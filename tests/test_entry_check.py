@@ -3,12 +3,19 @@
 import random
 
 import pytest
-
 from conftest import run
+
 from hw.entry_check import EntryCheck, reserved_masks
 from hw.layouts import Level as HwLevel
 from model.formats import (
-    EPT_LEAF, EPT_MEMTYPE_SHIFT, EPT_R, EPT_W, EPT_X, VALID_MEMTYPES, Level, reserved_mask,
+    EPT_LEAF,
+    EPT_MEMTYPE_SHIFT,
+    EPT_R,
+    EPT_W,
+    EPT_X,
+    VALID_MEMTYPES,
+    Level,
+    reserved_mask,
 )
 
 LEVELS = {HwLevel.PTE: Level.PTE, HwLevel.PDE: Level.PDE, HwLevel.PDPTE: Level.PDPTE,

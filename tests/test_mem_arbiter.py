@@ -1,10 +1,11 @@
 """hw.mem_arbiter.MemArbiter alone: round-robin grants, response routing, the in-flight limit."""
 
 import gc
+
 import pytest
 from amaranth.hdl import Fragment
-
 from conftest import Memory, receive, run, send, ticks
+
 from hw.layouts import MemOp
 from hw.mem_arbiter import MemArbiter
 

@@ -1,6 +1,7 @@
 """hw.miss_dispatch.MissDispatcher alone: dispatch, parking behind a walk of the same page, replay."""
 
 from conftest import run, ticks
+
 from hw.layouts import Access, Level
 from hw.miss_dispatch import MissDispatcher
 

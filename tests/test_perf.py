@@ -1,6 +1,7 @@
 """hw.perf.PerfCounterBank alone: two-cycle latency, counts wider than one event, carry, clear."""
 
 from conftest import run, ticks
+
 from hw.layouts import PERF_EVENTS
 from hw.perf import PerfCounterBank
 

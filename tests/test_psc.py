@@ -4,8 +4,8 @@ import gc
 
 import pytest
 from amaranth import Module, Signal
-
 from conftest import run, ticks
+
 from hw.layouts import Level
 from hw.psc import PagingStructureCache
 
@@ -142,7 +142,7 @@ def test_no_entries_never_hits_and_bad_parameters_are_refused():
     beat = Signal()
     top.d.sync += beat.eq(~beat)
     run(top, tb)
-    for bad in (dict(entries=65), dict(fillers=0)):
+    for bad in ({"entries": 65}, {"fillers": 0}):
         with pytest.raises(ValueError):
             _cache(**bad)
     with pytest.raises(ValueError):

@@ -1,6 +1,7 @@
 """hw.resp_arbiter.ResponseArbiter alone: priorities, the skid register, the held-offer rule."""
 
 from conftest import run
+
 from hw.layouts import Outcome
 from hw.resp_arbiter import ResponseArbiter
 

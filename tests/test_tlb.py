@@ -1,6 +1,7 @@
 """hw.tlb alone: tree pseudo-LRU victim order, fill visibility, one-cycle flush, drop, size priority."""
 
 from conftest import run, ticks
+
 from hw.layouts import Access, PageSize
 from hw.tlb import Tlb, TlbArray
 
@@ -182,12 +183,12 @@ def test_smaller_page_wins_and_keys_are_sliced_per_size():
         gpa = 0x4020_3000
         page = gpa >> 12
         await fill(ctx, dut.fill, page, data={"size": PageSize.SIZE_2M, "entry": _entry(0x200)})
-        hit, ok, data = await lookup(ctx, dut.lookup, page + 1)     # same 2M page
+        _, ok, data = await lookup(ctx, dut.lookup, page + 1)       # same 2M page
         assert ok and data.size == PageSize.SIZE_2M and data.entry.hpa_page == 0x200
         await fill(ctx, dut.fill, page, data={"size": PageSize.SIZE_4K, "entry": _entry(0x400)})
-        hit, ok, data = await lookup(ctx, dut.lookup, page)
+        _, ok, data = await lookup(ctx, dut.lookup, page)
         assert ok and data.size == PageSize.SIZE_4K and data.entry.hpa_page == 0x400
-        hit, ok, data = await lookup(ctx, dut.lookup, page + 1)     # the 2M entry still
+        _, ok, data = await lookup(ctx, dut.lookup, page + 1)       # the 2M entry still
         assert ok and data.size == PageSize.SIZE_2M
         assert dut.entries == 4 * 2 + 2 * 2 + 2
 

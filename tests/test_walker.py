@@ -2,12 +2,20 @@
 
 import pytest
 from amaranth import Module
-
 from conftest import Memory, receive, run, send
+
 from hw.entry_check import EntryCheck
 from hw.layouts import Access, Level, Outcome, PageSize
 from hw.walker import Walker, WalkerState
-from model.formats import EPT_A, EPT_D, EPT_W, Level as MLevel, gpa_index, make_leaf_entry, make_table_entry
+from model.formats import (
+    EPT_A,
+    EPT_D,
+    EPT_W,
+    gpa_index,
+    make_leaf_entry,
+    make_table_entry,
+)
+from model.formats import Level as MLevel
 
 GPA = 0x0000_1234_5678_9ABC
 TABLES = {MLevel.PML4E: 0x10_000, MLevel.PDPTE: 0x11_000, MLevel.PDE: 0x12_000, MLevel.PTE: 0x13_000}
@@ -53,7 +61,7 @@ def walk(words, request, *, latency=1, strobes=()):
     {strobe: cycles it was high})."""
     m, w, mem = _rig(words, latency)
     out = {}
-    counts = {name: 0 for name in strobes}
+    counts = dict.fromkeys(strobes, 0)
 
     async def tb(ctx):
         assert ctx.get(w.debug.state) == WalkerState.IDLE
