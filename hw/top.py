@@ -195,8 +195,7 @@ class PageWalkUnit(wiring.Component):
         self.pscs = {level: PagingStructureCache(level, entries=n, contexts=contexts,
                                                  fillers=self.walkers)
                      for level, n in zip((Level.PML4E, Level.PDPTE, Level.PDE), sizes)}
-        self.walker_units = [Walker(maxphyaddr=self.maxphyaddr, execute_only=self.execute_only)
-                             for _ in range(self.walkers)]
+        self.walker_units = [Walker(maxphyaddr=self.maxphyaddr) for _ in range(self.walkers)]
         self.responses = ResponseArbiter(walkers=self.walkers)
         self.dispatch = MissDispatcher(walkers=self.walkers, park_slots=self.park_slots,
                                        contexts=contexts)

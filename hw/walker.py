@@ -69,9 +69,8 @@ class Walker(wiring.Component):
     Parameters
     ----------
     maxphyaddr : int
-        36..52: the next table's frame keeps bits below it.
-    execute_only : bool
-        Kept for the unit's entry check, which must use the same value.
+        36..52: the next table's frame keeps bits below it (the entry check
+        on ``mem_verdict`` must use the same value).
 
     Members
     -------
@@ -124,9 +123,8 @@ class Walker(wiring.Component):
     # for waveforms only: nothing in the unit reads these
     debug: Out(wiring.Signature({"state": Out(WalkerState), "level": Out(Level)}))
 
-    def __init__(self, *, maxphyaddr=46, execute_only=True):
+    def __init__(self, *, maxphyaddr=46):
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
-        self.execute_only = bool(execute_only)
         super().__init__()
         self.ad_updater = ADUpdater()
 

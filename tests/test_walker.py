@@ -48,10 +48,10 @@ def _request(access=Access.READ, *, ad=0, start=(Level.PML4E, TABLES[MLevel.PML4
             "start_perms": perms}
 
 
-def _rig(words, latency=1, **params):
+def _rig(words, latency=1, maxphyaddr=46, execute_only=True):
     m = Module()
-    m.submodules.walker = w = Walker(**params)
-    m.submodules.check = c = EntryCheck(**params)
+    m.submodules.walker = w = Walker(maxphyaddr=maxphyaddr)
+    m.submodules.check = c = EntryCheck(maxphyaddr=maxphyaddr, execute_only=execute_only)
     m.d.comb += [c.entry.eq(w.mem_resp.payload.data), w.mem_verdict.eq(c.verdict)]
     return m, w, Memory(w.mem_req, w.mem_resp, words, latency=latency)
 
