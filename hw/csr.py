@@ -45,7 +45,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4LiteSignature, Resp
-from .layouts import InveptRequest
+from .layouts import FRAME_BITS, InveptRequest
 
 __all__ = ["CsrBlock", "CSR_ID", "CSR_VERSION", "Reg", "COUNTER_BASE"]
 
@@ -151,7 +151,7 @@ class CsrBlock(wiring.Component):
         eptp_hi = Signal(32)
         inv_kind = Signal(1)
         inv_tag_lo = Signal(32)
-        inv_tag_hi = Signal(8)
+        inv_tag_hi = Signal(FRAME_BITS - 32)        # the tag above its low word
         m.d.comb += self.eptp_value.eq(Cat(eptp_lo, eptp_hi))
 
         raw = self.counters.as_value()
@@ -237,7 +237,7 @@ class CsrBlock(wiring.Component):
                         m.d.sync += inv_tag_lo.eq(_merge(inv_tag_lo, w_data, w_strb))
                     with m.Case(Reg.INVEPT_TAG_HI >> 2):
                         with m.If(w_strb[0]):
-                            m.d.sync += inv_tag_hi.eq(w_data[:8])
+                            m.d.sync += inv_tag_hi.eq(w_data[:FRAME_BITS - 32])
                     with m.Case(Reg.INVEPT_TRIGGER >> 2):
                         m.d.sync += [
                             self.invept.valid.eq(1),
