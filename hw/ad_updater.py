@@ -34,17 +34,54 @@ class ADState(enum.Enum, shape=2):
 
 
 class ADUpdater(wiring.Component):
+    """The CASes that set A (and D) in the entries of a successful walk.
+
+    Parameters
+    ----------
+    None.
+
+    Members
+    -------
+    start : In(1)
+        Take ``pending`` now (the other inputs are held by the walker until ``done``).
+    pending : In(4)
+        Bit ``i``: the entry at ``Level(i)`` needs a CAS.
+    entries : In(ArrayLayout(EptEntry, 4))
+        The values the walk read, indexed by Level: each CAS compares against them.
+    addrs : In(ArrayLayout(PA_BITS, 4))
+        Where the walk read them.
+    leaf_level : In(Level)
+    dirty : In(1)
+        The access is a write: the leaf's CAS sets D too.
+    done : Out(1)
+        Pulses once per ``start``, with ``status``.
+    status : Out(ADStatus)
+    mem_req : Out(stream.Signature(MemRequest))
+    mem_resp : In(stream.Signature(MemResponse))
+        CASes only, one outstanding.
+    debug : Out(Signature({"state": Out(ADState)}))
+        For waveforms only.
+
+    Timing
+    ------
+    The first CAS is offered the cycle after ``start``, each further one the
+    cycle after the previous answer, highest level first; ``done`` rises the
+    cycle after the last answer (the cycle after ``start`` if nothing is
+    pending).  A lost race or a bus error ends the update at that entry.
+    """
+
     start: In(1)
     pending: In(4)                           # bit i: the entry at Level(i) needs a CAS
     entries: In(data.ArrayLayout(EptEntry, 4))   # indexed by Level; held by the walker
     addrs: In(data.ArrayLayout(PA_BITS, 4))
     leaf_level: In(Level)
     dirty: In(1)                             # the access is a write: set D in the leaf
-    state: Out(ADState)
     done: Out(1)
     status: Out(ADStatus)
     mem_req: Out(stream.Signature(MemRequest))
     mem_resp: In(stream.Signature(MemResponse))
+    # for waveforms only: the state of the FSM by name
+    debug: Out(wiring.Signature({"state": Out(ADState)}))
 
     def elaborate(self, platform):
         m = Module()
@@ -84,9 +121,9 @@ class ADUpdater(wiring.Component):
         sent_old = Signal(64)
 
         m.d.sync += self.done.eq(0)
-        with m.FSM(name="ad_fsm") as fsm:
+        with m.FSM(name="ad_fsm"):
             with m.State("IDLE"):
-                m.d.comb += self.state.eq(ADState.IDLE)
+                m.d.comb += self.debug.state.eq(ADState.IDLE)
                 with m.If(self.start):
                     m.d.sync += pend.eq(self.pending)
                     with m.If(self.pending != 0):
@@ -94,12 +131,12 @@ class ADUpdater(wiring.Component):
                     with m.Else():
                         m.d.sync += [self.done.eq(1), self.status.eq(ADStatus.DONE)]
             with m.State("ISSUE"):
-                m.d.comb += [self.state.eq(ADState.ISSUE), self.mem_req.valid.eq(1)]
+                m.d.comb += [self.debug.state.eq(ADState.ISSUE), self.mem_req.valid.eq(1)]
                 with m.If(self.mem_req.ready):
                     m.d.sync += [sent_level.eq(cur), sent_old.eq(old)]
                     m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += [self.state.eq(ADState.WAIT), self.mem_resp.ready.eq(1)]
+                m.d.comb += [self.debug.state.eq(ADState.WAIT), self.mem_resp.ready.eq(1)]
                 with m.If(self.mem_resp.valid):
                     rest = Signal(4)
                     m.d.comb += rest.eq(pend & ~(1 << sent_level.as_value())[:4])

@@ -86,11 +86,47 @@ def _check(name, value, lo, hi):
 class AxiMemoryMaster(wiring.Component):
     """Native ``mem_req``/``mem_resp`` in, AXI4 master out (see module docstring).
 
-    Parameters: ``addr_width`` (32..64, default 52), ``id_width`` (1..16,
-    default 4), ``axi_id`` (the ID of every transaction, default 0),
-    ``max_outstanding`` (reads in flight, 1..64, default 4), ``cache``
-    (AxCACHE, default 0b0011: normal, non-cacheable, bufferable), ``prot``
-    (AxPROT, default 0b000), ``rdata_check`` (see the module docstring).
+    Parameters
+    ----------
+    addr_width : int
+        32..64 (default 52).
+    id_width : int
+        1..16 (default 4).
+    axi_id : int
+        The ID of every transaction (default 0).
+    max_outstanding : int
+        Reads in flight, 1..64 (default 4).
+    cache : int
+        AxCACHE (default 0b0011: normal, non-cacheable, bufferable).
+    prot : int
+        AxPROT (default 0b000).
+    rdata_check : Component or None
+        A combinational check with ``entry`` and ``verdict`` members, applied
+        to the R data on the way into the response register.
+
+    Members
+    -------
+    mem_req : In(stream.Signature(MemRequest))
+    mem_resp : Out(stream.Signature(MemResponse))
+        The unit's memory port, answered in request order.
+    mem_resp_verdict : Out(verdict shape)
+        Only with ``rdata_check``: its verdict on ``mem_resp``'s data.
+    axi : Out(AXI4Signature(addr_width, 64, id_width))
+    state : Out(MasterState)
+    outstanding : Out(range(max_outstanding + 1))
+        Reads in flight (for tests and waveforms).
+    cas_retry : Out(1)
+        Pulses when an exclusive write failed and is retried.
+    cas_retries : Out(32)
+        Retries, wrapping.
+    cas_retries_clear : In(1)
+        Zeroes ``cas_retries`` (a retry in the same cycle is lost).
+
+    Timing
+    ------
+    See the module docstring's ordering and latency promises: responses in
+    request order; a read's response L+2 cycles after its request with a
+    slave answering L cycles after AR; a CAS after the reads before it.
     """
 
     def __init__(self, *, addr_width=52, id_width=4, axi_id=0, max_outstanding=4,

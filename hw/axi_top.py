@@ -37,10 +37,34 @@ __all__ = ["EptWalkerAxi"]
 class EptWalkerAxi(wiring.Component):
     """``PageWalkUnit(**params)`` behind an AXI4 master (``mem``) and AXI4-Lite CSRs (``csr``).
 
-    Own parameters, all prefixed so they cannot shadow one of the unit's:
-    ``axi_addr_width`` (default 52), ``axi_id_width`` (4),
-    ``axi_max_outstanding`` (reads in flight on AXI, 4), ``csr_addr_width``
-    (12); everything else goes to ``PageWalkUnit`` untouched.
+    Parameters
+    ----------
+    axi_addr_width : int
+        The master's address width (default 52).
+    axi_id_width : int
+        Default 4.
+    axi_max_outstanding : int
+        Reads in flight on AXI (default 4).
+    csr_addr_width : int
+        Default 12.
+    **params
+        Everything else goes to :class:`~hw.top.PageWalkUnit` untouched (the
+        own parameters are prefixed so they cannot shadow one of the unit's).
+
+    Members
+    -------
+    translate_req : In(stream.Signature(TranslateRequest))
+    translate_resp : Out(stream.Signature(TranslateResponse))
+        The unit's own translate port.
+    mem : Out(AXI4Signature(axi_addr_width, 64, axi_id_width))
+    csr : In(AXI4LiteSignature(csr_addr_width, 32))
+        The register map of :mod:`hw.csr`; counter 0 is ``axi_cas_retries``,
+        then the unit's counters in order.
+
+    Timing
+    ------
+    The unit's, with the memory latency of the AXI round trip plus the
+    master's registered cycles (see :mod:`hw.axi_master`).
     """
 
     forwards_params_to = PageWalkUnit      # ``**params`` go to the unit unchanged
@@ -54,18 +78,12 @@ class EptWalkerAxi(wiring.Component):
         self.master = AxiMemoryMaster(addr_width=axi_addr_width, id_width=axi_id_width,
                                       max_outstanding=axi_max_outstanding, rdata_check=check)
         fields = {"axi_cas_retries": 32}
-        # Transitional: PageWalkUnit is gaining a ``counters`` port (a StructLayout);
-        # work both before and after it lands.
         self.unit_counter_names = []
-        if hasattr(self.unit, "counters"):
-            layout = data.Layout.cast(self.unit.counters.shape())
-            if not isinstance(layout, data.StructLayout):
-                raise ValueError(f"PageWalkUnit counters must be a StructLayout, not {layout!r}")
-            for name, f in layout:
-                if name in fields:
-                    raise ValueError(f"PageWalkUnit counter {name!r} clashes with the AXI counters")
-                fields[name] = f.shape
-                self.unit_counter_names.append(name)
+        for name, f in data.Layout.cast(self.unit.counters.shape()):
+            if name in fields:
+                raise ValueError(f"PageWalkUnit counter {name!r} clashes with the AXI counters")
+            fields[name] = f.shape
+            self.unit_counter_names.append(name)
         self.csr_block = CsrBlock(data.StructLayout(fields), addr_width=csr_addr_width)
         unit_members = self.unit.signature.members
         super().__init__({
@@ -96,11 +114,11 @@ class EptWalkerAxi(wiring.Component):
             csr.eptp_error.eq(unit.eptp_error),
             csr.counters.axi_cas_retries.eq(master.cas_retries),
         ]
-        m.d.comb += master.cas_retries_clear.eq(csr.counters_clear)
-        if hasattr(unit, "invept_count"):
-            m.d.comb += csr.invept_count.eq(unit.invept_count)
-        if hasattr(unit, "counters_clear"):     # transitional, like counters
-            m.d.comb += unit.counters_clear.eq(csr.counters_clear)
+        m.d.comb += [
+            master.cas_retries_clear.eq(csr.counters_clear),
+            csr.invept_count.eq(unit.invept_count),
+            unit.counters_clear.eq(csr.counters_clear),
+        ]
         for name in self.unit_counter_names:
             m.d.comb += csr.counters[name].eq(unit.counters[name])
         return m

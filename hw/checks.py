@@ -34,6 +34,31 @@ A_D = (1 << 8) | (1 << 9)
 
 
 class PortChecker(wiring.Component):
+    """The port protocol ``Assert``\\ s (see the module docstring); it drives nothing.
+
+    Parameters
+    ----------
+    history : int
+        Read responses remembered for the CAS check (at least 4).
+    max_outstanding : int
+        Memory requests the unit keeps in flight (sizes the FIFO of reads in flight).
+
+    Members
+    -------
+    treq_valid, treq_ready, treq_tag : In
+        The translate request handshake and its tag.
+    tresp_valid, tresp_ready : In(1)
+    tresp : In(TranslateResponse)
+    mreq_valid, mreq_ready : In(1)
+    mreq : In(MemRequest)
+    mresp_valid, mresp_ready : In(1)
+    mresp : In(MemResponse)
+
+    Timing
+    ------
+    Each ``Assert`` judges the values at a clock edge, in the sync domain.
+    """
+
     treq_valid: In(1)
     treq_ready: In(1)
     treq_tag: In(TAG_BITS)

@@ -30,12 +30,42 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .layouts import InveptKind, InveptRequest
+from .layouts import FRAME_BITS, InveptKind, InveptRequest
 
 __all__ = ["ContextTable"]
 
 
 class ContextTable(wiring.Component):
+    """EPTP[51:12] and A/D-enable to a context id, and the flushes that go with it.
+
+    Parameters
+    ----------
+    contexts : int
+        Slots (context ids), 1..64.
+
+    Members
+    -------
+    load : In(1)
+        An EPTP is loaded at this edge (``load_ok``: it is valid).
+    load_ok : In(1)
+    load_pml4 : In(FRAME_BITS)
+    load_ad : In(1)
+    ready : Out(1)
+        The loaded EPTP has a slot: ``cur_id`` is good.
+    cur_id : Out(range(contexts))
+    invept : In(stream.Signature(InveptRequest))
+        Always ready.
+    flush : Out(contexts)
+        Registered: the contexts whose cached entries are cleared at the next edge.
+
+    Timing
+    ------
+    A known EPTP is ready with its id from the edge that loads it; a new one
+    gets a slot at that edge, ``flush`` names the slot in the next cycle, and
+    ``ready`` rises the cycle after that.  An INVEPT taken in cycle ``t``
+    shows on ``flush`` in ``t+1``.  A full table replaces round robin.
+    """
+
     @staticmethod
     def check(contexts):
         if isinstance(contexts, bool) or not isinstance(contexts, int) or not 1 <= contexts <= 64:
@@ -47,7 +77,7 @@ class ContextTable(wiring.Component):
         super().__init__({
             "load": In(1),                    # an EPTP is loaded at this edge
             "load_ok": In(1),                 # it is architecturally valid
-            "load_pml4": In(40),              # its EPTP[51:12]
+            "load_pml4": In(FRAME_BITS),          # its EPTP[51:12]
             "load_ad": In(1),                 # its EPTP[6]
             "ready": Out(1),                  # the loaded EPTP has a slot: cur_id is good
             "cur_id": Out(max(1, ceil_log2(contexts))),
@@ -59,7 +89,7 @@ class ContextTable(wiring.Component):
         m = Module()
         n = self.contexts
         valid = Signal(n)
-        pml4 = Array(Signal(40, name=f"pml4_{i}") for i in range(n))
+        pml4 = Array(Signal(FRAME_BITS, name=f"pml4_{i}") for i in range(n))
         ad = Signal(n)
         rr = Signal(range(n))
 

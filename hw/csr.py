@@ -45,7 +45,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4LiteSignature, Resp
-from .layouts import InveptRequest
+from .layouts import FRAME_BITS, InveptRequest
 
 __all__ = ["CsrBlock", "CSR_ID", "CSR_VERSION", "Reg", "COUNTER_BASE"]
 
@@ -83,9 +83,33 @@ def _merge(old, new, strb):
 
 
 class CsrBlock(wiring.Component):
-    """AXI4-Lite register block; ``counters`` is a ``data.StructLayout`` (or None).
+    """AXI4-Lite register block (the register map is in the module docstring).
 
-    ``addr_width`` (8..32, default 12) must leave room for every counter.
+    Parameters
+    ----------
+    counters : data.StructLayout or None
+        The counter fields readable at ``COUNTER_BASE``, each 1..64 bits.
+    addr_width : int
+        8..32 (default 12); must leave room for every counter.
+
+    Members
+    -------
+    bus : In(AXI4LiteSignature(addr_width, 32))
+    eptp_value : Out(64)
+    eptp_load : Out(1)
+        Pulses for one cycle when EPTP_HI is written.
+    eptp_valid, eptp_error : In(1)
+    invept : Out(stream.Signature(InveptRequest))
+        One request per INVEPT_TRIGGER write, held until taken.
+    invept_count : In(32)
+    counters : In(counters)
+    counters_clear : Out(1)
+        Pulses for one cycle on a COUNTERS_CLEAR write with bit 0 set.
+
+    Timing
+    ------
+    A read answers the cycle after its AR handshake; a write answers the
+    cycle after both AW and W are taken, and acts in that same cycle.
     """
 
     def __init__(self, counters=None, *, addr_width=12):
@@ -127,7 +151,7 @@ class CsrBlock(wiring.Component):
         eptp_hi = Signal(32)
         inv_kind = Signal(1)
         inv_tag_lo = Signal(32)
-        inv_tag_hi = Signal(8)
+        inv_tag_hi = Signal(FRAME_BITS - 32)        # the tag above its low word
         m.d.comb += self.eptp_value.eq(Cat(eptp_lo, eptp_hi))
 
         raw = self.counters.as_value()
@@ -213,7 +237,7 @@ class CsrBlock(wiring.Component):
                         m.d.sync += inv_tag_lo.eq(_merge(inv_tag_lo, w_data, w_strb))
                     with m.Case(Reg.INVEPT_TAG_HI >> 2):
                         with m.If(w_strb[0]):
-                            m.d.sync += inv_tag_hi.eq(w_data[:8])
+                            m.d.sync += inv_tag_hi.eq(w_data[:FRAME_BITS - 32])
                     with m.Case(Reg.INVEPT_TRIGGER >> 2):
                         m.d.sync += [
                             self.invept.valid.eq(1),

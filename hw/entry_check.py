@@ -45,6 +45,23 @@ class EntryCheck(wiring.Component):
 
     A not-present entry is never misconfigured: its other bits are not looked at.
     Bit 7 is the leaf bit of a PDPTE or PDE; a PTE is always a leaf, a PML4E never.
+
+    Parameters
+    ----------
+    maxphyaddr : int
+        36..52: bits 51:maxphyaddr are reserved.
+    execute_only : bool
+        Execute-only entries are allowed (else misconfigured).
+
+    Members
+    -------
+    entry : In(EptEntry)
+    verdict : Out(EntryVerdict)
+        ``present``, and per level whether the entry is misconfigured there.
+
+    Timing
+    ------
+    Combinational: no latency, no state.
     """
 
     entry: In(EptEntry)

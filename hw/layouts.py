@@ -8,13 +8,15 @@ architectural ones (Intel SDM vol. 3C, table 29-x; ``ept-reference.md``).
 from amaranth.lib import data, enum
 
 __all__ = [
-    "GPA_BITS", "PA_BITS", "Access", "Outcome", "PageSize", "Level", "MemOp", "InveptKind",
+    "GPA_BITS", "PA_BITS", "FRAME_BITS", "Access", "Outcome", "PageSize", "Level", "MemOp", "InveptKind",
     "EptEntry", "TranslateRequest", "TranslateResponse", "MemRequest", "MemResponse",
     "InveptRequest", "check_maxphyaddr", "TAG_BITS", "PerfCounters", "PERF_EVENTS",
+    "WalkStart", "pending_layout", "fill_layout",
 ]
 
 GPA_BITS = 48
 PA_BITS = 52          # widest physical address; MAXPHYADDR masks it further
+FRAME_BITS = PA_BITS - 12   # a 4K frame number, HPA[51:12]: table pointers, EPTP[51:12]
 TAG_BITS = 4          # translate-port tag: up to 16 translations outstanding
 
 
@@ -72,7 +74,7 @@ EptEntry = data.StructLayout({
     "d": 1,
     "ux": 1,
     "ign11": 1,
-    "addr": 40,         # bits 51:12
+    "addr": FRAME_BITS, # bits 51:12
     "ign_hi": 11,       # bits 62:52 (NetBSD keeps PVLIST/WIRED here)
     "sve": 1,
 })
@@ -108,7 +110,7 @@ MemResponse = data.StructLayout({
 
 InveptRequest = data.StructLayout({
     "kind": InveptKind,
-    "tag": 40,          # EPTP[51:12] for single-context
+    "tag": FRAME_BITS,  # EPTP[51:12] for single-context
 })
 
 
@@ -135,3 +137,34 @@ PERF_EVENTS = {
 }
 
 PerfCounters = data.StructLayout({name: 48 for name in PERF_EVENTS})
+
+
+# -- the page-walk unit's own bundles (hw.top, hw.miss_dispatch) ------------------------
+
+WalkStart = data.StructLayout({
+    # where a walk starts: the PML4E with the PML4 and perms 0b111 for a full walk, or a
+    # lower level from a paging-structure cache hit (its next table, its R/W/X so far)
+    "level": Level,
+    "table": FRAME_BITS,
+    "perms": 3,
+})
+
+
+def pending_layout(ctx_bits):
+    """A translate request in flight (S0, S1, S2, a park slot, the replay register)."""
+    return data.StructLayout({
+        "gpa": GPA_BITS, "access": Access, "tag": TAG_BITS, "ctx": ctx_bits,
+        "pml4": FRAME_BITS, "ad_enabled": 1, "ctx_valid": 1,
+        "stale": 1,          # its context was flushed since it was taken: install nothing
+    })
+
+
+def fill_layout(ctx_bits):
+    """What a successful walk installs in the TLB and the paging-structure caches."""
+    return data.StructLayout({
+        "page": GPA_BITS - 12, "ctx": ctx_bits, "size": PageSize, "hpa_page": FRAME_BITS,
+        "memtype": 3, "leaf": Level, "perms": 3, "d": 1,
+        "walked": 3,                                    # as Walker.walked: levels read, PDE..PML4E
+        "tables": data.ArrayLayout(FRAME_BITS, 3),      # next-table frames, PDE..PML4E
+        "table_perms": data.ArrayLayout(3, 3),
+    })

@@ -19,6 +19,34 @@ __all__ = ["MemArbiter"]
 
 
 class MemArbiter(wiring.Component):
+    """Round-robin arbiter of ``ports`` request/response streams onto one memory port.
+
+    Parameters
+    ----------
+    ports : int
+        Requesters (walkers).
+    max_outstanding : int
+        Requests in flight at most, 1..64 (the depth of the routing FIFO).
+
+    Members
+    -------
+    req : In(stream.Signature(MemRequest)).array(ports)
+    resp : Out(stream.Signature(MemResponse)).array(ports)
+        Requester ``i``'s request and response streams.
+    mem_req : Out(stream.Signature(MemRequest))
+    mem_resp : In(stream.Signature(MemResponse))
+        The memory port; the memory answers in request order.
+    read_issued, cas_issued : Out(1)
+        A read, a CAS leaves on ``mem_req`` this cycle (performance counters).
+
+    Timing
+    ------
+    No latency: the granted request passes straight to ``mem_req`` and a
+    response straight to its requester, in the same cycle.  The grant goes to
+    the first requester at or after the one after the last granted.
+    Responses reach each requester in the order it asked.
+    """
+
     @staticmethod
     def check(max_outstanding):
         if isinstance(max_outstanding, bool) or not isinstance(max_outstanding, int) \
@@ -29,21 +57,19 @@ class MemArbiter(wiring.Component):
         self.check(max_outstanding)
         self.ports = ports
         self.max_outstanding = max_outstanding
-        members = {}
-        for i in range(ports):
-            members[f"req{i}"] = In(stream.Signature(MemRequest))
-            members[f"resp{i}"] = Out(stream.Signature(MemResponse))
-        members["mem_req"] = Out(stream.Signature(MemRequest))
-        members["mem_resp"] = In(stream.Signature(MemResponse))
-        members["read_issued"] = Out(1)     # strobes for the performance counters
-        members["cas_issued"] = Out(1)
-        super().__init__(members)
+        super().__init__({
+            "req": In(stream.Signature(MemRequest)).array(ports),
+            "resp": Out(stream.Signature(MemResponse)).array(ports),
+            "mem_req": Out(stream.Signature(MemRequest)),
+            "mem_resp": In(stream.Signature(MemResponse)),
+            "read_issued": Out(1),      # strobes for the performance counters
+            "cas_issued": Out(1),
+        })
 
     def elaborate(self, platform):
         m = Module()
         n = self.ports
-        reqs = [getattr(self, f"req{i}") for i in range(n)]
-        resps = [getattr(self, f"resp{i}") for i in range(n)]
+        reqs, resps = self.req, self.resp
         id_bits = max(1, ceil_log2(n))
         m.submodules.owners = owners = SyncFIFO(width=id_bits, depth=self.max_outstanding)
 

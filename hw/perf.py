@@ -19,6 +19,26 @@ PerfEvents = data.StructLayout({name: 8 for name in PERF_EVENTS})
 
 
 class PerfCounterBank(wiring.Component):
+    """One 48-bit wrapping counter per field of :data:`~hw.layouts.PERF_EVENTS`.
+
+    Parameters
+    ----------
+    None.
+
+    Members
+    -------
+    events : In(PerfEvents)
+        Per event, a count to add this cycle (8 bits: several walkers may report).
+    clear : In(1)
+        Zero every counter at this edge.
+    counters : Out(PerfCounters)
+
+    Timing
+    ------
+    An event in cycle ``t`` shows on ``counters`` in ``t+2`` (it is
+    registered first).  ``clear`` drops the events registered at its cycle.
+    """
+
     events: In(PerfEvents)
     clear: In(1)
     counters: Out(PerfCounters)

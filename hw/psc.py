@@ -9,11 +9,13 @@ would have used (``ept-reference.md``, caching rules).
 
 Keys are GPA[47:lo], ``lo`` = 12 + 9 * level: the index of this level's
 entry and of every entry above it, the bits that name the entry (the parent
-slices them off the GPA).  A lookup compares its key in S0 (``lookup_en``)
-and answers in S1, the next cycle, holding while ``lookup_en`` is low.  A fill replaces the entry with the same key, else
-the first free one, else the next in round-robin order (the slot with the
-same key is found a cycle ahead: the key of every walker that may answer,
-``next_fill_keys``, is compared, and ``next_fill_sel`` picks the result).  ``flush`` drops
+slices them off the GPA).  A lookup compares its key in S0 (``lookup.en``)
+and answers in S1, the next cycle, holding while ``lookup.en`` is low
+(:class:`~hw.signatures.LookupSignature`).  A fill replaces the entry with
+the same key, else the first free one, else the next in round-robin order
+(the slot with the same key is found a cycle ahead: the key of every walker
+that may answer, ``next_fill_keys``, is compared, and ``next_fill_sel``
+picks the result).  ``flush`` drops
 every entry of the given contexts; ``drop`` drops the entry for one key a
 cycle later (a walk that started from it faulted: the reference page wants
 the fault decided by memory).
@@ -21,15 +23,56 @@ the fault decided by memory).
 
 from amaranth import *
 from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
 
-from .layouts import GPA_BITS, Level
+from .layouts import FRAME_BITS, GPA_BITS, Level
+from .signatures import FillSignature, LookupSignature
 
-__all__ = ["PagingStructureCache"]
+__all__ = ["PagingStructureCache", "PscEntry"]
+
+PscEntry = data.StructLayout({
+    "table": FRAME_BITS,     # frame of the next-level table
+    "perms": 3,              # R/W/X AND from the PML4E down to this entry
+})
 
 
 class PagingStructureCache(wiring.Component):
+    """One level's paging-structure cache (see the module docstring).
+
+    Parameters
+    ----------
+    level : Level
+        ``PML4E``, ``PDPTE`` or ``PDE``: keys are GPA[47:lo], ``lo = 12 + 9 * level``.
+    entries : int
+        Slots, 0..64 (0: no cache; the block is empty and never hits).
+    contexts : int
+        Context ids the entries are tagged with.
+    fillers : int
+        Walkers that may fill it (``next_fill_keys`` has one key per walker).
+
+    Members
+    -------
+    lookup : In(LookupSignature(GPA_BITS - lo, ctx_bits, PscEntry))
+    fill : In(FillSignature(GPA_BITS - lo, ctx_bits, PscEntry))
+    next_fill_keys : In(ArrayLayout(GPA_BITS - lo, fillers))
+    next_fill_ctxs : In(ArrayLayout(ctx_bits, fillers))
+        The key and context each walker would fill with in the next cycle.
+    next_fill_sel : In(range(fillers))
+        Which walker that is (if one fills).
+    drop, drop_key, drop_ctx : In(1), In(GPA_BITS - lo), In(ctx_bits)
+        Forget the entry for this key.
+    flush : In(contexts)
+        Forget every entry of these contexts.
+
+    Timing
+    ------
+    A lookup in S0 answers in S1.  A fill lands at the next edge, and a
+    lookup in the fill's own cycle already sees it; ``drop`` lands an edge
+    later than that; ``flush`` acts at the next edge (a fill of a flushed
+    context at that edge is left invalid).
+    """
+
     @staticmethod
     def check(level, entries):
         if level not in (Level.PML4E, Level.PDPTE, Level.PDE):
@@ -49,23 +92,14 @@ class PagingStructureCache(wiring.Component):
         ctx_bits = max(1, ceil_log2(contexts))
         key_bits = GPA_BITS - self.lo
         super().__init__({
-            "lookup_en": In(1),
-            "lookup_key": In(key_bits),      # S0: GPA[47:lo]
-            "lookup_ctx": In(ctx_bits),      # S0
-            "hit": Out(1),                   # S1, as table and perms
-            "table": Out(40),      # frame of the next-level table
-            "perms": Out(3),
-            "fill": In(1),
-            "fill_key": In(key_bits),
-            "fill_ctx": In(ctx_bits),
+            "lookup": In(LookupSignature(key_bits, ctx_bits, PscEntry)),
+            "fill": In(FillSignature(key_bits, ctx_bits, PscEntry)),
             # the keys and contexts the next cycle's fill may carry, one per walker, and
             # which one it carries (if it fills): the search for a slot holding that key is
             # made a cycle ahead, for every walker, and the walker picks the result late
             "next_fill_keys": In(data.ArrayLayout(key_bits, fillers)),
             "next_fill_ctxs": In(data.ArrayLayout(ctx_bits, fillers)),
             "next_fill_sel": In(range(fillers) if fillers > 1 else 1),
-            "fill_table": In(40),
-            "fill_perms": In(3),
             "drop": In(1),
             "drop_key": In(key_bits),
             "drop_ctx": In(ctx_bits),
@@ -77,8 +111,9 @@ class PagingStructureCache(wiring.Component):
         n = self.entries
         if n == 0:
             return m
-        layout = data.StructLayout({"key": len(self.lookup_key), "ctx": len(self.lookup_ctx),
-                                    "table": 40, "perms": 3})
+        lookup, fill = self.lookup, self.fill
+        layout = data.StructLayout({"key": len(lookup.key), "ctx": len(lookup.ctx),
+                                    "table": FRAME_BITS, "perms": 3})
         valid = Signal(n)
         slots = Array(Signal(layout, name=f"slot{i}") for i in range(n))
         next_slot = Signal(range(n))
@@ -99,16 +134,17 @@ class PagingStructureCache(wiring.Component):
         filled = Signal(n)         # ... and holds a live entry after it (not flushed)
         hit = Signal(n)
         fill_hits = Signal()
-        m.d.comb += fill_hits.eq((self.fill_key == self.lookup_key) & (self.fill_ctx == self.lookup_ctx))
-        with m.If(self.lookup_en):
+        m.d.comb += fill_hits.eq((fill.key == lookup.key) & (fill.ctx == lookup.ctx))
+        with m.If(lookup.en):
             m.d.sync += hit.eq(Mux(fill_hits, filled, 0)
-                               | (matches(self.lookup_key, self.lookup_ctx) & ~written))
+                               | (matches(lookup.key, lookup.ctx) & ~written))
         with m.Else():
             m.d.sync += hit.eq(hit & ~written)
-        m.d.comb += self.hit.eq(hit.any())
+        m.d.comb += lookup.hit.eq(hit.any())
         for i in range(n):
             with m.If(hit[i]):
-                m.d.comb += [self.table.eq(slots[i].table), self.perms.eq(slots[i].perms)]
+                m.d.comb += [lookup.data.table.eq(slots[i].table),
+                             lookup.data.perms.eq(slots[i].perms)]
 
         # The slot that holds the fill's key, searched a cycle ahead and registered, so that
         # the 27-bit compares stay off the slot write enables.  If that slot changed in
@@ -139,16 +175,16 @@ class PagingStructureCache(wiring.Component):
         dropped = matches(drop_key, drop_ctx)
         flushed = Signal(n)
         m.d.comb += flushed.eq(Cat(self.flush.bit_select(slots[i].ctx, 1) for i in range(n)))
-        fill_flushed = self.flush.bit_select(self.fill_ctx, 1)
+        fill_flushed = self.flush.bit_select(fill.ctx, 1)
 
         # A fill writes its slot even when its context is being flushed, and then leaves
         # the slot invalid: the flush reaches only the valid bits, not the slots' write
         # enables (the flush register drives the whole unit from one place).
-        with m.If(self.fill):
+        with m.If(fill.valid):
             m.d.comb += written.eq((1 << where)[:n])
             m.d.sync += [
-                slots[where].key.eq(self.fill_key), slots[where].ctx.eq(self.fill_ctx),
-                slots[where].table.eq(self.fill_table), slots[where].perms.eq(self.fill_perms),
+                slots[where].key.eq(fill.key), slots[where].ctx.eq(fill.ctx),
+                slots[where].table.eq(fill.data.table), slots[where].perms.eq(fill.data.perms),
             ]
             with m.If(~same.any() & valid.all()):
                 m.d.sync += next_slot.eq(Mux(next_slot == n - 1, 0, next_slot + 1))

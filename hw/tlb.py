@@ -7,8 +7,9 @@ that INVEPT clears any set of contexts in one cycle.  Entries are tagged by a
 context id, which :class:`~hw.contexts.ContextTable` maps to EPTP[51:12].
 
 Timing: a lookup presents its page number GPA[47:12] and context in cycle
-S0 (``lookup_en`` high); the result (``hit``, ``entry``, ``size``) is valid in
-cycle S1, the next one, and holds while ``lookup_en`` stays low.  One lookup
+S0 (``lookup.en`` high); the result (``hit``, ``ok``, ``data``) is valid in
+cycle S1, the next one, and holds while ``lookup.en`` stays low
+(:class:`~hw.signatures.LookupSignature`).  One lookup
 per cycle.  Each array reads its set in S0 (the memories are asynchronous LUT
 RAM) and there compares each way's context and tag and checks the access
 against its permissions and D; S1 only chooses among those registered
@@ -19,9 +20,9 @@ read in S0 is then old), so a hit is never built from a stale read; valid
 bits cleared after S0 are not looked at again (a flush marks the request
 stale in ``hw.top``; a dropped entry was still one the reference page
 allowed).  A drop (``drop`` with a hit) and the LRU refresh of a hit take
-effect one cycle after S1; a fill is written two cycles after ``fill`` (one
-to pick the way, one to write), so a lookup in S0 from the cycle after next
-sees it.
+effect one cycle after S1; a fill is written at the end of the cycle after
+``fill.valid`` (one cycle picks the way, the next writes), and a lookup in S0
+in that next cycle already sees it (the read is transparent to the write).
 
 An array of one set has no set index; it keeps its ways in registers rather
 than in a one-word memory (which would have a 0-bit address).
@@ -30,18 +31,21 @@ Replacement: first invalid way, else tree pseudo-LRU, per set.  A hit
 refreshes the LRU state; so does a fill.
 """
 
+from types import SimpleNamespace
+
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2, exact_log2
 
-from .layouts import GPA_BITS, PA_BITS, Access, PageSize
+from .layouts import FRAME_BITS, GPA_BITS, Access, PageSize
+from .signatures import FillSignature, LookupSignature
 
-__all__ = ["Tlb", "TlbArray", "TlbEntry", "check_geometry", "plru_victim", "plru_touch"]
+__all__ = ["Tlb", "TlbArray", "TlbEntry", "TlbHit", "check_geometry", "plru_victim", "plru_touch"]
 
 TlbEntry = data.StructLayout({
-    "hpa_page": PA_BITS - 12,    # HPA[51:12]; low bits below the page size are zero
+    "hpa_page": FRAME_BITS,      # HPA[51:12]; low bits below the page size are zero
     "perms": 3,                  # R/W/X AND over every entry of the walk
     "memtype": 3,
     "d": 1,                      # the leaf's D is set (or A/D is off): writes may hit
@@ -93,10 +97,38 @@ def plru_touch(state, way, ways):
             went = way[bits - 1 - depth]
             new[node] = Mux(on_path, ~went, new[node])
     return Cat(*new)
-
-
 class TlbArray(wiring.Component):
-    """One page size's set-associative array; see the module docstring."""
+    """One page size's set-associative array (see the module docstring).
+
+    Parameters
+    ----------
+    page_size : PageSize
+        The size of the pages it holds: its key is GPA[47:shift], 12, 21 or 30.
+    sets, ways : int
+        Geometry: powers of two, ``sets`` in 1..1024, ``ways`` in 1..16.
+    contexts : int
+        Context ids the entries are tagged with (``flush`` is one bit per id).
+
+    Members
+    -------
+    lookup : In(LookupSignature(GPA_BITS - shift, ctx_bits, TlbEntry, access=True))
+        ``hit``: some way holds the page; ``ok``: and allows the access, its
+        entry on ``data``.
+    drop : In(1)
+        S1: invalidate the ways that hit (they did not allow the access).
+    fill : In(FillSignature(GPA_BITS - shift, ctx_bits, TlbEntry))
+    flush : In(contexts)
+        Invalidate every entry of these contexts at the next edge.
+
+    Timing
+    ------
+    A lookup in S0 answers in S1 (one per cycle).  A fill is written two
+    edges after ``fill.valid`` (one to pick the way, one to write); a lookup
+    in S0 from the cycle after ``fill.valid`` on sees it (the read is
+    transparent to the write), one in its own cycle does not.  ``drop`` and the LRU refresh of
+    a hit land one edge after S1; ``flush`` clears valid bits at the next
+    edge, and wins over a fill landing then.
+    """
 
     def __init__(self, page_size, *, sets, ways, contexts):
         check_geometry(f"TLB {page_size.name[5:]}", sets, ways)
@@ -108,34 +140,23 @@ class TlbArray(wiring.Component):
         self.tag_bits = self.page_bits - self.index_bits
         ctx_bits = max(1, ceil_log2(contexts))
         super().__init__({
-            "lookup_en": In(1),
-            "lookup_page": In(self.page_bits),  # S0: GPA[47:shift]
-            "lookup_ctx": In(ctx_bits),         # S0
-            "lookup_access": In(Access),        # S0
-            "hit": Out(1),                      # S1: some way holds the page
-            "ok": Out(1),                       # S1: and allows the access (``entry``)
-            "entry": Out(TlbEntry),
-            "drop": In(1),                      # S1: invalidate the ways that hit
-            "fill": In(1),
-            "fill_page": In(self.page_bits),    # GPA[47:shift]
-            "fill_ctx": In(ctx_bits),
-            "fill_entry": In(TlbEntry),
-            "flush": In(contexts),          # invalidate every entry of these contexts
+            "lookup": In(LookupSignature(self.page_bits, ctx_bits, TlbEntry, access=True)),
+            "drop": In(1),
+            "fill": In(FillSignature(self.page_bits, ctx_bits, TlbEntry)),
+            "flush": In(contexts),
         })
+
+    def _index(self, page):
+        return page[:self.index_bits] if self.index_bits else C(0, 1)
+
+    def _tag(self, page):
+        return page[self.index_bits:]
 
     def elaborate(self, platform):
         m = Module()
         sets, ways = self.sets, self.ways
-        entry_layout = data.StructLayout({"tag": self.tag_bits, "data": TlbEntry})
-
-        def index(page):
-            return page[:self.index_bits] if self.index_bits else C(0, 1)
-
-        def tag(page):
-            return page[self.index_bits:]
-
         valid = Array(Signal(ways, name=f"valid_{s}") for s in range(sets))
-        ctx = Array(Array(Signal.like(self.lookup_ctx, name=f"ctx_{s}_{w}") for w in range(ways))
+        ctx = Array(Array(Signal.like(self.lookup.ctx, name=f"ctx_{s}_{w}") for w in range(ways))
                     for s in range(sets))
         plru = Array(Signal(max(1, ways - 1), name=f"plru_{s}") for s in range(sets))
 
@@ -143,16 +164,23 @@ class TlbArray(wiring.Component):
         # register that holds the same bits: otherwise yosys merges the two, and that one
         # register then feeds every compare of the unit from one place on the die (its
         # routing was most of the S1 path).  Its value only matters under a valid bit.
-        s1_page = Signal(len(self.lookup_page), name="s1_page", reset_less=True)
-        with m.If(self.lookup_en):
-            m.d.sync += s1_page.eq(self.lookup_page)
-        s1_index = index(s1_page)
+        s1_page = Signal(len(self.lookup.key), name="s1_page", reset_less=True)
+        with m.If(self.lookup.en):
+            m.d.sync += s1_page.eq(self.lookup.key)
+        s1_index = self._index(s1_page)
+        fill = self._fill_stage(m, valid, plru)
+        hits, ok_way = self._lookup_ways(m, valid, ctx, fill, s1_index)
+        self._update(m, valid, ctx, plru, fill, hits, ok_way, s1_index)
+        return m
+
+    def _fill_stage(self, m, valid, plru):
         # A fill takes two cycles: the first picks the victim way (first invalid, else
         # pseudo-LRU) and registers it, the second writes.  Splitting them keeps the
         # set-indexed victim choice and the write enables off one path.  A second fill
         # into the same set in between may pick the same way; that only loses an entry.
+        ways = self.ways
         way_bits = range(ways) if ways > 1 else 1
-        pick_index = index(self.fill_page)
+        pick_index = self._index(self.fill.key)
         pick_valid = valid[pick_index]
         lru = plru_victim(m, plru[pick_index], ways)
         pick = Signal(way_bits)
@@ -160,46 +188,53 @@ class TlbArray(wiring.Component):
         for w in reversed(range(ways)):
             with m.If(~pick_valid[w]):
                 m.d.comb += pick.eq(w)
-        write = Signal()
-        fill_index = Signal(max(1, self.index_bits))
-        fill_tag = Signal(self.tag_bits)
-        fill_entry = Signal(TlbEntry)
-        fill_ctx = Signal.like(self.fill_ctx)
-        victim = Signal(way_bits)
+        f = SimpleNamespace(
+            write=Signal(name="write"),
+            index=Signal(max(1, self.index_bits), name="fill_index"),
+            tag=Signal(self.tag_bits, name="fill_tag"),
+            entry=Signal(TlbEntry, name="fill_entry"),
+            ctx=Signal.like(self.fill.ctx, name="fill_ctx"),
+            victim=Signal(way_bits, name="victim"),
+            written=Signal(ways, name="written"),        # the way written at this edge
+            onehot=Signal(ways, name="fill_onehot"),     # ... and live after it
+        )
         m.d.sync += [
-            write.eq(self.fill & ~self.flush.bit_select(self.fill_ctx, 1)),
-            fill_index.eq(pick_index), fill_tag.eq(tag(self.fill_page)),
-            fill_entry.eq(self.fill_entry), fill_ctx.eq(self.fill_ctx), victim.eq(pick),
+            f.write.eq(self.fill.valid & ~self.flush.bit_select(self.fill.ctx, 1)),
+            f.index.eq(pick_index), f.tag.eq(self._tag(self.fill.key)),
+            f.entry.eq(self.fill.data), f.ctx.eq(self.fill.ctx), f.victim.eq(pick),
         ]
         # The way is written even when the fill's context is being flushed, and is then
         # left invalid: the flush (one register driving the whole unit) reaches valid bits
         # only, not the memories' write enables.
         flushed = Signal()
-        m.d.comb += flushed.eq(self.flush.bit_select(fill_ctx, 1))
-        written = Signal(ways)       # the way written at this edge
-        m.d.comb += written.eq(Mux(write, 1 << victim, 0))
-        fill_onehot = Signal(ways)   # ... and live after it
-        m.d.comb += fill_onehot.eq(Mux(flushed, 0, written))
+        m.d.comb += flushed.eq(self.flush.bit_select(f.ctx, 1))
+        m.d.comb += f.written.eq(Mux(f.write, 1 << f.victim, 0))
+        m.d.comb += f.onehot.eq(Mux(flushed, 0, f.written))
+        return f
 
+    def _lookup_ways(self, m, valid, ctx, fill, s1_index):
         # S0 reads each way of the set (the memories' reads are asynchronous LUT RAM), and
         # compares context and tag and checks the access right away; S1 only chooses among
         # the registered verdicts.  A way written at the lookup's edge is seen as written
         # (a transparent read): its tag, context and data come from the fill.
-        index0 = index(self.lookup_page)
-        tag0 = tag(self.lookup_page)
-        access0 = self.lookup_access
-        same_set = fill_index == index0
-        fill_word = Cat(fill_tag, fill_entry)
+        sets, ways = self.sets, self.ways
+        lookup = self.lookup
+        entry_layout = data.StructLayout({"tag": self.tag_bits, "data": TlbEntry})
+        index0 = self._index(lookup.key)
+        tag0 = self._tag(lookup.key)
+        access0 = lookup.access
+        same_set = fill.index == index0
+        fill_word = Cat(fill.tag, fill.entry)
         s0_hit = Signal(ways)        # valid, of the lookup's context, holding its page
         s0_allows = Signal(ways)     # the way's entry allows the lookup's access
         s1_hit = Signal(ways)        # registered s0_hit; a fill into S1's set since clears it
         s1_allows = Signal(ways)
         hits = Signal(ways)
         oks = Signal(ways)
-        ok_way = Signal.like(victim)
+        ok_way = Signal.like(fill.victim, name="ok_way")
         for w in range(ways):
-            written_now = same_set & written[w]
-            filled_now = same_set & fill_onehot[w]
+            written_now = same_set & fill.written[w]
+            filled_now = same_set & fill.onehot[w]
             word = Signal(entry_layout, name=f"way{w}_s0")
             if sets > 1:
                 mem = Memory(shape=entry_layout, depth=sets, init=[])
@@ -207,27 +242,27 @@ class TlbArray(wiring.Component):
                 wr = mem.write_port()
                 rd = mem.read_port(domain="comb")
                 m.d.comb += [
-                    wr.addr.eq(fill_index),
-                    wr.data.tag.eq(fill_tag),
-                    wr.data.data.eq(fill_entry),
-                    wr.en.eq(written[w]),
+                    wr.addr.eq(fill.index),
+                    wr.data.tag.eq(fill.tag),
+                    wr.data.data.eq(fill.entry),
+                    wr.en.eq(fill.written[w]),
                     rd.addr.eq(index0),
                     word.eq(Mux(written_now, fill_word, rd.data.as_value())),
                 ]
                 # the entry S1 answers with, read with the verdicts (reset-less, like memory)
                 entry = Signal(TlbEntry, name=f"way{w}_s1", reset_less=True)
-                with m.If(self.lookup_en):
+                with m.If(lookup.en):
                     m.d.sync += entry.eq(word.data)
             else:
                 # One set: the way itself, in registers; S1 reads its entry there.  A way
                 # written since the lookup has its s1_hit cleared, so it does not answer.
                 # No reset, like the memory: `valid` says what is live.
                 stored = Signal(entry_layout, name=f"way{w}", reset_less=True)
-                with m.If(written[w]):
-                    m.d.sync += [stored.tag.eq(fill_tag), stored.data.eq(fill_entry)]
+                with m.If(fill.written[w]):
+                    m.d.sync += [stored.tag.eq(fill.tag), stored.data.eq(fill.entry)]
                 m.d.comb += word.eq(Mux(written_now, fill_word, stored.as_value()))
                 entry = stored.data
-            ctx_match = Mux(filled_now, fill_ctx, ctx[index0][w]) == self.lookup_ctx
+            ctx_match = Mux(filled_now, fill.ctx, ctx[index0][w]) == lookup.ctx
             live = Mux(written_now, filled_now, valid[index0][w]) & ctx_match
             m.d.comb += [
                 s0_hit[w].eq(live & (word.tag == tag0)),
@@ -240,22 +275,25 @@ class TlbArray(wiring.Component):
             m.d.comb += [hits[w].eq(s1_hit[w]),
                          oks[w].eq(hits[w] & s1_allows[w])]
             with m.If(oks[w]):
-                m.d.comb += [ok_way.eq(w), self.entry.eq(entry)]
-        m.d.comb += [self.hit.eq(hits.any()), self.ok.eq(oks.any())]
-        with m.If(self.lookup_en):
+                m.d.comb += [ok_way.eq(w), lookup.data.eq(entry)]
+        m.d.comb += [lookup.hit.eq(hits.any()), lookup.ok.eq(oks.any())]
+        with m.If(lookup.en):
             m.d.sync += [s1_hit.eq(s0_hit), s1_allows.eq(s0_allows)]
-        with m.Elif(fill_index == s1_index):
-            m.d.sync += s1_hit.eq(s1_hit & ~written)
+        with m.Elif(fill.index == s1_index):
+            m.d.sync += s1_hit.eq(s1_hit & ~fill.written)
+        return hits, ok_way
 
+    def _update(self, m, valid, ctx, plru, fill, hits, ok_way, s1_index):
         # A drop and the LRU refresh of a hit land one cycle later, off the compare path.
         # Harmless: until then the entry is still one the reference page allows.  The ways
         # that hit and the drop decision are registered apart, and combined a cycle later.
+        sets, ways = self.sets, self.ways
         pend_hits = Signal(ways)
         pend_drop = Signal()
         pend_touch = Signal()
         pend_set = Signal(len(s1_index))
         pend_way = Signal.like(ok_way)
-        m.d.sync += [pend_hits.eq(hits), pend_drop.eq(self.drop), pend_touch.eq(self.ok),
+        m.d.sync += [pend_hits.eq(hits), pend_drop.eq(self.drop), pend_touch.eq(self.lookup.ok),
                      pend_set.eq(s1_index), pend_way.eq(ok_way)]
 
         # order matters: a drop, then a fill, then a flush (which wins)
@@ -263,20 +301,22 @@ class TlbArray(wiring.Component):
             m.d.sync += valid[pend_set].eq(valid[pend_set] & ~pend_hits)
         with m.Elif(pend_touch):
             m.d.sync += plru[pend_set].eq(plru_touch(plru[pend_set], pend_way, ways))
-        with m.If(write):
+        with m.If(fill.write):
             m.d.sync += [
-                valid[fill_index].eq((valid[fill_index] & ~written) | fill_onehot),
-                ctx[fill_index][victim].eq(fill_ctx),
-                plru[fill_index].eq(plru_touch(plru[fill_index], victim, ways)),
+                valid[fill.index].eq((valid[fill.index] & ~fill.written) | fill.onehot),
+                ctx[fill.index][fill.victim].eq(fill.ctx),
+                plru[fill.index].eq(plru_touch(plru[fill.index], fill.victim, ways)),
             ]
         with m.If(self.flush.any()):
             for s in range(sets):
                 for w in range(ways):
                     # a way filled on this edge holds the new, unflushed context
-                    refilled = fill_onehot[w] & (fill_index == s)
+                    refilled = fill.onehot[w] & (fill.index == s)
                     with m.If(self.flush.bit_select(ctx[s][w], 1) & ~refilled):
                         m.d.sync += valid[s][w].eq(0)
-        return m
+
+
+TlbHit = data.StructLayout({"size": PageSize, "entry": TlbEntry})
 
 
 class Tlb(wiring.Component):
@@ -288,6 +328,29 @@ class Tlb(wiring.Component):
     remapped a region without INVEPT), the smaller page wins; both are
     translations the reference page allows until the next INVEPT.  A drop
     removes every entry that held the page (none allowed the access).
+
+    Parameters
+    ----------
+    sets_4k, ways_4k, sets_2m, ways_2m, sets_1g, ways_1g : int
+        Each array's geometry (see :class:`TlbArray`).
+    contexts : int
+        Context ids the entries are tagged with.
+
+    Members
+    -------
+    lookup : In(LookupSignature(GPA_BITS - 12, ctx_bits, TlbHit, access=True))
+        Keyed by GPA[47:12]; ``data`` is the size and entry of the page that
+        allows the access (with ``ok``).
+    drop : In(1)
+        S1: drop every entry that hit.
+    fill : In(FillSignature(GPA_BITS - 12, ctx_bits, TlbHit))
+        ``data.size`` chooses the array.
+    flush : In(contexts)
+
+    Timing
+    ------
+    :class:`TlbArray`'s: a lookup answers in the next cycle, a fill is seen
+    by lookups from the cycle after it, a flush acts at the next edge.
     """
 
     def __init__(self, *, sets_4k=16, ways_4k=4, sets_2m=4, ways_2m=4, sets_1g=1, ways_1g=4,
@@ -298,20 +361,9 @@ class Tlb(wiring.Component):
                        for size, (s, w) in geometry.items()}
         ctx_bits = max(1, ceil_log2(contexts))
         super().__init__({
-            "lookup_en": In(1),
-            "lookup_page": In(GPA_BITS - 12),   # S0: GPA[47:12]
-            "lookup_ctx": In(ctx_bits),         # S0
-            "lookup_access": In(Access),        # S0
-            "hit": Out(1),                      # S1: an entry holds the page
-            "ok": Out(1),                       # S1: one allows the access: ``size``, ``entry``
-            "size": Out(PageSize),
-            "entry": Out(TlbEntry),
-            "drop": In(1),                      # S1: drop every entry that hit
-            "fill": In(1),
-            "fill_size": In(PageSize),
-            "fill_page": In(GPA_BITS - 12),     # GPA[47:12]
-            "fill_ctx": In(ctx_bits),
-            "fill_entry": In(TlbEntry),
+            "lookup": In(LookupSignature(GPA_BITS - 12, ctx_bits, TlbHit, access=True)),
+            "drop": In(1),
+            "fill": In(FillSignature(GPA_BITS - 12, ctx_bits, TlbHit)),
             "flush": In(contexts),
         })
 
@@ -321,22 +373,24 @@ class Tlb(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        lookup, fill = self.lookup, self.fill
         for size, arr in self.arrays.items():
             m.submodules[f"tlb_{size.name[5:].lower()}"] = arr
             low = arr.shift - 12          # the array's page number starts at GPA[shift]
             m.d.comb += [
-                arr.lookup_en.eq(self.lookup_en), arr.lookup_page.eq(self.lookup_page[low:]),
-                arr.lookup_ctx.eq(self.lookup_ctx), arr.lookup_access.eq(self.lookup_access),
-                arr.fill.eq(self.fill & (self.fill_size == size)),
-                arr.fill_page.eq(self.fill_page[low:]), arr.fill_ctx.eq(self.fill_ctx),
-                arr.fill_entry.eq(self.fill_entry), arr.flush.eq(self.flush),
+                arr.lookup.en.eq(lookup.en), arr.lookup.key.eq(lookup.key[low:]),
+                arr.lookup.ctx.eq(lookup.ctx), arr.lookup.access.eq(lookup.access),
+                arr.fill.valid.eq(fill.valid & (fill.data.size == size)),
+                arr.fill.key.eq(fill.key[low:]), arr.fill.ctx.eq(fill.ctx),
+                arr.fill.data.eq(fill.data.entry), arr.flush.eq(self.flush),
             ]
         # priority 1G < 2M < 4K among entries that allow the access: the last assignment wins
         for size in (PageSize.SIZE_1G, PageSize.SIZE_2M, PageSize.SIZE_4K):
             arr = self.arrays[size]
-            with m.If(arr.ok):
-                m.d.comb += [self.ok.eq(1), self.size.eq(size), self.entry.eq(arr.entry)]
-        m.d.comb += self.hit.eq(Cat(arr.hit for arr in self.arrays.values()).any())
+            with m.If(arr.lookup.ok):
+                m.d.comb += [lookup.ok.eq(1), lookup.data.size.eq(size),
+                             lookup.data.entry.eq(arr.lookup.data)]
+        m.d.comb += lookup.hit.eq(Cat(arr.lookup.hit for arr in self.arrays.values()).any())
         for arr in self.arrays.values():
             m.d.comb += arr.drop.eq(self.drop)
         return m

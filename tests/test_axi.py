@@ -16,16 +16,13 @@ from dataclasses import dataclass, field
 import pytest
 from amaranth import *
 from amaranth.lib import data
-from amaranth.lib.wiring import In, Out
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from hw.axi import AXI4LiteSignature, AXI4Signature, Burst, Resp
 from hw.axi_master import AxiMemoryMaster, MasterState
 from hw.csr import CSR_ID, CSR_VERSION, CsrBlock, Reg
-from hw import axi_top
 from hw.axi_top import EptWalkerAxi
-from hw.top import PageWalkUnit
 from hw.layouts import Access as HwAccess, InveptKind, MemOp
 from model.formats import (
     EPT_A, EPT_D, EPT_PVLIST, Access, Eptp, Level, Outcome, gpa_index, make_leaf_entry,
@@ -820,21 +817,6 @@ def test_top_a_d_update_loses_its_reservation_and_walks_again():
     assert arch == walk(memory, eptp, gpa, Access.WRITE).architectural()
 
 
-class _UnitWithCounters(PageWalkUnit):
-    """Stands in for the PageWalkUnit being given ``counters``/``counters_clear``."""
-    counters: Out(data.StructLayout({"lookups": 48, "walks": 48}))
-    counters_clear: In(1)
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        with m.If(self.translate_req.valid & self.translate_req.ready):
-            m.d.sync += self.counters.lookups.eq(self.counters.lookups + 1)
-        with m.If(self.counters_clear):
-            m.d.sync += self.counters.lookups.eq(0)
-        m.d.comb += self.counters.walks.eq(Mux(self.counters.lookups, 0xABC_0000_0001, 0))
-        return m
-
-
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")  # the refused ones' parts
 def test_top_forwards_params(monkeypatch):
     top = EptWalkerAxi(maxphyaddr=40, execute_only=False)
@@ -848,11 +830,7 @@ def test_top_forwards_params(monkeypatch):
     gc.collect()                      # their unused parts warn now, under this test's filter
 
 
-def test_top_exposes_the_unit_counters_and_clears_them(monkeypatch):
-    """Transitional: the real unit's counters once it has them, a stand-in until then."""
-    stand_in = "counters" not in getattr(PageWalkUnit, "__annotations__", {})
-    if stand_in:
-        monkeypatch.setattr(axi_top, "PageWalkUnit", _UnitWithCounters)
+def test_top_exposes_the_unit_counters_and_clears_them():
     memory, _ = filled(n=1)
     eptp = Eptp(pml4_pa=0x10_0000, ad_enabled=True)      # an empty PML4: violations
     jobs = [(0x1000 * i, Access.READ) for i in range(3)]
@@ -861,7 +839,4 @@ def test_top_exposes_the_unit_counters_and_clears_them(monkeypatch):
     assert list(out["counters"])[0] == "axi_cas_retries" and len(out["counters"]) > 1
     assert out["counters"] == out["direct"]                 # CSR readout = the unit's outputs
     assert all(v == 0 for v in out["cleared"].values())
-    if stand_in:
-        assert out["counters"] == {"axi_cas_retries": 0, "lookups": 3, "walks": 0xABC_0000_0001}
-    else:
-        assert out["counters"]["lookups"] == 3
+    assert out["counters"]["lookups"] == 3

@@ -170,7 +170,7 @@ def test_vcd_and_fst_show_the_same_values(pysim_wave, fst_wave):
              for k in range(1, cycles) if a[name][k] != b[name][k]]
     assert diffs[:5] == []
     # and the signals move: a waveform of constants would pass trivially
-    assert len(set(a["TOP.pwu.walker0.state[2:0]"])) >= 4
+    assert len(set(a["TOP.pwu.walker0.debug__state[2:0]"])) >= 4
 
 
 # -- enum filters ----------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_filters_map_every_value_of_every_enum_in_the_design(pysim_wave):
     assert parse_filter(filters / "ADState.txt")["1"] == "ISSUE"
     # every enum-valued trace in the save file uses its enum's filter
     text = pysim_wave.with_suffix(".gtkw").read_text()
-    assert re.search(r"\^\d+ \S*/WalkerState\.txt\nTOP\.pwu\.walker0\.state\[2:0\]", text)
+    assert re.search(r"\^\d+ \S*/WalkerState\.txt\nTOP\.pwu\.walker0\.debug__state\[2:0\]", text)
     assert re.search(r"\^\d+ \S*/Outcome\.txt\nTOP\.pwu\.translate_resp__payload\.outcome\[2:0\]", text)
 
 

@@ -243,15 +243,15 @@ def trace_groups(dut) -> dict[str, list]:
     }
     if dut.tlb is not None:
         t = dut.tlb
-        groups["TLB"] = [t.lookup_en, t.lookup_page, t.hit, t.ok, t.size, t.entry, t.drop,
-                         t.fill, t.fill_size, t.fill_page, t.fill_entry]
+        groups["TLB"] = [t.lookup.en, t.lookup.key, t.lookup.hit, t.lookup.ok, t.lookup.data, t.drop,
+                         t.fill.valid, t.fill.key, t.fill.data]
     if dut.pscs:
         groups["paging-structure caches"] = [s for psc in dut.pscs.values()
-                                             for s in (psc.hit, psc.fill, psc.drop)]
+                                             for s in (psc.lookup.hit, psc.fill.valid, psc.drop)]
     for k, w in enumerate(dut.walker_units):
-        groups[f"walker {k}"] = [w.state, w.level, w.page, w.access, w.walked]
+        groups[f"walker {k}"] = [w.debug.state, w.debug.level, w.page, w.access, w.walked]
         ad = w.ad_updater
-        groups[f"A/D updater {k}"] = [ad.state, ad.start, ad.pending, ad.done, ad.status]
+        groups[f"A/D updater {k}"] = [ad.debug.state, ad.start, ad.pending, ad.done, ad.status]
     groups["memory port"] = [dut.mem_req.valid, dut.mem_req.ready, dut.mem_req.payload,
                              dut.mem_resp.valid, dut.mem_resp.ready, dut.mem_resp.payload]
     groups["counters"] = [dut.counters_clear, dut.counters]
