@@ -11,6 +11,7 @@ Only the signals this project uses are present: no QOS, REGION or USER.
 
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
+from .params import check_int
 
 __all__ = ["Resp", "Burst", "AXI4Signature", "AXI4LiteSignature"]
 
@@ -29,11 +30,7 @@ class Burst(enum.Enum, shape=2):
 
 
 def _check_width(name, value, lo, hi, pow2=False):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi or (
-            pow2 and value & (value - 1)):
-        kind = "a power of two" if pow2 else "an integer"
-        raise ValueError(f"{name} must be {kind} in {lo}..{hi}, not {value!r}")
-    return value
+    return check_int(name, value, lo, hi, power_of_two=pow2)
 
 
 class AXI4Signature(wiring.Signature):

@@ -64,6 +64,7 @@ from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4Signature, Burst, Resp
 from .layouts import MemOp, MemRequest, MemResponse, PA_BITS
+from .params import check_int
 
 __all__ = ["AxiMemoryMaster", "MasterState"]
 
@@ -78,9 +79,7 @@ class MasterState(enum.Enum, shape=3):
 
 
 def _check(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"AxiMemoryMaster {name} must be an integer in {lo}..{hi}, not {value!r}")
-    return value
+    return check_int(f"AxiMemoryMaster {name}", value, lo, hi)
 
 
 class AxiMemoryMaster(wiring.Component):

@@ -27,6 +27,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
 from .layouts import PA_BITS, TAG_BITS, MemOp, MemRequest, MemResponse, TranslateResponse
+from .params import check_int
 
 __all__ = ["PortChecker"]
 
@@ -76,9 +77,7 @@ class PortChecker(wiring.Component):
         """``history``: read responses remembered for the CAS check (a walk's
         four reads plus what the other walkers read meanwhile);
         ``max_outstanding``: memory requests the unit keeps in flight."""
-        if not isinstance(history, int) or history < 4:
-            raise ValueError(f"history must be an integer >= 4, not {history!r}")
-        self.history = history
+        self.history = check_int("history", history, 4)
         self.depth = 1 << max(1, (max_outstanding - 1).bit_length())   # a power of two: wraps
         super().__init__()
 

@@ -31,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .layouts import FRAME_BITS, InveptKind, InveptRequest
+from .params import check_int
 
 __all__ = ["ContextTable"]
 
@@ -68,8 +69,7 @@ class ContextTable(wiring.Component):
 
     @staticmethod
     def check(contexts):
-        if isinstance(contexts, bool) or not isinstance(contexts, int) or not 1 <= contexts <= 64:
-            raise ValueError(f"contexts must be an integer in 1..64, not {contexts!r}")
+        check_int("contexts", contexts, 1, 64)
 
     def __init__(self, *, contexts=4):
         self.check(contexts)

@@ -46,6 +46,7 @@ from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4LiteSignature, Resp
 from .layouts import FRAME_BITS, InveptRequest
+from .params import check_int
 
 __all__ = ["CsrBlock", "CSR_ID", "CSR_VERSION", "Reg", "COUNTER_BASE"]
 
@@ -121,8 +122,7 @@ class CsrBlock(wiring.Component):
             if not 1 <= f.width <= 64:
                 raise ValueError(f"CsrBlock counter {name!r} is {f.width} bits wide; "
                                  f"counters must be 1..64 bits")
-        if isinstance(addr_width, bool) or not isinstance(addr_width, int) or not 8 <= addr_width <= 32:
-            raise ValueError(f"CsrBlock addr_width must be an integer in 8..32, not {addr_width!r}")
+        check_int("CsrBlock addr_width", addr_width, 8, 32)
         n = len(list(counters))
         if COUNTER_BASE + 8 * n > 1 << addr_width:
             raise ValueError(f"CsrBlock addr_width {addr_width} is too narrow for {n} counters "

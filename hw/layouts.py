@@ -2,10 +2,12 @@
 
 Every enum has a shape, so waveforms show names; every bundle crossing a port
 is a ``data.Struct`` layout.  Bit positions of :data:`EptEntry` are the
-architectural ones (Intel SDM vol. 3C, table 29-x; ``ept-reference.md``).
+architectural ones (Intel SDM vol. 3C, table 29-x; docs/ept.md).
 """
 
 from amaranth.lib import data, enum
+
+from .params import check_int
 
 __all__ = [
     "GPA_BITS", "PA_BITS", "FRAME_BITS", "Access", "Outcome", "PageSize", "Level", "MemOp", "InveptKind",
@@ -21,9 +23,7 @@ TAG_BITS = 4          # translate-port tag: up to 16 translations outstanding
 
 
 def check_maxphyaddr(maxphyaddr) -> int:
-    if isinstance(maxphyaddr, bool) or not isinstance(maxphyaddr, int) or not 36 <= maxphyaddr <= 52:
-        raise ValueError(f"maxphyaddr must be an integer in 36..52, not {maxphyaddr!r}")
-    return maxphyaddr
+    return check_int("maxphyaddr", maxphyaddr, 36, 52)
 
 
 class Access(enum.Enum, shape=2):

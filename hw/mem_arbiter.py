@@ -14,6 +14,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .layouts import MemRequest, MemOp, MemResponse
+from .params import check_int
 
 __all__ = ["MemArbiter"]
 
@@ -49,9 +50,7 @@ class MemArbiter(wiring.Component):
 
     @staticmethod
     def check(max_outstanding):
-        if isinstance(max_outstanding, bool) or not isinstance(max_outstanding, int) \
-                or not 1 <= max_outstanding <= 64:
-            raise ValueError(f"max_outstanding must be an integer in 1..64, not {max_outstanding!r}")
+        check_int("max_outstanding", max_outstanding, 1, 64)
 
     def __init__(self, *, ports, max_outstanding=8):
         self.check(max_outstanding)

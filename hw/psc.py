@@ -5,7 +5,7 @@ select this level's entry) to the frame of the next table and the AND of the
 R/W/X bits from the PML4E down to this entry.  Only present, well-formed
 non-leaf entries of a walk that succeeded (so, with A/D on, whose A is set)
 are filled, so a walk that starts below it reads exactly what a full walk
-would have used (``ept-reference.md``, caching rules).
+would have used (docs/ept.md, caching rules).
 
 Keys are GPA[47:lo], ``lo`` = 12 + 9 * level: the index of this level's
 entry and of every entry above it, the bits that name the entry (the parent
@@ -28,6 +28,7 @@ from amaranth.utils import ceil_log2
 
 from .layouts import FRAME_BITS, GPA_BITS, Level
 from .signatures import FillSignature, LookupSignature
+from .params import check_int
 
 __all__ = ["PagingStructureCache", "PscEntry"]
 
@@ -77,14 +78,11 @@ class PagingStructureCache(wiring.Component):
     def check(level, entries):
         if level not in (Level.PML4E, Level.PDPTE, Level.PDE):
             raise ValueError(f"a paging-structure cache holds PML4Es, PDPTEs or PDEs, not {level!r}")
-        if isinstance(entries, bool) or not isinstance(entries, int) or not 0 <= entries <= 64:
-            raise ValueError(f"{level.name} cache entries must be in 0..64, not {entries!r}")
+        check_int(f"{level.name.lower()}_cache", entries, 0, 64)
 
     def __init__(self, level, *, entries, contexts, fillers=1):
         self.check(level, entries)
-        if isinstance(fillers, bool) or not isinstance(fillers, int) or not 1 <= fillers <= 16:
-            raise ValueError(f"fillers must be an integer in 1..16, not {fillers!r}")
-        self.fillers = fillers
+        self.fillers = check_int("fillers", fillers, 1, 16)
         self.level = level
         self.entries = entries
         self.contexts = contexts

@@ -41,6 +41,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from .layouts import FRAME_BITS, GPA_BITS, Access, PageSize
 from .signatures import FillSignature, LookupSignature
+from .params import check_int
 
 __all__ = ["Tlb", "TlbArray", "TlbEntry", "TlbHit", "check_geometry", "plru_victim", "plru_touch"]
 
@@ -55,11 +56,8 @@ _SHIFT = {PageSize.SIZE_4K: 12, PageSize.SIZE_2M: 21, PageSize.SIZE_1G: 30}
 
 
 def check_geometry(name, sets, ways):
-    for what, v in (("sets", sets), ("ways", ways)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1) or v > 1024:
-            raise ValueError(f"{name} {what} must be a power of two in 1..1024, not {v!r}")
-    if ways > 16:
-        raise ValueError(f"{name} ways must be at most 16, not {ways}")
+    check_int(f"{name} sets", sets, 1, 1024, power_of_two=True)
+    check_int(f"{name} ways", ways, 1, 16, power_of_two=True)
 
 
 def plru_victim(m, state, ways):

@@ -38,7 +38,7 @@ Promises:
   context) waits in a park slot and is looked up again when that walk
   answers: the two requests cost one walk.  With no walker or park slot free,
   the port stalls.
-* **Caching rules** (``ept-reference.md``): only successful translations are
+* **Caching rules** (docs/ept.md): only successful translations are
   cached; a hit lacking the permission the access needs, or a write hit on an
   entry whose D is 0, drops the entry and walks; a walk that starts from a
   paging-structure cache and faults walks again from the PML4E.
@@ -57,8 +57,6 @@ Promises:
 With ``caches=False`` the unit has no TLB and no paging-structure caches:
 every request walks from the PML4E.
 """
-
-from amaranth import *
 
 from amaranth import *
 from amaranth.lib import data, stream, wiring
@@ -80,14 +78,10 @@ from .psc import PagingStructureCache
 from .resp_arbiter import ResponseArbiter
 from .tlb import Tlb, check_geometry
 from .walker import Walker
+from .params import check_int
 
 __all__ = ["PageWalkUnit", "PredecodedPageWalkUnit"]
 
-
-def _check_int(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
-    return value
 
 
 class PageWalkUnit(wiring.Component):
@@ -175,8 +169,8 @@ class PageWalkUnit(wiring.Component):
                 raise ValueError(f"{name} must be a bool, not {value!r}")
         self.execute_only = execute_only
         self.caches = caches
-        self.walkers = _check_int("walkers", walkers, 1, 16)
-        self.park_slots = _check_int("park_slots", park_slots, 1, 32)
+        self.walkers = check_int("walkers", walkers, 1, 16)
+        self.park_slots = check_int("park_slots", park_slots, 1, 32)
         # every parameter is checked before any block exists, so a refused one
         # leaves no half-built design behind
         ContextTable.check(contexts)

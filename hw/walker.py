@@ -1,6 +1,6 @@
 """The EPT walker: one 4-level walk at a time, with the A/D updater behind it.
 
-Promises (``ept-reference.md``):
+Promises (docs/ept.md):
 
 * walks from the PML4 down, one memory read per level; stops at a not-present
   entry (violation), a misconfigured one, or a leaf (PTE, 2M PDE, 1G PDPTE);

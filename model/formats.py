@@ -1,6 +1,6 @@
 """EPT formats: entry bits, the EPT pointer, memory types and access kinds.
 
-Everything here follows ``shared/docs/ept-reference.md`` (Intel SDM vol. 3C,
+Everything here follows docs/ept.md (Intel SDM vol. 3C,
 ch. 29).  Entries are plain 64-bit integers; :class:`Eptp` and the helpers
 below give them named fields.  Nothing in this module walks tables.
 """

@@ -6,7 +6,7 @@ architecture says about the access, without touching memory.
 that succeeds, a compare-and-swap per entry that needs a bit, against the
 exact value the walk read; a CAS that finds another value restarts the walk.
 
-Order of checks at each level (``shared/docs/ept-reference.md``): not present
+Order of checks at each level (docs/ept.md): not present
 (violation, reserved bits not looked at) -> misconfiguration (W without R,
 X-only without support, reserved bits, leaf memory type 2/3/7) -> leaf or
 descend.  After the leaf, the permission AND over every entry used decides

@@ -371,7 +371,7 @@ def test_counters_add_up():
     ({"tlb_sets": 0}, "sets must be a power of two"),
     ({"walkers": 0}, "walkers must be an integer in 1..16"),
     ({"contexts": 0}, "contexts must be an integer"),
-    ({"pde_cache": 65}, "PDE cache entries"),
+    ({"pde_cache": 65}, "pde_cache must be an integer in 0..64"),
     ({"max_outstanding": 0}, "max_outstanding"),
     ({"caches": 1}, "caches must be a bool"),
 ])

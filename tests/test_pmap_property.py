@@ -10,7 +10,7 @@ A small TLB model checks the shootdowns: each successful translate caches
 page named by its va.  After every step every cached translation must still
 be right for memory: same frame, and write permission still granted if it
 was cached from a dirty entry (a cached entry with D = 0 cannot satisfy a
-write, the walker re-walks; see ept-reference.md).  X is not checked: NetBSD
+write, the walker re-walks; see docs/ept.md).  X is not checked: NetBSD
 does not shoot down on an X change in pmap_ept_enter (only frame or W).
 """
 

@@ -1,4 +1,4 @@
-"""Tests of the reference EPT walk (model/walk.py) against shared/docs/ept-reference.md.
+"""Tests of the reference EPT walk (model/walk.py) against docs/ept.md.
 
 Page tables are built by hand in a PhysicalMemory: a fixed set of four tables
 (PML4, PDPT, PD, PT) and one path through them for a GPA whose four indices

@@ -7,7 +7,7 @@ equals a reference walk in which every entry read holds a value it had
 during the request's lifetime (from the request handshake to the response).
 A successful translation may also come from the TLB or paging-structure
 caches, so for it the window opens at the last INVEPT covering the context
-(``ept-reference.md``: "any translation valid since the last covering
+(docs/ept.md: "any translation valid since the last covering
 INVEPT").  Anything else is a mismatch, reported
 with GPA, access, expected, got and cycles.
 
