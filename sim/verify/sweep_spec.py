@@ -261,11 +261,12 @@ def parse_spec(data, path: str = "<spec>", base: Path = Path("."), timeout: floa
             scenarios = [str(f.resolve()) for f in sorted(d.glob(options["glob"])) if f.is_file()]
             if not scenarios:
                 err(f"{where}.dir", f"no {options['glob']} in {options['dir']!r}")
-        for backend, (pi, params), seed, scenario in itertools.product(
-                backends, enumerate(grid), seeds, scenarios):
+        for backend, params, seed, scenario in itertools.product(backends, grid, seeds, scenarios):
             parts = [ename, backend]
             if len(grid) > 1:
-                parts.append(f"p{pi}")
+                parts += [(name.replace("_", "") + str(v)) if not isinstance(v, bool)
+                          else name.replace("_", "") if v else "no" + name.replace("_", "")
+                          for name, v in params.items()]
             if seed is not None:
                 parts.append(f"s{seed}")
             if scenario is not None:
