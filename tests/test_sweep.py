@@ -7,6 +7,7 @@ the options given."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -302,3 +303,36 @@ def test_slurm_for_real(tmp_path):       # pragma: no cover - only where a grid 
     res = sweep(small_spec(tmp_path), "--jobqueue", "slurm", "--workers", "2", "--out", tmp_path / "out",
                 "--no-reliability", timeout=3600)
     assert res.returncode == 0, res.stderr
+
+
+def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path):
+    verilator_or_skip()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)          # seed 8 hangs
+    spec = tmp_path / "int.toml"
+    spec.write_text('[[jobs]]\nname = "f"\ncampaign = "fuzz"\nseeds = [8, 1, 2]\nwalks = 300\n')
+    env = dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{ROOT}")
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "sim", "sweep", spec, "--workers", "2", "--out", out,
+                          "--no-reliability"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        seen = ""
+        while time.monotonic() < deadline and "f-verilator-s2: passed" not in seen:
+            seen += p.stderr.readline()
+        assert "f-verilator-s1: passed" in seen and "f-verilator-s2: passed" in seen, seen
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, stdout + stderr
+    rep = report(out)
+    assert rep["interrupted"] and not rep["ok"]
+    status = {r["id"]: r["status"] for r in rep["jobs"]}
+    assert status == {"f-verilator-s8": "cancelled", "f-verilator-s1": "passed", "f-verilator-s2": "passed"}
+    # the hung job's process went with the sweep
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(out) not in ps and "--seed 8 --walks 300" not in ps

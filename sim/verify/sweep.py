@@ -572,7 +572,8 @@ def _report(spec: Spec, where: Where, jobs: list[Job], results: dict, builds: li
         if r is None:
             row.update(status="cancelled" if interrupted else "error", figures={}, walks=0, mismatches=0,
                        command="python -m sim " + shlex.join(j.command()), worker=None, wall_seconds=None,
-                       messages=["not run: the sweep was interrupted" if interrupted else "no result"])
+                       messages=["cancelled: the sweep was interrupted before it finished" if interrupted
+                                 else "no result"])
         else:
             row.update({k: v for k, v in r.items() if k != "id"})
             if row.get("started") is not None:
