@@ -140,11 +140,14 @@ def run_job(job: Job, root: str | None = None, cancel_event: str | None = None) 
             try:
                 last_poll = time.monotonic()
                 while True:
-                    try:
-                        proc.wait(0.5)
+                    # wait4, not wait: the job's own CPU time (beside its wall time, it shows
+                    # how long the job waited for a core)
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:
+                        proc.returncode = os.waitstatus_to_exitcode(status)
+                        res["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 3)
                         break
-                    except subprocess.TimeoutExpired:
-                        pass
+                    time.sleep(0.2)
                     now = time.monotonic()
                     if now - started > job.timeout:
                         _kill(proc)
@@ -591,8 +594,12 @@ def _report(spec: Spec, where: Where, jobs: list[Job], results: dict, builds: li
         w["jobs"] += 1
         w["walks"] += r["walks"]
         w["busy_seconds"] += r.get("wall_seconds") or 0
+        w["cpu_seconds"] = round(w.get("cpu_seconds", 0.0) + (r.get("cpu_seconds") or 0), 3)
     for w in per_worker.values():
         w["busy_seconds"] = round(w["busy_seconds"], 1)
+        w["cpu_seconds"] = round(w["cpu_seconds"], 1)
+        # below 1: the worker's jobs waited for a core (more workers than free cores)
+        w["cpu_share"] = round(w["cpu_seconds"] / w["busy_seconds"], 2) if w["busy_seconds"] else None
         w["walks_per_second"] = round(w["walks"] / w["busy_seconds"], 1) if w["busy_seconds"] else None
     by_campaign: dict[str, dict] = {}
     for r in rows:
@@ -614,7 +621,10 @@ def _report(spec: Spec, where: Where, jobs: list[Job], results: dict, builds: li
               "walks_per_second_per_worker": round(walks / run / len(per_worker), 1)
               if run > 0 and per_worker else None}
     return {"spec": spec.path, "name": spec.name, "description": spec.description,
-            "where": where.describe(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall0)),
+            "where": where.describe(),
+            "host": {"name": socket.gethostname(), "cpus": os.cpu_count(),
+                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall0)),
             "interrupted": interrupted, "ok": not interrupted and by_status["passed"] == len(rows),
             "totals": totals, "by_campaign": by_campaign, "workers": per_worker, "builds": builds,
             "jobs": rows}
@@ -912,7 +922,9 @@ def main(args) -> int:
                 print(f"  alone: {r['command']}", file=sys.stderr)
     for name, w in report["workers"].items():
         print(f"worker {name}: {w['jobs']} jobs, {w['walks']:,} walks in {w['busy_seconds']} s busy "
-              f"({w['walks_per_second']} walks/s)")
+              f"({w['walks_per_second']} walks/s; its jobs had a core {100 * (w['cpu_share'] or 0):.0f} % "
+              "of the time)")
+    print(f"load average at the end {report['host']['load_average_at_end']} on {report['host']['cpus']} cores")
     print(f"{t['walks']:,} walks in {t['run_seconds']} s (+{t['build_seconds']} s building): "
           f"{t['walks_per_second']} walks/s, {t['walks_per_second_per_worker']} per worker "
           f"({t['workers']} workers)")
