@@ -336,3 +336,30 @@ def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path):
     # the hung job's process went with the sweep
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(out) not in ps and "--seed 8 --walks 300" not in ps
+
+
+def test_reliability_report_takes_the_regression_figures(tmp_path):
+    from sim.verify.sweep import update_reliability
+
+    def job(campaign, seed, backend, figures, walks, **kw):
+        return {"id": f"{campaign}-{seed}", "campaign": campaign, "seed": seed, "backend": backend,
+                "params": {}, "options": {"faults": True}, "figures": figures, "walks": walks,
+                "mismatches": figures.get("mismatches", 0), "wall_seconds": 2.0, **kw}
+    fuzz = {"walks": 600, "cases": 10, "mismatches": 0, "faults_injected": 5, "outcomes": {"ok": 400, "violation": 200}}
+    rep = {"spec": "s.toml", "where": {"kind": "local", "workers": 2}, "written": {"report": "r.json"},
+           "totals": {"jobs": 4, "passed": 4, "walks": 1200 + 5400 + 1000, "mismatches": 0, "wall_seconds": 9.0,
+                      "walks_per_second": 800.0, "walks_per_second_per_worker": 400.0},
+           "jobs": [job("fuzz", 1, "verilator", fuzz, 600), job("fuzz", 2, "verilator", fuzz, 600),
+                    job("races", None, "rtl", {"races": 2160, "translations": 5400, "failures": 0}, 5400),
+                    job("soak", 1, "verilator", {"translations": 1000, "mismatches": 0}, 1000,
+                        extra={"flat": True, "rss_mb": [[1, 50.0]]})]}
+    path = tmp_path / "reliability.json"
+    path.write_text(json.dumps({"formal": {"status": "PASS"}}))
+    update_reliability(rep, path)
+    r = json.loads(path.read_text())
+    assert r["formal"] == {"status": "PASS"}             # the sections the sweep does not run stay
+    assert r["fuzz"]["walks"] == 1200 and r["fuzz"]["jobs"] == 2 and r["fuzz"]["seeds"] == [1, 2]
+    assert r["fuzz"]["outcomes"] == {"ok": 800, "violation": 400} and r["fuzz"]["faults"]
+    assert r["races"]["by_backend"]["rtl"]["races"] == 2160 and r["races"]["failures"] == 0
+    assert r["soak"]["translations"] == 1000 and r["soak"]["flat"]
+    assert r["regress"]["walks"] == 7600 and r["fuzz"]["source"].startswith("python -m sim sweep")
