@@ -110,7 +110,8 @@ def run_job(job: Job, root: str | None = None, cancel_event: str | None = None) 
     The result is plain data (a dict): status, figures, the walks it checked,
     its mismatches, its reproducers' text, where and how long it ran.
     """
-    root = Path(root or ROOT)
+    # the driver's checkout, or this worker's own where that path does not exist here
+    root = Path(root) if root and Path(root).is_dir() else ROOT
     try:
         from distributed import get_worker
         w = get_worker()

@@ -76,8 +76,8 @@ CAMPAIGNS: dict[str, tuple[tuple[str, ...], bool, dict]] = {
     }),
 }
 # what a job is expected to cost, in seconds on one core (measured, for ordering and the ETA)
-_RATE = {("fuzz", "verilator"): 1100, ("fuzz", "rtl"): 40, ("soak", "verilator"): 1500,
-         ("soak", "rtl"): 60, ("run", "verilator"): 1500, ("run", "rtl"): 60, ("run", "model"): 3000}
+_RATE = {("fuzz", "verilator"): 1100, ("fuzz", "rtl"): 40, ("soak", "verilator"): 8000,
+         ("soak", "rtl"): 60, ("run", "verilator"): 6000, ("run", "rtl"): 60, ("run", "model"): 3000}
 _SWEEP_KEYS = {"name", "timeout", "description"}
 _ENTRY_KEYS = {"name", "campaign", "backend", "backends", "seeds", "params", "timeout"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -105,7 +105,7 @@ class Job:
         if n is not None:
             return 2.0 + n / _RATE.get((self.campaign, self.backend), 1000)
         if self.campaign == "races":
-            return (2.0 if self.backend == "verilator" else 400.0) * o["max_offset"] / 72
+            return (2.0 if self.backend == "verilator" else 100.0) * o["max_offset"] / 72
         return 3.0
 
     @property
