@@ -75,8 +75,8 @@ SCENARIOS = {
              "ops": [{"op": "translate", "gpa": "0x9000", "access": "fetch"}]},
 }
 
-# a planted bug (the harness lies about one seed's write translations) and a hang (another
-# seed sleeps), through a sitecustomize on the jobs' PYTHONPATH: a test-only hook
+# a planted bug (the harness lies about one seed's write translations), a hang (another
+# seed sleeps) and a crash (a third kills itself), through a sitecustomize on the jobs' PYTHONPATH: a test-only hook
 HOOK = """
 import sys, time
 argv = sys.argv
@@ -94,6 +94,9 @@ if "fuzz" in argv and seed() == "7":
     PysimHarness._fill = lying
 if "fuzz" in argv and seed() == "8":
     time.sleep(600)
+if "fuzz" in argv and seed() == "9":
+    import os, signal
+    os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
@@ -252,18 +255,18 @@ def test_real_scheduler_and_two_workers_give_the_same_results(tmp_path):
     assert cluster["where"] == {"kind": "scheduler", "address": address}
 
 
-def test_a_mismatch_keeps_its_reproducer_and_a_hang_is_timed_out(tmp_path):
+def test_a_mismatch_keeps_its_reproducer_a_hang_is_timed_out_a_crash_reported(tmp_path):
     verilator_or_skip()
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(HOOK)
     spec = tmp_path / "planted.toml"
-    spec.write_text('[[jobs]]\nname = "f"\ncampaign = "fuzz"\nseeds = [6, 7, 8]\nwalks = 1500\n'
+    spec.write_text('[[jobs]]\nname = "f"\ncampaign = "fuzz"\nseeds = [6, 7, 8, 9]\nwalks = 1500\n'
                     'timeout = 25\n')
     env = dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{ROOT}")
     res = sweep(spec, "--workers", "2", "--out", tmp_path / "out", "--no-reliability", env=env)
     assert res.returncode == 1, res.stdout + res.stderr
-    assert res.stdout.strip().splitlines()[-1].startswith("3 jobs, ")
+    assert res.stdout.strip().splitlines()[-1].startswith("4 jobs, ")
     rep = report(tmp_path / "out")
     jobs = {r["id"]: r for r in rep["jobs"]}
     assert jobs["f-verilator-s6"]["status"] == "passed"
@@ -275,7 +278,10 @@ def test_a_mismatch_keeps_its_reproducer_and_a_hang_is_timed_out(tmp_path):
     assert r["command"].startswith(f"python -m sim replay {kept} --backend verilator")
     hung = jobs["f-verilator-s8"]
     assert hung["status"] == "timeout" and 25 <= hung["wall_seconds"] < 60
+    crashed = jobs["f-verilator-s9"]
+    assert crashed["status"] == "crashed" and crashed["returncode"] == -9 and "signal 9" in crashed["messages"][0]
     assert rep["totals"]["timeout"] == 1 and rep["totals"]["mismatch"] == 1 and rep["totals"]["passed"] == 1
+    assert rep["totals"]["crashed"] == 1
     assert "TIMEOUT: f-verilator-s8" in res.stderr and "reproducer: python -m sim replay" in res.stderr
     # the kept reproducer replayed alone, without the planted bug: the unit is right
     alone = subprocess.run([sys.executable, "-m", "sim", *r["command"].split()[3:]], capture_output=True,
