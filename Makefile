@@ -10,7 +10,7 @@ VERILOG := build/ept_walker.v
 PARAMS ?=
 
 .PHONY: sim test test-all ruff bench clean distclean venv verilog lint synth wave \
-        fuzz races soak formal reliability
+        fuzz races soak formal reliability regress
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,15 @@ soak: $(STAMP)
 formal: $(FPGA_STAMP)
 	$(PY) -m sim formal
 reliability: fuzz races soak formal
+
+# the regression on Dask: the default spec (a million fuzzed walks, the races on both backends,
+# a soak) on an embedded cluster, one worker per core; it also writes the fuzz/races/soak
+# sections of build/reliability/report.json. SWEEP="--scheduler tcp://HOST:8786" or
+# SWEEP="--jobqueue slurm --queue Q --workers 20" runs the same spec on a cluster or a grid
+SPEC ?= regress/default.toml
+SWEEP ?=
+regress: $(STAMP)
+	$(PY) -m sim sweep $(SPEC) $(SWEEP)
 
 # not file targets: PARAMS may change between runs, and generation takes seconds
 verilog: $(STAMP)

@@ -35,6 +35,7 @@ COMMANDS = {
     "lint": "sim.flows.lint",
     "synth": "sim.flows.synth",
     "bench": "sim.flows.bench",
+    "sweep": "sim.verify.sweep",
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["PROG", "UsageError", "Parser", "positive", "nonneg", "fraction", "probability",
            "add_rtl_options", "add_unit_options", "rtl_kwargs", "unit_kwargs", "output_path",
-           "progress_printer", "settle", "SIM_FIXED"]
+           "progress_printer", "settle", "SIM_FIXED", "add_reliability_option"]
 
 PROG = "python -m sim"
 
@@ -235,3 +235,11 @@ def output_path(flag: str, path: str | None) -> None:
 def progress_printer(quiet: bool):
     """A progress callback printing to stderr, or None when ``quiet``."""
     return None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def add_reliability_option(p: argparse.ArgumentParser) -> None:
+    """``--no-reliability``: leave build/reliability/report.json alone (a sweep's jobs run
+    side by side, and the sweep writes the reliability figures from all of them)."""
+    p.add_argument("--no-reliability", action="store_true",
+                   help="do not write this run's section of build/reliability/report.json "
+                        "(a sweep's jobs: `python -m sim sweep` writes it from the whole regression)")

@@ -46,7 +46,8 @@ from sim.cosim.dram import DramConfig
 from sim.cosim.harness import HangError
 from sim.files import write_json
 from sim.cosim.tables import TableBuilder, TableSet
-from sim.options import positive, add_unit_options, unit_kwargs, output_path, progress_printer
+from sim.options import (positive, add_unit_options, unit_kwargs, output_path, progress_printer,
+                         add_reliability_option)
 
 __all__ = ["FuzzOptions", "FuzzReport", "run_fuzz", "sweep_cases"]
 
@@ -495,6 +496,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="build/fuzz", metavar="DIR",
                     help="where reproducers and report.json go (default build/fuzz)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_reliability_option(p)
     add_unit_options(p)
 
 
@@ -510,8 +512,9 @@ def main(args) -> int:
     data = asdict(rep) | {"options": {"walks": args.walks, "seed": args.seed, "backend": args.backend,
                                       "faults": args.faults, "unit": opts.unit}}
     write_json(report_path, data, indent=1)
-    from sim.verify.reliability import update_report
-    update_report("fuzz", {k: v for k, v in data.items() if k != "reports"})
+    if not args.no_reliability:
+        from sim.verify.reliability import update_report
+        update_report("fuzz", {k: v for k, v in data.items() if k != "reports"})
     print(f"{rep.cases} table sets ({rep.sweep_cases} reserved-bit sweep, {rep.invalid_eptps} invalid "
           f"EPTPs) in {rep.rounds} rounds; {rep.host_writes} host stores, {rep.invepts} INVEPTs")
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.outcomes.items())))

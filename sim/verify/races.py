@@ -33,7 +33,8 @@ from sim.backends.base import make_backend
 from sim.cosim.workload import GuestLayout, Host, WorkloadOptions
 from pathlib import Path
 from sim.files import write_json
-from sim.options import positive, add_unit_options, unit_kwargs, output_path, progress_printer
+from sim.options import (positive, add_unit_options, unit_kwargs, output_path, progress_printer,
+                         add_reliability_option)
 
 __all__ = ["RaceOptions", "RaceReport", "run_races", "OPS"]
 
@@ -205,6 +206,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="build/reliability/races.json", metavar="FILE.json",
                     help="where to write the JSON report (default build/reliability/races.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_reliability_option(p)
     add_unit_options(p)
 
 
@@ -221,7 +223,8 @@ def main(args) -> int:
             "options": {"backend": args.backend, "max_offset": args.max_offset,
                         "ad": not args.no_ad, "unit": opts.unit}}
     write_json(Path(args.out), data, indent=1)
-    update_report("races", data)
+    if not args.no_reliability:
+        update_report("races", data)
     for f in rep.failures[:20]:
         print(f"FAIL: {f}", file=sys.stderr)
     print(f"{rep.translations} translations; {rep.overlapped} races landed while the walk was in "

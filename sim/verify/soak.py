@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 from sim.cosim.run import run_workload
 from sim.cosim.workload import WorkloadOptions
-from sim.options import positive, output_path, progress_printer
+from sim.files import write_json
+from sim.options import (positive, output_path, progress_printer, add_reliability_option,
+                         add_unit_options, unit_kwargs)
 
 __all__ = ["SoakReport", "run_soak", "rss_mb"]
 
@@ -50,7 +52,7 @@ class SoakReport:
 
 
 def run_soak(translations: int = 1_000_000, backend: str = "verilator", seed: int = 1,
-             flat_mb: float = 16.0, progress=None) -> SoakReport:
+             flat_mb: float = 16.0, progress=None, unit: dict | None = None) -> SoakReport:
     accesses = max(10, int(translations / TRANSLATIONS_PER_ACCESS))
     rep = SoakReport(backend=backend)
     samples = rep.rss_mb
@@ -61,7 +63,8 @@ def run_soak(translations: int = 1_000_000, backend: str = "verilator", seed: in
         if progress:
             progress(f"{line}, RSS {samples[-1][1]} MiB")
     started = time.monotonic()
-    s = run_workload(WorkloadOptions(accesses=accesses, seed=seed), backend, progress=sample)
+    kw = {"unit": dict(unit)} if unit else {}
+    s = run_workload(WorkloadOptions(accesses=accesses, seed=seed), backend, progress=sample, **kw)
     rep.seconds = round(time.monotonic() - started, 1)
     samples.append((accesses, round(rss_mb(), 1)))
     rep.translations, rep.accesses = s["translations"], accesses
@@ -88,19 +91,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="verilator", choices=["rtl", "verilator"],
                     help="verilator (default: the fastest) or rtl")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--out", metavar="FILE.json",
+                   help="also write the figures to FILE.json (a sweep's job reads them there)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_reliability_option(p)
+    add_unit_options(p)
 
 
 def main(args) -> int:
     from dataclasses import asdict
-    from sim.verify.reliability import update_report
-    output_path("--out", "build/reliability/report.json")
+    from sim.verify.reliability import REPORT, update_report
+    if not args.no_reliability:
+        output_path("--out", str(REPORT))
+    output_path("--out", args.out)
+    unit = unit_kwargs(args)
     progress = progress_printer(args.quiet)
-    rep = run_soak(args.translations, args.backend, args.seed, progress=progress)
-    path = update_report("soak", asdict(rep))
+    rep = run_soak(args.translations, args.backend, args.seed, progress=progress, unit=unit)
+    data = asdict(rep) | {"unit": unit}
+    if args.out:
+        write_json(args.out, data, indent=1)
+    path = args.out if args.no_reliability else update_report("soak", data)
     print(f"{rep.accesses} guest accesses, {rep.cycles} cycles in {rep.seconds} s on {rep.backend}; "
           f"resident memory {rep.rss_mb[0][1] if rep.rss_mb else '?'} -> {rep.rss_mb[-1][1]} MiB "
           f"({'flat' if rep.flat else 'GROWING'}: {rep.growth_mb:+} MiB after warm-up)")
-    print(f"report written to {path}")
+    if path:
+        print(f"report written to {path}")
     print(f"{rep.translations} translations, {rep.mismatches} mismatches")
     return 1 if rep.mismatches or not rep.flat else 0
