@@ -15,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["PROG", "UsageError", "Parser", "positive", "nonneg", "fraction", "probability",
            "add_rtl_options", "add_unit_options", "rtl_kwargs", "unit_kwargs", "output_path",
-           "progress_printer", "settle", "SIM_FIXED", "add_reliability_option"]
+           "progress_printer", "settle", "SIM_FIXED", "add_reliability_option", "output_dir"]
 
 PROG = "python -m sim"
 
@@ -202,7 +202,14 @@ def rtl_kwargs(args) -> dict:
             "seed": args.dram_seed, "unit": unit}
 
 
-def output_path(flag: str, path: str | None) -> None:
+def output_dir(flag: str, path: str | None) -> None:
+    """Refuse an output folder that cannot be made or written, before any work.
+    The folder the option names is made if missing (it was asked for); its
+    parent must exist, unless it is under ``build/``."""
+    output_path(flag, path, directory=True)
+
+
+def output_path(flag: str, path: str | None, *, directory: bool = False) -> None:
     """Refuse an output path that cannot be written, before any work is done.
 
     Missing folders are made only under ``build/`` (the tools' own output
@@ -211,21 +218,25 @@ def output_path(flag: str, path: str | None) -> None:
     if path is None:
         return
     p = Path(path)
-    parent = p.parent.resolve()
+    folder = (p if directory else p.parent).resolve()
     build = Path.cwd().resolve() / "build"
-    if p.is_dir():
+    if not directory and p.is_dir():
         raise UsageError(f"cannot write {flag} {path}: it is a directory")
-    if not parent.exists():
-        if not (parent == build or build in parent.parents):
-            raise UsageError(f"cannot write {flag} {path}: folder {p.parent} does not exist")
+    if directory and p.exists() and not p.is_dir():
+        raise UsageError(f"cannot write {flag} {path}: it is not a folder")
+    if not folder.exists():
+        asked = directory and folder.parent.is_dir()
+        if not (asked or folder == build or build in folder.parents):
+            missing = p.parent if not directory else folder.parent
+            raise UsageError(f"cannot write {flag} {path}: folder {missing} does not exist")
         try:
-            parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"cannot write {flag} {path}: {e.strerror}") from None
     # try it: permissions alone do not tell (root, read-only mounts, /proc)
     import tempfile
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".probe")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".probe")
     except OSError as e:
         raise UsageError(f"cannot write {flag} {path}: {e.strerror or e}") from None
     os.close(fd)

@@ -20,7 +20,7 @@ from sim.cosim.dram import DramConfig
 from sim.backends.pysim import PysimHarness
 from sim.cosim.tables import HandTables
 from sim.files import write_json
-from sim.options import output_path, progress_printer
+from sim.options import output_dir, progress_printer
 
 __all__ = ["run_bench", "main"]
 
@@ -294,7 +294,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    output_path("--out", str(Path(args.out) / "results.json"))
+    output_dir("--out", args.out)
     r = run_bench(args.out, args.quick, progress=progress_printer(False))
     keys = ("tlb_hit_latency_cycles", "tlb_hit_throughput_per_cycle", "cold_walk_cycles",
             "psc_pde_hit_walk_cycles", "miss_throughput_speedup_4_walkers", "pysim_cycles_per_second",

@@ -38,7 +38,7 @@ from hw.entry_check import EntryCheck
 from hw.checks import PortChecker
 from hw.layouts import MemOp, MemRequest, MemResponse, TranslateResponse
 from hw.walker import Walker, WalkRequest
-from sim.options import UsageError, positive, output_path
+from sim.options import output_dir, UsageError, positive
 
 __all__ = ["FormalWalker", "prove", "YosysUnavailable"]
 
@@ -136,7 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from sim.verify.reliability import update_report
-    output_path("--out", str(Path(args.out) / "sat.log"))
+    output_dir("--out", args.out)
     try:
         proof = prove(args.depth, Path(args.out))
         reach = prove(args.reach_depth, Path(args.out) / "reach", reach_cas=True)

@@ -46,7 +46,7 @@ from sim.cosim.dram import DramConfig
 from sim.cosim.harness import HangError
 from sim.files import write_json
 from sim.cosim.tables import TableBuilder, TableSet
-from sim.options import (positive, add_unit_options, unit_kwargs, output_path, progress_printer,
+from sim.options import (output_dir, positive, add_unit_options, unit_kwargs, progress_printer,
                          add_reliability_option)
 
 __all__ = ["FuzzOptions", "FuzzReport", "run_fuzz", "sweep_cases"]
@@ -506,7 +506,7 @@ def main(args) -> int:
                        cases_per_round=args.cases_per_round, out=Path(args.out),
                        unit=unit_kwargs(args))
     report_path = Path(args.out) / "report.json"
-    output_path("--out", str(report_path))
+    output_dir("--out", args.out)
     progress = progress_printer(args.quiet)
     rep = run_fuzz(opts, progress)
     data = asdict(rep) | {"options": {"walks": args.walks, "seed": args.seed, "backend": args.backend,

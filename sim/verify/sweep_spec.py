@@ -40,9 +40,15 @@ class SpecError(ValueError):
 
 
 # the unit's parameters a grid may name -> (type, the campaign flag)
-UNIT_PARAMS = {"walkers": (int, "--walkers"), "tlb_sets": (int, "--tlb-sets"),
-               "tlb_ways": (int, "--tlb-ways"), "pde_cache": (int, "--pde-cache"),
-               "caches": (bool, "--no-caches")}
+# (from the unit's constructor, as the campaigns' own options are: sim.unit_params)
+def _unit_params() -> dict:
+    from sim import unit_params
+    from sim.options import SIM_FIXED
+    return {q.name: (q.kind, q.option) for q in unit_params.parameters(*unit_params.UNIT)
+            if q.name not in SIM_FIXED}
+
+
+UNIT_PARAMS = _unit_params()
 
 _INT, _POS, _BOOL, _FRAC, _STR = "int", "positive", "bool", "fraction", "str"
 
@@ -61,6 +67,8 @@ CAMPAIGNS: dict[str, tuple[tuple[str, ...], bool, dict]] = {
         "translations": (_POS, 1_000_000, "--translations"),
     }),
     "run": (("model", "rtl", "verilator"), True, {
+        # always passed: the model's own default is guest-os, the RTL's stress
+        "workload": (_STR, "stress", "--workload"),
         "accesses": (_POS, 4000, "--accesses"),
         "guest_pages": (_POS, 256, "--guest-pages"),
         "host_frames": (_POS, 96, "--host-frames"),
@@ -120,8 +128,7 @@ class Job:
         for name, value in self.params.items():
             kind, flag = UNIT_PARAMS[name]
             if kind is bool:
-                if not value:
-                    flags.append(flag)
+                flags.append(flag if value else flag.replace("--", "--no-", 1))
             else:
                 flags += [flag, str(value)]
         return flags
@@ -141,6 +148,9 @@ class Job:
                 # every bool flag either turns a default-off option on or a default-on one off
                 if value != default:
                     args.append(flag)
+            elif kind == _STR:
+                if flag and value is not None:
+                    args += [flag, value]
             elif value != default:
                 args += [flag, str(value)]
         return args + self.unit_flags()
@@ -261,9 +271,17 @@ def parse_spec(data, path: str = "<spec>", base: Path = Path("."), timeout: floa
             scenarios = [str(f.resolve()) for f in sorted(d.glob(options["glob"])) if f.is_file()]
             if not scenarios:
                 err(f"{where}.dir", f"no {options['glob']} in {options['dir']!r}")
+        seen_model: set = set()
         for backend, params, seed, scenario in itertools.product(backends, grid, seeds, scenarios):
+            if backend == "model":
+                # the golden model has no unit: the parameter grid means nothing there (the
+                # campaign would refuse the options), so it runs once per seed and scenario
+                if (seed, scenario) in seen_model:
+                    continue
+                seen_model.add((seed, scenario))
+                params = {}
             parts = [ename, backend]
-            if len(grid) > 1:
+            if len(grid) > 1 and params:
                 parts += [(name.replace("_", "") + str(v)) if not isinstance(v, bool)
                           else name.replace("_", "") if v else "no" + name.replace("_", "")
                           for name, v in params.items()]
