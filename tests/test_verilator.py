@@ -240,24 +240,28 @@ def test_build_cache_hits_and_rebuilds_on_change(monkeypatch, tmp_path):
     params = dict(maxphyaddr=46, execute_only=True)
     first = vb.build_model(params)
     again = vb.build_model(params)
-    assert again.cache_hit and again.library == first.library and again.seconds < 2
+    assert again.cache_hit and again.library == first.library and again.seconds < 1
+    assert first.library.is_relative_to(vbuild.cache_dir())
     # other parameters are another design: another build directory
     other = vb.build_model(dict(params, walkers=1))
     assert other.key != first.key and other.library.exists()
-    # an edited hw/ source is noticed (the index key covers every hw/ file) ...
+    # an edited hw/ source is noticed (the index key covers every hw/ file's syntax) ...
     version = vb.toolchain()[1]
     fake_root = tmp_path / "root"
     shutil.copytree(ROOT / "hw", fake_root / "hw")
     monkeypatch.setattr(vbuild, "ROOT", fake_root)
-    same = vbuild._source_key(params, version)
+    same = vbuild._source_key(params, version, cache=tmp_path / "cache")
     with open(fake_root / "hw" / "walker.py", "a") as f:
-        f.write("\n# an edit\n")
-    assert vbuild._source_key(params, version) != same
+        f.write("\n# a comment: not a change\n")
+    assert vbuild._source_key(params, version, cache=tmp_path / "cache") == same
+    with open(fake_root / "hw" / "walker.py", "a") as f:
+        f.write("\nAN_EDIT = 1\n")
+    assert vbuild._source_key(params, version, cache=tmp_path / "cache") != same
     # ... and the library is keyed by the Verilog itself: unchanged Verilog
     # after a source edit regenerates the Verilog but reuses the build
     monkeypatch.setattr(vbuild, "ROOT", ROOT)
-    monkeypatch.setattr(vbuild, "_source_key", lambda p, v, trace=False: "edited-but-same-verilog")
-    index = vbuild.BUILD_DIR / "index" / "edited-but-same-verilog"
+    monkeypatch.setattr(vbuild, "_source_key", lambda p, v, trace=False, cache=None: "edited-but-same")
+    index = vbuild.cache_dir() / "index" / "edited-but-same"
     index.unlink(missing_ok=True)
     try:
         regenerated = vb.build_model(params)

@@ -27,7 +27,7 @@ from typing import Callable
 from model.physmem import PhysicalMemory
 
 from sim.backends.checked import ScoreboardBackend
-from sim.backends.verilator.build import BUILD_DIR, build_model
+from sim.backends.verilator.build import build_model
 from sim.cosim.dram import Dram, DramConfig, DramRequest
 from sim.cosim.harness import INVEPT_REQUEST, TRANSLATE_REQUEST, HangError, HarnessCore, Ticket, run_hooks
 from sim.flows.gtkwave import check_wave_path, finish_waveform
@@ -148,7 +148,7 @@ class VerilatorHarness(HarnessCore):
                  maxphyaddr: int = 46, execute_only: bool = True,
                  resp_stall_probability: float = 0.0, seed: int = 1,
                  wave=None, store_seq: Callable[[], int] | None = None,
-                 build_dir: Path = BUILD_DIR, **unit_params):
+                 build_dir: Path | None = None, **unit_params):
         self.wave = check_wave_path(wave, ".fst") if wave is not None else None
         super().__init__(memory, dram, resp_stall_probability=resp_stall_probability, seed=seed,
                          store_seq=store_seq)
