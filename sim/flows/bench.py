@@ -165,6 +165,94 @@ def default_workload_speed() -> dict:
                                  "counters": s["counters"]}}
 
 
+DEFAULT_UNIT = dict(walkers=2, tlb_sets=16, tlb_ways=4, pde_cache=8, caches=True)
+
+
+def bare_speed(accesses: int = 4000, seed: int = 1, checks: bool = True, invept_every: int = 2) -> dict:
+    """The bare Verilated model: the default workload's unit and DRAM timing,
+    driven by C++ alone (driver.cpp ``sim_bare``) with the default workload's
+    access stream (same guest, same seed) over tables that map every guest
+    page, one translation at a time, and a single-context INVEPT before every
+    ``invept_every``-th (the default workload shoots down about every other
+    translation).  No Python runs in the measured loop: the physical limit of
+    this design on this machine, against which the cosimulation is measured."""
+    from sim.backends.verilator import VerilatorHarness
+    from sim.cosim.workload import Guest, GuestLayout, WorkloadOptions
+    opts = WorkloadOptions(accesses=accesses, seed=seed)
+    layout = GuestLayout(opts.guest_pages)
+    memory = PhysicalMemory()
+    frames = iter(range(0x10_0000, 0x4000_0000, 0x1000))
+    tables = HandTables(memory, lambda: next(frames), ad=True)
+    for page in layout.pages:
+        tables.map(page, next(frames))
+    guest = Guest(layout, opts)
+    requests = [guest.next() for _ in range(accesses)]
+    h = VerilatorHarness(memory, DramConfig(), maxphyaddr=memory.maxphyaddr, execute_only=True,
+                         checks=checks, **DEFAULT_UNIT)
+    try:
+        e = tables.eptp
+        assert h.load_eptp(e.encode(), e)
+        cycles, done, seconds = h.run_bare(requests, invept_every)
+    finally:
+        h.close()
+    assert done == accesses, f"the bare model answered {done} of {accesses}"
+    return {"verilator_bare_cycles_per_second": round(cycles / seconds),
+            "verilator_bare_cycles": cycles, "verilator_bare_translations": done,
+            "verilator_bare_seconds": round(seconds, 4),
+            "verilator_bare_cycles_per_translation": round(cycles / done, 2)}
+
+
+def cosim_vs_bare(accesses: int = 4000, seed: int = 1, repeat: int = 3) -> dict:
+    """The default workload's cosimulation on Verilator against the bare model,
+    in the same run: ``cosim_loop_vs_bare`` (cycles/s of run_workload's loop
+    over the bare model's) and ``cosim_process_vs_bare`` (the same for a whole
+    ``python -m sim run --backend verilator`` process, startup included).
+    Medians of ``repeat`` alternating runs; also the cold build's time (in a
+    fresh cache directory, so it is measured, not assumed)."""
+    import os
+    import statistics
+    import subprocess
+    import tempfile
+    from sim.backends.verilator import build_model
+    from sim.cosim.run import run_workload
+    from sim.cosim.workload import WorkloadOptions
+    params = dict(maxphyaddr=46, execute_only=True, checks=True, **DEFAULT_UNIT)
+    with tempfile.TemporaryDirectory(prefix="ept-walker-cold-") as cold:
+        cold_seconds = build_model(params, Path(cold), progress=open(os.devnull, "w")).seconds
+    build_model(params)
+    loop, proc, bare, cycles = [], [], [], None
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(repeat):
+        b = bare_speed(accesses, seed)
+        bare.append(b["verilator_bare_cycles_per_second"])
+        s = run_workload(WorkloadOptions(accesses=accesses, seed=seed), "verilator",
+                         unit=dict(DEFAULT_UNIT))
+        cycles = s["cycles"]
+        loop.append(cycles / s["elapsed_seconds"])
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", "verilator", "--quiet",
+                                "--accesses", str(accesses), "--seed", str(seed),
+                                "--summary", str(Path(tmp) / "s.json")],
+                               cwd=root, capture_output=True, text=True)
+            elapsed = time.perf_counter() - started
+        if r.returncode:
+            raise RuntimeError(f"python -m sim run failed:\n{r.stderr[-2000:]}")
+        proc.append(cycles / elapsed)
+    med = statistics.median
+    return {
+        **{k: v for k, v in b.items() if k != "verilator_bare_cycles_per_second"},
+        "verilator_bare_cycles_per_second": round(med(bare)),
+        "cosim_loop_cycles_per_second": round(med(loop)),
+        "cosim_process_cycles_per_second": round(med(proc)),
+        "cosim_loop_vs_bare": round(med(l / b for l, b in zip(loop, bare, strict=True)), 3),
+        "cosim_process_vs_bare": round(med(p / b for p, b in zip(proc, bare, strict=True)), 3),
+        "cosim_cycles": cycles,
+        "verilator_cold_build_seconds": round(cold_seconds, 1),
+        "cosim_vs_bare_runs": repeat,
+    }
+
+
 def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: int = 1,
                   checks: bool = True) -> dict:
     """Run the default ``make sim`` workload on both backends with one seed.
@@ -263,6 +351,8 @@ def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=
         from sim.backends.base import BackendUnavailable
         progress("default workload on pysim and Verilator (pysim takes minutes)")
         try:
+            progress("Verilator: cold build, bare model and cosimulation (3 alternating runs)")
+            results |= cosim_vs_bare()
             results |= measure_speed(pysim_accesses=None)
             # without the protocol Asserts, which cost pysim more than Verilator
             bare = measure_speed(pysim_accesses=None, checks=False)
@@ -296,7 +386,8 @@ def main(args) -> int:
     r = run_bench(args.out, args.quick, progress=progress_printer(False))
     keys = ("tlb_hit_latency_cycles", "tlb_hit_throughput_per_cycle", "cold_walk_cycles",
             "psc_pde_hit_walk_cycles", "miss_throughput_speedup_4_walkers", "pysim_cycles_per_second",
-            "verilator_cycles_per_second", "verilator_speedup_vs_pysim")
+            "verilator_cycles_per_second", "verilator_speedup_vs_pysim", "verilator_bare_cycles_per_second",
+            "cosim_loop_vs_bare", "cosim_process_vs_bare", "verilator_cold_build_seconds")
     for k in keys:
         if k in r:
             print(f"{k:40s} {r[k]}")

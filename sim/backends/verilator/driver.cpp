@@ -474,5 +474,72 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
     return STOP_UNTIL;
 }
 
+// The bare model (make bench's yardstick): the same unit and DRAM timing with
+// no Python at all.  Translates `n` request payloads (tag 0) one at a time,
+// each driven from the cycle after the previous response, with a one-cycle
+// INVEPT strobe (`invept_payload`) before every `invept_every`-th request (0:
+// none); reads come from the frame table, CASes act on it directly.  Returns
+// the cycles run; `done` gets the translations answered (fewer if `limit`
+// cycles ran out).
+uint64_t sim_bare(void* p, const uint64_t* reqs, uint64_t n, uint64_t invept_payload,
+                  uint64_t invept_every, uint64_t limit, uint64_t* done) {
+    Sim* s = (Sim*)p;
+    Vpwu* t = s->top;
+    Status& st = s->st;
+    const uint64_t start = st.cycle;
+    uint64_t i = 0, answered = 0;
+    enum { INVEPT, REQUEST, WAIT } phase = invept_every ? INVEPT : REQUEST;
+    st.in_dirty = 0;
+    st.staged = 0;
+    t->translate_resp___05Fready = 1;
+    t->eptp_load = 0;
+    t->invept___05Fvalid = 0;
+    t->translate_req___05Fvalid = 0;
+    while (answered < n && st.cycle - start < limit) {
+        if (!s->queue.empty()) {
+            Req& h = s->queue.front();
+            if (st.cycle >= h.due && !h.done && !perform_direct(s, h)) {
+                auto it = s->frames.find(h.addr >> 12);
+                h.done = true;
+                h.error = h.op == 0 || h.addr >= s->limit || (h.addr & 7);
+                h.result = 0;
+                if (!h.error && it != s->frames.end()) {
+                    uint64_t* w = const_cast<uint64_t*>(it->second) + ((h.addr & 0xFFF) >> 3);
+                    h.result = *w;
+                    if (*w == h.compare) *w = h.data;
+                }
+                update_head(s);
+            }
+        }
+        drive_dram(s, false);
+        if (phase == INVEPT) {
+            t->invept___05Fvalid = 1;
+            t->invept___05Fpayload = invept_payload;
+        } else if (phase == REQUEST) {
+            t->translate_req___05Fvalid = 1;
+            t->translate_req___05Fpayload = reqs[i];
+        }
+        settle(s);
+        bool accept = t->translate_req___05Fvalid && t->translate_req___05Fready;
+        bool respond = t->translate_resp___05Fvalid && t->translate_resp___05Fready;
+        edge(s);
+        if (s->ctx->gotError()) break;
+        if (phase == INVEPT) {
+            t->invept___05Fvalid = 0;
+            phase = REQUEST;
+        } else if (accept) {
+            t->translate_req___05Fvalid = 0;
+            phase = WAIT;
+            i++;
+        }
+        if (respond) {
+            answered++;
+            phase = invept_every && i % invept_every == 0 ? INVEPT : REQUEST;
+        }
+    }
+    *done = answered;
+    return st.cycle - start;
+}
+
 }  // extern "C"
 #pragma GCC visibility pop

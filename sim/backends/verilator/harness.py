@@ -29,6 +29,7 @@ from model.physmem import PhysicalMemory
 from sim.backends.checked import ScoreboardBackend
 from sim.backends.verilator.build import build_model
 from sim.cosim.dram import Dram, DramConfig, DramRequest
+from hw.layouts import InveptKind
 from sim.cosim.harness import INVEPT_REQUEST, TRANSLATE_REQUEST, HangError, HarnessCore, Ticket, run_hooks
 from sim.flows.gtkwave import check_wave_path, finish_waveform
 
@@ -122,6 +123,7 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_trace_open": ([P, ctypes.c_char_p], I),
             "sim_got_error": ([P], I),
             "sim_trace_close": ([P], None),
+            "sim_bare": ([P, ctypes.POINTER(U64), U64, U64, U64, U64, ctypes.POINTER(U64)], U64),
         }
         for name, (args, res) in sig.items():
             f = getattr(lib, name)
@@ -468,6 +470,29 @@ class VerilatorHarness(HarnessCore):
             if self.cycle >= deadline:
                 raise HangError(f"no {what} within {limit} cycles (cycle {self.cycle})")
             self._advance(deadline, True)
+
+    def run_bare(self, requests, invept_every: int = 0, limit: int = 1 << 40) -> tuple[int, int, float]:
+        """The bare model: translate ``requests`` ((gpa, access) pairs) one at a
+        time in C++ alone (no Python, no scoreboard, CASes straight into the
+        frames), with a single-context INVEPT before every ``invept_every``-th.
+        Returns (cycles, translations answered, seconds).  For measurement: the
+        harness's own bookkeeping does not follow (use a fresh harness)."""
+        import time
+        self._update_direct()
+        self._sync_reads()
+        raw = (ctypes.c_uint64 * len(requests))(*(_pack_request(g, int(a), 0) for g, a in requests))
+        tag = self.eptp.tag if self.eptp is not None else 0
+        inv = INVEPT_REQUEST.pack(kind=InveptKind.SINGLE.value, tag=tag)
+        done = ctypes.c_uint64()
+        started = time.perf_counter()
+        cycles = self._lib.sim_bare(self._h, raw, len(requests), inv, invept_every, limit,
+                                    ctypes.byref(done))
+        seconds = time.perf_counter() - started
+        if self._lib.sim_got_error(self._h):
+            raise AssertionError("the unit's protocol checks failed in the bare model")
+        self.cycle = self._status.cycle
+        self._started = False
+        return cycles, done.value, seconds
 
     def close(self, markers=()) -> Path | None:
         """End the run; with a waveform, finish it (as PysimHarness.close does)."""
