@@ -25,8 +25,11 @@ $(FPGA_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
+# the fastest backend that runs here: Verilator (built once into the per-user cache),
+# else pysim with one line saying why; BACKEND=rtl asks for pysim
+BACKEND ?=
 sim: $(STAMP)
-	$(PY) -m sim run
+	$(PY) -m sim run --backend $(or $(BACKEND),auto)
 
 bench: $(STAMP)
 	$(PY) -m sim bench
@@ -45,9 +48,8 @@ ruff: $(STAMP)
 # WORKLOAD=path/scenario.json replays a scenario, or WORKLOAD="--accesses 300 --seed 2";
 # BACKEND=verilator writes FST instead of VCD
 WORKLOAD ?=
-BACKEND ?= rtl
 wave: $(STAMP)
-	$(PY) -m sim wave --backend $(BACKEND) $(WORKLOAD)
+	$(PY) -m sim wave --backend $(or $(BACKEND),rtl) $(WORKLOAD)
 
 # reliability: each writes its section of build/reliability/report.json
 WALKS ?= 20000

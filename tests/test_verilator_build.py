@@ -84,3 +84,48 @@ def test_build_key_same_for_two_clones_and_a_comment_edit(tmp_path):
 def test_the_verilog_names_no_path():
     text = vbuild.generate_verilog(PARAMS)
     assert "src =" not in text and str(ROOT) not in text and ".py:" not in text
+
+
+def run_sim(tmp_path, *args, env=None):
+    summary = tmp_path / f"summary-{len(list(tmp_path.iterdir()))}.json"
+    r = subprocess.run([sys.executable, "-m", "sim", "run", "--accesses", "30", "--quiet",
+                        "--summary", str(summary), *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env=env)
+    return r, json.loads(summary.read_text()) if summary.exists() else None
+
+
+def speed_free(stdout: str) -> list[str]:
+    """The summary as printed, but for which backend ran and how long it took."""
+    return [line for line in stdout.splitlines()
+            if not line.startswith(("backend ", "PASS:", "FAIL:", "summary written to "))]
+
+
+def test_make_sim_runs_verilator_and_falls_back_to_pysim(tmp_path):
+    vb.build_model(dict(PARAMS, walkers=2, tlb_sets=16, tlb_ways=4, pde_cache=8, caches=True))
+    fast, s_fast = run_sim(tmp_path)                   # --backend auto, make sim's default
+    assert fast.returncode == 0, fast.stderr
+    assert s_fast["backend"] == "verilator" and fast.stderr == ""    # cached: not a word
+    # a build that fails on purpose (a compiler that always fails, an empty cache):
+    # one line says it builds, one says why not, and pysim runs
+    env = dict(os.environ, CXX="false", EPT_WALKER_BUILD_CACHE=str(tmp_path / "empty-cache"))
+    slow, s_slow = run_sim(tmp_path, env=env)
+    assert slow.returncode == 0, slow.stderr
+    assert s_slow["backend"] == "rtl"
+    lines = slow.stderr.splitlines()
+    assert len(lines) == 2 and "building the Verilated model" in lines[0], slow.stderr
+    assert "running on pysim" in lines[1] and "failed" in lines[1], slow.stderr
+    assert speed_free(slow.stdout) == speed_free(fast.stdout)
+    drop = ("backend", "elapsed_seconds", "cycles_per_second")
+    assert {k: v for k, v in s_slow.items() if k not in drop} == \
+           {k: v for k, v in s_fast.items() if k not in drop}
+    # asked for by name, pysim it is
+    rtl, s_rtl = run_sim(tmp_path, "--backend", "rtl")
+    assert rtl.returncode == 0 and s_rtl["backend"] == "rtl" and rtl.stderr == ""
+
+
+def test_makefile_passes_backend_through():
+    def line(*args):
+        r = subprocess.run(["make", "-n", "sim", *args], cwd=ROOT, capture_output=True, text=True)
+        return [x for x in r.stdout.splitlines() if "-m sim run" in x]
+    assert line() == [".venv/bin/python -m sim run --backend auto"]
+    assert line("BACKEND=rtl") == [".venv/bin/python -m sim run --backend rtl"]

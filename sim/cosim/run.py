@@ -78,7 +78,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
             by_access[access.name.lower()] += 1
             if not timed:
                 agent.maybe_act(gpa)
-            for attempt in range(16):
+            for _attempt in range(16):
                 t, cycles = backend.translate(gpa, access)
                 translations += 1
                 latency_total += cycles or 0
@@ -245,9 +245,10 @@ def _mix(text: str) -> tuple[float, float, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="rtl", choices=sorted(BACKENDS),
-                   help="rtl (cosimulation in pysim, default), verilator (the same, compiled "
-                        "with Verilator) or model (golden model alone)")
+    p.add_argument("--backend", default="auto", choices=["auto", *sorted(BACKENDS)],
+                   help="auto (default: verilator when its model builds here, else rtl; with --wave, "
+                        "by the file's suffix), verilator (the cosimulation compiled with Verilator), "
+                        "rtl (the same in pysim: the debugging backend) or model (golden model alone)")
     p.add_argument("--accesses", type=positive, default=4000, help="guest accesses (default 4000)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--guest-pages", type=positive, default=256,
@@ -271,6 +272,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_rtl_options(p)
 
 
+def _choose_backend(args) -> dict:
+    """``--backend auto``: sets ``args.backend`` to Verilator when it can build
+    here, else pysim (one line why); a waveform picks the backend that writes
+    its format (.fst: verilator, else rtl).  Returns ``rtl_kwargs(args)``."""
+    from sim.backends.base import auto_backend
+    args.backend = "verilator" if args.wave and Path(args.wave).suffix == ".fst" else "rtl"
+    kw = rtl_kwargs(args)          # the same options, the same checks for both RTL backends
+    if not args.wave:
+        args.backend = auto_backend(kw["unit"], PhysicalMemory().maxphyaddr)
+    return kw
+
+
 def main(args) -> int:
     from sim.cosim.workload import WorkloadOptions
     opts = WorkloadOptions(accesses=args.accesses, seed=args.seed, guest_pages=args.guest_pages,
@@ -281,7 +294,7 @@ def main(args) -> int:
         opts.validate()
     except ValueError as e:
         raise UsageError(f"{PROG} run: {e}") from None
-    kw = rtl_kwargs(args)
+    kw = _choose_backend(args) if args.backend == "auto" else rtl_kwargs(args)
     output_path("--summary", args.summary)
     output_path("--wave", args.wave)
     progress = progress_printer(args.quiet)
