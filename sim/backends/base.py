@@ -11,15 +11,13 @@ imported only when it is asked for (Amaranth, Verilator).
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Callable
 
 from model.formats import Access, EptConfig, Eptp
 from model.physmem import PhysicalMemory
 from model.walk import Translation, translate
 
-__all__ = ["Backend", "ModelBackend", "BackendUnavailable", "make_backend", "backend_class", "BACKENDS",
-           "auto_backend"]
+__all__ = ["Backend", "ModelBackend", "BackendUnavailable", "make_backend", "backend_class", "BACKENDS"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -162,20 +160,3 @@ def backend_class(name: str) -> type[Backend]:
 
 def make_backend(name: str, memory: PhysicalMemory, config: EptConfig, **kw) -> Backend:
     return backend_class(name)(memory, config, **kw)
-
-
-def auto_backend(unit: dict, maxphyaddr: int, execute_only: bool = True, log=None) -> str:
-    """The fastest RTL backend that runs here: ``verilator`` when its model is
-    cached or can be built now (the build prints its own progress line), else
-    ``rtl`` (pysim), saying why in one line on ``log`` (default stderr).
-    ``unit``: the unit parameters the run will use (the build is the run's)."""
-    log = sys.stderr if log is None else log
-    try:
-        from sim.backends.verilator.build import build_model
-        build_model(dict(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit, checks=True))
-        return "verilator"
-    except (BackendUnavailable, RuntimeError, OSError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
-        print(f"the verilator backend cannot run here ({reason}); running on pysim (rtl) instead",
-              file=log, flush=True)
-        return "rtl"

@@ -35,6 +35,9 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     opts.validate()
     memory = PhysicalMemory()
     config = EptConfig(memory.maxphyaddr)
+    if backend_name == "verilator" and not backend_kw.get("wave"):
+        # the second core checks while this one simulates (verdicts joined at close)
+        backend_kw = {"scoreboard": "process", **backend_kw}
     backend = make_backend(backend_name, memory, config, **backend_kw)
     layout = GuestLayout(opts.guest_pages)
     host = Host(memory, layout, opts, invept=backend.invept)
@@ -276,7 +279,7 @@ def _choose_backend(args) -> dict:
     """``--backend auto``: sets ``args.backend`` to Verilator when it can build
     here, else pysim (one line why); a waveform picks the backend that writes
     its format (.fst: verilator, else rtl).  Returns ``rtl_kwargs(args)``."""
-    from sim.backends.base import auto_backend
+    from sim.backends.auto import auto_backend
     args.backend = "verilator" if args.wave and Path(args.wave).suffix == ".fst" else "rtl"
     kw = rtl_kwargs(args)          # the same options, the same checks for both RTL backends
     if not args.wave:

@@ -105,23 +105,23 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = _LIBS.get(str(path))
     if lib is None:
         lib = ctypes.CDLL(str(path))
-        P, U64, I = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
+        P, U64, INT = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
         sig = {
-            "sim_new": ([I, I, I, U64, U64, I], P),
+            "sim_new": ([INT, INT, INT, U64, U64, INT], P),
             "sim_free": ([P], None),
             "sim_status": ([P], ctypes.POINTER(Status)),
-            "sim_perform_due": ([P], I),
+            "sim_perform_due": ([P], INT),
             "sim_head": ([P, ctypes.POINTER(U64)], None),
-            "sim_perform": ([P, U64, I], None),
+            "sim_perform": ([P, U64, INT], None),
             "sim_edge": ([P], None),
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
-            "sim_run": ([P, U64, U64], I),
+            "sim_run": ([P, U64, U64], INT),
             "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN, HOOKS_FN], None),
             "sim_map_frame": ([P, U64, P], None),
-            "sim_set_direct": ([P, I, U64], None),
-            "sim_trace_open": ([P, ctypes.c_char_p], I),
-            "sim_got_error": ([P], I),
+            "sim_set_direct": ([P, INT, U64], None),
+            "sim_trace_open": ([P, ctypes.c_char_p], INT),
+            "sim_got_error": ([P], INT),
             "sim_trace_close": ([P], None),
             "sim_bare": ([P, ctypes.POINTER(U64), U64, U64, U64, U64, ctypes.POINTER(U64)], U64),
         }
@@ -498,7 +498,7 @@ class VerilatorHarness(HarnessCore):
         """End the run; with a waveform, finish it (as PysimHarness.close does)."""
         if not self._h:
             return None
-        self.dram        # keep the final statistics
+        _ = self.dram    # keep the final statistics
         self.memory.unwatch_frames(self._frame_watch)
         self._lib.sim_free(self._h)      # closes the FST
         self._h = None
