@@ -24,7 +24,6 @@ from sim.cosim.dram import DramConfig
 from sim.cosim.harness import HarnessCore, Ticket
 from sim.cosim import scoreboard_process
 from sim.cosim.scoreboard import MemoryHistory, Scoreboard
-from sim.flows.gtkwave import marker_note
 
 __all__ = ["ScoreboardBackend", "ticket_translation"]
 
@@ -71,6 +70,7 @@ class ScoreboardBackend(Backend):
         self.watchdog = watchdog
         self.tickets = 0
         if self.harness.wave is not None:
+            from sim.flows.gtkwave import marker_note      # Amaranth: only with a waveform
             self.scoreboard.wave_note = lambda cycle: marker_note(self.harness.wave.with_suffix(".gtkw"), cycle)
 
     @property

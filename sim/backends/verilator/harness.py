@@ -29,9 +29,9 @@ from model.physmem import PhysicalMemory
 from sim.backends.checked import ScoreboardBackend
 from sim.backends.verilator.build import build_model
 from sim.cosim.dram import Dram, DramConfig, DramRequest
-from hw.layouts import InveptKind
-from sim.cosim.harness import INVEPT_REQUEST, TRANSLATE_REQUEST, HangError, HarnessCore, Ticket, run_hooks
-from sim.flows.gtkwave import check_wave_path, finish_waveform
+from sim.cosim.harness import (
+    INVEPT_REQUEST, INVEPT_SINGLE, TRANSLATE_REQUEST, HangError, HarnessCore, Ticket, run_hooks,
+)
 
 __all__ = ["VerilatorHarness", "VerilatorBackend"]
 
@@ -151,7 +151,10 @@ class VerilatorHarness(HarnessCore):
                  resp_stall_probability: float = 0.0, seed: int = 1,
                  wave=None, store_seq: Callable[[], int] | None = None,
                  build_dir: Path | None = None, **unit_params):
-        self.wave = check_wave_path(wave, ".fst") if wave is not None else None
+        if wave is not None:
+            from sim.flows.gtkwave import check_wave_path      # Amaranth: only for a waveform
+            wave = check_wave_path(wave, ".fst")
+        self.wave = wave
         super().__init__(memory, dram, resp_stall_probability=resp_stall_probability, seed=seed,
                          store_seq=store_seq)
         # the port protocol Asserts (hw/checks.py), as in pysim
@@ -482,7 +485,7 @@ class VerilatorHarness(HarnessCore):
         self._sync_reads()
         raw = (ctypes.c_uint64 * len(requests))(*(_pack_request(g, int(a), 0) for g, a in requests))
         tag = self.eptp.tag if self.eptp is not None else 0
-        inv = INVEPT_REQUEST.pack(kind=InveptKind.SINGLE.value, tag=tag)
+        inv = INVEPT_REQUEST.pack(kind=INVEPT_SINGLE, tag=tag)
         done = ctypes.c_uint64()
         started = time.perf_counter()
         cycles = self._lib.sim_bare(self._h, raw, len(requests), inv, invept_every, limit,
@@ -505,6 +508,7 @@ class VerilatorHarness(HarnessCore):
         if self.wave is None:
             return None
         from hw.top import PageWalkUnit
+        from sim.flows.gtkwave import finish_waveform
         # the names come from an elaboration with the same parameters as the Verilog's
         return finish_waveform(self.wave, PageWalkUnit(**self.params), self.completed, markers)
 
