@@ -4,7 +4,7 @@ The harnesses move raw integers through the ports; all they need from
 ``hw/layouts.py`` is each struct field's offset and width, the enum values,
 ``TAG_BITS`` and the counter names.  Importing Amaranth to get them costs
 ~0.1 s on every run, so :func:`ports` computes them from ``hw.layouts`` once
-and caches them (JSON) in the per-user cache (:func:`sim.cache.cache_dir`),
+and caches them (JSON) in the per-user cache (:func:`sim.files.cache_dir`),
 keyed by ``hw/layouts.py``'s bytes and Amaranth's version; without a
 writable cache it just computes them.  ``tests/test_ports.py`` holds the
 cached numbers to a fresh computation.
@@ -16,7 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from sim.cache import cache_dir, dist_versions, write_atomic_text
+from sim.files import cache_dir, dist_versions, write_atomic
 
 __all__ = ["ports", "compute", "LAYOUTS", "ENUMS"]
 
@@ -55,7 +55,7 @@ def ports() -> dict:
         except (OSError, ValueError):
             _PORTS = compute()
             try:
-                write_atomic_text(path, json.dumps(_PORTS))
+                write_atomic(path, json.dumps(_PORTS) + "\n")
             except OSError:
                 pass                # no writable cache: computed every run
     return _PORTS

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.backends.base import BackendUnavailable
-from sim.cache import CACHE_ENV, cache_dir, dist_versions, write_atomic_text
+from sim.files import CACHE_ENV, cache_dir, dist_versions, write_atomic
 
 __all__ = ["DRIVER", "BuildResult", "build_model", "cache_dir", "toolchain", "check_trace_headers",
            "generate_verilog", "verilog_key"]
@@ -109,7 +109,7 @@ def _hw_digest(cache: Path, root: Path) -> str:
     except OSError:
         pass
     digest = _sha(*(n + "\0" + ast.dump(ast.parse(b, n)) for n, b in raw))
-    write_atomic_text(memo, digest)
+    write_atomic(memo, digest + "\n")
     return digest
 
 
@@ -359,7 +359,7 @@ def build_model(params: dict, build_dir: Path | None = None, trace: bool = False
         sched.kill()
         show.done("failed")
         raise
-    write_atomic_text(index, key)
+    write_atomic(index, key + "\n")
     seconds = time.monotonic() - started
     show.done(f"{'found (same Verilog)' if hit else 'done'} in {seconds:.1f} s")
     return BuildResult(lib, key, hit, seconds)
