@@ -25,11 +25,13 @@ $(FPGA_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
-# the fastest backend that runs here: Verilator (built once into the per-user cache),
-# else pysim with one line saying why; BACKEND=rtl asks for pysim
+# the fastest backend that runs here by default (run --backend auto: Verilator, built once
+# into the per-user cache, else pysim with one line saying why);
+# make sim BACKEND=rtl|verilator|model ARGS="--accesses 20000 --seed 3": both reach the command
 BACKEND ?=
+ARGS ?=
 sim: $(STAMP)
-	$(PY) -m sim run --backend $(or $(BACKEND),auto)
+	$(PY) -m sim run $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m sim bench
@@ -46,10 +48,10 @@ ruff: $(STAMP)
 
 # a short run with a waveform, opened in GTKWave (or the command printed without a display);
 # WORKLOAD=path/scenario.json replays a scenario, or WORKLOAD="--accesses 300 --seed 2";
-# BACKEND=verilator writes FST instead of VCD
+# BACKEND=verilator writes FST instead of VCD (default rtl: pysim, VCD)
 WORKLOAD ?=
 wave: $(STAMP)
-	$(PY) -m sim wave --backend $(or $(BACKEND),rtl) $(WORKLOAD)
+	$(PY) -m sim wave --backend $(or $(BACKEND),rtl) $(WORKLOAD) $(ARGS)
 
 # reliability: each writes its section of build/reliability/report.json
 WALKS ?= 20000

@@ -18,7 +18,7 @@ import from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Union
 
 from .formats import (

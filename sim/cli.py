@@ -9,6 +9,7 @@ stderr and exit status 2.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -17,7 +18,7 @@ from model.physmem import MemoryAccessError
 
 from sim.backends.base import BackendUnavailable
 from sim.cosim.scenario import ScenarioError
-from sim.options import PROG, Parser, UsageError
+from sim.options import PROG, Parser, UsageError, settle
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -37,27 +38,50 @@ COMMANDS = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual, but keeps an epilog of examples line by line."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("examples:"):
+            return "".join(indent + line + "\n" for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Cycle-level EPT page-walk unit: golden model, "
                                       "replay and cosimulation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, module in COMMANDS.items():
         mod = importlib.import_module(module)
-        cmd = sub.add_parser(name, **mod.ABOUT)
+        cmd = sub.add_parser(name, formatter_class=_Formatter, **mod.ABOUT)
         mod.add_arguments(cmd)
         cmd.set_defaults(run=mod.main)
     return p
 
 
 def main(argv=None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
+        settle(args)
         return args.run(args)
-    except (UsageError, ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:
+    except UsageError as e:
+        prog = e.prog or (f"{PROG} {args.command}" if args is not None else PROG)
+        print(f"error: {prog}: {e}", file=sys.stderr)
+        return 2
+    except (ScenarioError, BackendUnavailable, EptpError, MemoryAccessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        wave = getattr(args, "wave", None)
+        if wave:
+            # a dump cut off mid-run has no save file and no transaction log: do not leave it
+            from sim.flows.gtkwave import wave_outputs
+            for path in wave_outputs(wave):
+                path.unlink(missing_ok=True)
+            print(f"interrupted: the partial waveform {wave} was removed", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130

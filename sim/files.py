@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "write_atomic", "write_json", "CACHE_ENV", "cache_dir", "dist_versions"]
+__all__ = ["atomic_open", "write_atomic", "write_json", "provenance", "CACHE_ENV", "cache_dir",
+           "dist_versions"]
 
 
 @contextmanager
@@ -49,6 +50,26 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
     """Write ``data`` as JSON (one trailing newline) to ``path`` atomically."""
     write_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def provenance(schema_version: int) -> dict:
+    """What a report says about where it came from: schema, tool version, git revision, time."""
+    import datetime
+    import subprocess
+    from importlib import metadata
+    try:
+        version = metadata.version("ept-walker")
+    except metadata.PackageNotFoundError:
+        version = None
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        rev = None
+    return {"schema_version": schema_version, "tool": "ept-walker", "tool_version": version,
+            "git_revision": rev,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 # -- the per-user cache: derived artefacts shared by every clone (Verilator builds, port tables)

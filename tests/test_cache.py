@@ -14,9 +14,7 @@ import random
 import pytest
 
 from hw.top import PageWalkUnit
-from model.formats import EPT_D, EPT_W, Access, EptConfig, Level, Outcome, gpa_index
-from model.physmem import PhysicalMemory
-from model.walk import walk
+from model.formats import EPT_D, EPT_W, Access, Level, Outcome, gpa_index
 from sim.cosim.dram import DramConfig
 from sim.cosim.tables import random_table_set
 
@@ -136,7 +134,7 @@ def test_invept_during_a_walk_installs_nothing():
         assert not t.done
         if invept:
             rig.harness.invept("global")
-        rig.harness.run_until(lambda: t.done, 2000)
+        rig.harness.run_until(lambda t=t: t.done, 2000)
         assert rig.scoreboard.check(t) and t.outcome is Outcome.OK
         again = rig.translate(BASE, Access.READ)
         assert (again.cycles > 1) == invept, invept
@@ -315,7 +313,7 @@ def _random_run(seed: int, **unit):
     eptp, gpas = ts.eptp, ts.gpas
     assert rig.load(eptp)
     results = []
-    for step in range(60):
+    for _step in range(60):
         if rng.random() < 0.15:
             addr, value = rng.choice(sorted(rig.memory.nonzero_words()))
             rig.memory.write(addr, value ^ (1 << rng.choice([0, 1, 2, 8, 12])), source="host")
@@ -343,7 +341,7 @@ def test_host_changes_without_invept_stay_within_the_rules():
     ts, _ = random_table_set(rig.memory, 0x10_0000, 7, 12, rig.config, ad=True)
     eptp, gpas = ts.eptp, ts.gpas
     assert rig.load(eptp)
-    for step in range(80):
+    for _step in range(80):
         if rng.random() < 0.2:
             addr, value = rng.choice(sorted(rig.memory.nonzero_words()))
             rig.memory.write(addr, value ^ (1 << rng.choice([0, 1, 12, 13])), source="host")

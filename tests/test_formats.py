@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from model.formats import (
@@ -191,7 +193,7 @@ def test_eptconfig_bad_execute_only(xo):
 
 def test_eptconfig_frozen():
     c = EptConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.maxphyaddr = 39
 
 

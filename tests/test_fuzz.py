@@ -166,3 +166,21 @@ def test_fuzz_bad_input_is_one_line(args, word):
     assert res.returncode == 2 and res.stdout == ""
     assert len(res.stderr.strip().splitlines()) == 1 and word in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_fuzz_runs_exactly_the_walks_asked_for():
+    lines = []
+    rep = run_fuzz(FuzzOptions(walks=37, seed=5, backend="rtl", cases_per_round=4), lines.append)
+    assert rep.walks == 37
+    counts = [int(line.split(":")[1].split("/")[0]) for line in lines]
+    assert counts and max(counts) == 37 and counts == sorted(counts)
+
+
+def test_a_second_run_says_it_replaces_a_report_section(tmp_path, capsys):
+    from sim.verify.reliability import update_report
+    path = tmp_path / "report.json"
+    update_report("fuzz", {"walks": 1, "options": {"walks": 1, "seed": 1}}, path)
+    assert capsys.readouterr().err == ""
+    update_report("fuzz", {"walks": 2, "options": {"walks": 2, "seed": 9}}, path)
+    err = capsys.readouterr().err
+    assert "replaced the fuzz section" in err and "walks 1, seed 1" in err

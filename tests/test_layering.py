@@ -135,7 +135,7 @@ def test_every_role_has_its_folder():
         assert pkg in graph, pkg
     # the flat modules of old are gone: each lives where its role says
     flat = [p.stem for p in (ROOT / "sim").glob("*.py")]
-    assert sorted(flat) == ["__init__", "__main__", "cli", "files", "options"]
+    assert sorted(flat) == ["__init__", "__main__", "cli", "files", "options", "unit_params"]
 
 
 def test_cycle_finder_finds_a_cycle_hidden_behind_a_local_import(tmp_path):

@@ -271,7 +271,7 @@ class TestEnterBits:
         assert len(e) == 4
         ptp_pas = {p.pa for p in pm.ptps()}
         assert len(ptp_pas) == 3
-        for addr, value in e[:3]:
+        for _addr, value in e[:3]:
             assert value & ~FRAME == RWX            # exactly table_pa | R | W | X
             assert value & FRAME in ptp_pas
             assert value & FRAME in env.ptp_frames.allocated()

@@ -19,7 +19,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.formats import EPT_A, EPT_D, EPT_PVLIST, EPT_R, EPT_W, EPT_WIRED, EPT_X, Access, Outcome
+from model.formats import EPT_A, EPT_D, EPT_PVLIST, EPT_R, EPT_W, EPT_WIRED, Access, Outcome
 from model.physmem import FrameAllocator, PhysicalMemory
 from model.pmap import (
     ENOMEM, PMAP_CANFAIL, PMAP_NOCACHE, PMAP_WIRED, PMAP_WRITE_COMBINE, PP_ATTRS_M,

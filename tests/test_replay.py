@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model.formats import EPT_A, EPT_D, Access, EptConfig, Eptp, Level, MemType, make_leaf_entry, make_table_entry
+from model.formats import EPT_A, EPT_D, Access, Eptp, Level, MemType, make_leaf_entry, make_table_entry
 from model.physmem import FrameAllocator, PhysicalMemory
 from model.pmap import VM_PROT_READ, VM_PROT_WRITE, VM_PROT_EXECUTE, PMAP_NOCACHE, PageDB, Pmap
 from model.walk import translate
@@ -94,7 +94,8 @@ def test_replay_exact_output_format(tmp_path):
     res = run_cli("replay", str(p))
     assert res.returncode == 0
     assert res.stdout.splitlines() == [
-        '{"op": "translate", "gpa": "0x1234", "access": "write", "outcome": "ok", "hpa": "0x200234", "page_size": 4096, "memtype": 6}',
+        '{"op": "translate", "gpa": "0x1234", "access": "write", "outcome": "ok", "hpa": "0x200234", '
+        '"page_size": 4096, "memtype": 6}',
         '{"op": "read", "addr": "0x103008", "value": "0x200377"}',
         '{"op": "translate", "gpa": "0x5000", "access": "read", "outcome": "violation", "qual": "0x1"}',
         '{"op": "translate", "gpa": "0x1234", "access": "write", "outcome": "violation", "qual": "0xa"}',

@@ -7,13 +7,12 @@ copy of the tables and compare results and A/D bits word for word.  Every
 ``translate`` has a cycle bound: a hang raises :class:`HangError`.
 """
 
-import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from model.formats import (
-    EPT_A, EPT_D, EPT_LEAF, EPT_RWX, EPT_R, EPT_W, EPT_X, Access, EptConfig, Eptp, EptpError,
+    EPT_A, EPT_D, EPT_RWX, EPT_W, EPT_X, Access, EptConfig, Eptp, EptpError,
     Level, Outcome, make_leaf_entry, reserved_mask,
 )
 from model.physmem import PhysicalMemory

@@ -49,7 +49,7 @@ def run(monkeypatch, scoreboard: str, nth: int | None):
 
 
 def strip(s: dict) -> dict:
-    return {k: v for k, v in s.items() if k not in ("elapsed_seconds", "cycles_per_second")}
+    return {k: v for k, v in s.items() if k not in ("elapsed_seconds", "cycles_per_second", "created")}
 
 
 def test_same_verdicts_as_in_process(monkeypatch):

@@ -92,7 +92,7 @@ def random_session(harness_cls, seed: int, unit: dict, dram: DramConfig | None =
         if r < 0.6:
             batch = [h.submit(rng.choice(current.gpas) ^ rng.getrandbits(12),
                               rng.choice(list(Access))) for _ in range(rng.randrange(1, 6))]
-            h.run_until(lambda: all(t.done for t in batch), 20_000, "batch")
+            h.run_until(lambda batch=batch: all(t.done for t in batch), 20_000, "batch")
         elif r < 0.7:
             addr = rng.choice(entries)
             memory.write(addr, memory.peek(addr) ^ rng.choice([EPT_A, EPT_D, 1]), source="host")

@@ -115,7 +115,7 @@ def test_make_sim_runs_verilator_and_falls_back_to_pysim(tmp_path):
     assert len(lines) == 2 and "building the Verilated model" in lines[0], slow.stderr
     assert "running on pysim" in lines[1] and "failed" in lines[1], slow.stderr
     assert speed_free(slow.stdout) == speed_free(fast.stdout)
-    drop = ("backend", "elapsed_seconds", "cycles_per_second")
+    drop = ("backend", "elapsed_seconds", "cycles_per_second", "created")
     assert {k: v for k, v in s_slow.items() if k not in drop} == \
            {k: v for k, v in s_fast.items() if k not in drop}
     # asked for by name, pysim it is
@@ -126,6 +126,6 @@ def test_make_sim_runs_verilator_and_falls_back_to_pysim(tmp_path):
 def test_makefile_passes_backend_through():
     def line(*args):
         r = subprocess.run(["make", "-n", "sim", *args], cwd=ROOT, capture_output=True, text=True)
-        return [x for x in r.stdout.splitlines() if "-m sim run" in x]
-    assert line() == [".venv/bin/python -m sim run --backend auto"]
-    assert line("BACKEND=rtl") == [".venv/bin/python -m sim run --backend rtl"]
+        return [x.split() for x in r.stdout.splitlines() if "-m sim run" in x]
+    assert line() == [[".venv/bin/python", "-m", "sim", "run"]]      # run's default: --backend auto
+    assert line("BACKEND=rtl") == [[".venv/bin/python", "-m", "sim", "run", "--backend", "rtl"]]

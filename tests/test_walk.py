@@ -781,7 +781,7 @@ def racy(entries, hook, nth=1, every=False):
 def assert_walker_stores_are_ad_writes(t, stores):
     walker = [(a, o, n) for a, o, n, s in stores if s == "walker"]
     assert walker == list(t.ad_writes)
-    for a, o, n in walker:
+    for _a, o, n in walker:
         assert n & ~(EPT_A | EPT_D) == o & ~(EPT_A | EPT_D)   # only A/D ever added
         assert n & o == o
 

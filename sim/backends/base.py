@@ -14,6 +14,8 @@ import importlib
 from typing import Callable
 
 from model.formats import Access, EptConfig, Eptp
+from model.guest import GuestRegs
+from model.nested import NestedTranslation, translate_la
 from model.physmem import PhysicalMemory
 from model.walk import Translation, translate
 
@@ -33,11 +35,13 @@ class Backend:
     """
     name = "abstract"
     timed = False
+    nested = False       # walks guest page tables (translate_la, set_cr3, invvpid)
 
     def __init__(self, memory: PhysicalMemory, config: EptConfig):
         self.memory = memory
         self.config = config
         self.eptp: Eptp | None = None
+        self.guest: GuestRegs | None = None
 
     def load_eptp(self, value: int) -> Eptp:
         """Load the EPT pointer; an invalid one raises EptpError, never walked."""
@@ -56,6 +60,37 @@ class Backend:
     def translate(self, gpa: int, access: Access) -> tuple[Translation, int | None]:
         """Translate one access; returns (result, cycles or None)."""
         raise NotImplementedError
+
+    # -- nested translation (a guest with its own page tables) -----------------------
+    @classmethod
+    def refuse_nested(cls, what: str, alternative: str = "") -> BackendUnavailable:
+        """The one-line refusal of a backend that cannot walk guest page tables yet."""
+        return BackendUnavailable(f"the {cls.name} backend cannot run {what} yet (nested "
+                                  f"translation is in the golden model only): use --backend model"
+                                  f"{alternative}")
+
+    def load_guest(self, regs: GuestRegs) -> None:
+        """Enter the guest: its CR3, CR0.PG/WP, EFER.NXE and VPID."""
+        if not self.nested:
+            raise self.refuse_nested("a guest")
+        self.guest = regs
+
+    def set_cr3(self, cr3: int) -> None:
+        """MOV to CR3: the new guest table root; drops the VPID's combined mappings."""
+        if not self.nested:
+            raise self.refuse_nested("set_cr3")
+        self.guest = self.guest.with_cr3(cr3)
+
+    def invvpid(self, kind: str, la: int | None = None) -> None:
+        if not self.nested:
+            raise self.refuse_nested("invvpid")
+        if kind not in ("address", "single", "all"):
+            raise ValueError(f"INVVPID kind must be address, single or all, not {kind!r}")
+
+    def translate_la(self, la: int, access: Access, user: bool = False
+                     ) -> tuple[NestedTranslation, int | None]:
+        """One guest access at linear address ``la``; returns (result, cycles or None)."""
+        raise self.refuse_nested("translate_la")
 
     # -- what a workload run reads back (an untimed backend has no clock) ----------
     @property
@@ -111,6 +146,7 @@ class Backend:
 class ModelBackend(Backend):
     """The golden model: reference walk with atomic A/D; no caches, no time."""
     name = "model"
+    nested = True
 
     def __init__(self, memory: PhysicalMemory, config: EptConfig):
         super().__init__(memory, config)
@@ -128,6 +164,19 @@ class ModelBackend(Backend):
             raise RuntimeError("translate before an EPTP was loaded")
         reads, cases = self.memory.reads, self.memory.cases
         t = translate(self.memory, self.eptp, gpa, access, self.config)
+        self._walk_reads += self.memory.reads - reads
+        self._walk_cases += self.memory.cases - cases
+        return t, None
+
+    def invvpid(self, kind: str, la: int | None = None) -> None:
+        super().invvpid(kind, la)      # nothing is cached, so nothing to drop
+
+    def translate_la(self, la: int, access: Access, user: bool = False
+                     ) -> tuple[NestedTranslation, int | None]:
+        if self.eptp is None or self.guest is None:
+            raise RuntimeError("translate_la before an EPTP and a guest were loaded")
+        reads, cases = self.memory.reads, self.memory.cases
+        t = translate_la(self.memory, self.eptp, self.guest, la, access, user, self.config)
         self._walk_reads += self.memory.reads - reads
         self._walk_cases += self.memory.cases - cases
         return t, None

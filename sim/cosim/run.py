@@ -12,11 +12,13 @@ from model.formats import EPT_D, EPT_R, Access, EptConfig, Outcome, PAGE_SIZE
 from model.pmap import PG_FRAME
 from model.physmem import PhysicalMemory
 
-from sim.backends.base import make_backend
+from sim import unit_params
+from sim.backends.auto import auto_backend
+from sim.backends.base import BACKENDS, backend_class, make_backend
+from sim.cosim.guest_os import GuestOsOptions, format_guest_os_summary, run_guest_os
 from sim.cosim.workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
-from sim.files import write_json
-from sim.backends.base import BACKENDS
-from sim.options import PROG, UsageError, positive, fraction, add_rtl_options, rtl_kwargs, output_path, progress_printer
+from sim.files import provenance, write_json
+from sim.options import UsageError, add_rtl_options, fraction, output_path, positive, progress_printer, rtl_kwargs
 
 __all__ = ["run_workload", "format_summary", "write_summary"]
 
@@ -54,6 +56,7 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     by_access = {a.name.lower(): 0 for a in Access}
     mismatches: list[str] = []
     translations = latency_total = cas_retries = raced = 0
+    latencies: list[int] = []
     started = time.monotonic()
     step = max(opts.accesses // 10, 1)
 
@@ -85,6 +88,8 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
                 t, cycles = backend.translate(gpa, access)
                 translations += 1
                 latency_total += cycles or 0
+                if cycles is not None:
+                    latencies.append(cycles)
                 cas_retries += t.retries
                 outcomes[t.outcome.value] += 1
                 if not timed:
@@ -122,19 +127,23 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     walks = translations + cas_retries
     s = host.stats
     cycles = backend.cycle
-    summary = {
+    summary = provenance(SUMMARY_SCHEMA) | {
+        "passed": failed == 0,
+        "workload": "stress",
         "backend": backend_name,
+        "seed": opts.seed,
         "accesses": opts.accesses,
         "translations": translations,
         "outcomes": outcomes,
         "accesses_by_type": by_access,
         "walks": walks,
         "memory_reads": backend.walk_reads,
-        "memory_cases": backend.walk_cases,
+        "memory_cas": backend.walk_cases,
         "cas_retries": cas_retries,
         "cycles": cycles,
         "cycles_per_translation": round(latency_total / translations, 2) if timed else None,
         "cycles_per_walk": round(latency_total / walks, 2) if timed else None,
+        "latency_cycles": _percentiles(latencies) if timed else None,
         "faults": s.faults,
         "evictions": s.evictions,
         "writebacks": s.writebacks,
@@ -157,7 +166,8 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
         # with a TLB, walks are what the unit counted, not one per translation
         summary["walks"] = counters["walks"]
         summary["cycles_per_walk"] = round(counters["walk_cycles"] / max(counters["walks"], 1), 2)
-        summary["unit"] = backend_kw.get("unit") or {}
+        # the harness runs the protocol checks in every simulation
+        summary["unit"] = unit_params.defaults() | {"checks": True} | (backend_kw.get("unit") or {})
         summary.update(backend.report())
     return summary
 
@@ -171,20 +181,46 @@ def _resident(s: dict) -> str:
             f"{s.get('ptp_pages', '?')} PTPs + 1 PDP)")
 
 
+SUMMARY_SCHEMA = 2      # 2: provenance, passed, seed, every unit parameter, latency percentiles
+
+
+def _percentiles(values: list[int]) -> dict:
+    """p50 / p99 / max of the cycles per translation (nearest rank: a cycle count that occurred)."""
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    v = sorted(values)
+
+    def rank(q: int) -> int:
+        return v[max(0, -(-len(v) * q // 100) - 1)]
+    return {"p50": rank(50), "p99": rank(99), "max": v[-1]}
+
+
 def format_summary(s: dict) -> str:
     rows = [
         ("backend", s["backend"]),
+        ("seed", s["seed"]),
+    ]
+    d = s.get("dram")
+    if d:
+        c = d["config"]
+        rows.append(("DRAM read / CAS latency, row miss, in flight",
+                     f"{c['read_latency']} / {c['cas_latency']} / +{c['row_miss_penalty']} / "
+                     f"{c['max_outstanding']} (stall {c['stall_probability']}, "
+                     f"bus errors {c['error_probability']})"))
+    rows += [
         ("guest accesses", s["accesses"]),
         ("translations", s["translations"]),
         ("  ok / violation / misconfig / bus_error",
          " / ".join(str(s["outcomes"][k]) for k in ("ok", "violation", "misconfig", "bus_error"))),
         ("walks", s["walks"]),
         ("walker memory reads", s["memory_reads"]),
-        ("walker CASes", s["memory_cases"]),
+        ("walker CASes", s["memory_cas"]),
         ("CAS retries", s["cas_retries"]),
         ("cycles", s["cycles"] if s["cycles"] is not None else "n/a (untimed model)"),
         ("cycles per translation", s["cycles_per_translation"] if s["cycles_per_translation"] else "n/a"),
         ("cycles per walk", s["cycles_per_walk"] if s["cycles_per_walk"] else "n/a"),
+        ("cycles per translation p50 / p99 / max",
+         " / ".join(str(s["latency_cycles"][k]) for k in ("p50", "p99", "max")) if s["latency_cycles"] else "n/a"),
         ("EPT faults (pmap_enter)", s["faults"]),
         ("evictions (page daemon)", s["evictions"]),
         ("write-backs (D set)", s["writebacks"]),
@@ -214,7 +250,7 @@ def format_summary(s: dict) -> str:
             ("  INVEPTs", c["invepts"]),
         ]
     w = max(len(k) for k, _ in rows)
-    lines = ["", "pageable-guest summary", "-" * (w + 16)]
+    lines = ["", "stress summary (pageable guest, racing host agent)", "-" * (w + 16)]
     lines += [f"{k:<{w}}  {v}" for k, v in rows]
     lines.append("-" * (w + 16))
     for m in s["mismatch_details"]:
@@ -230,10 +266,17 @@ def write_summary(s: dict, path: str | Path) -> None:
 
 
 # -- the `run` command ---------------------------------------------------------------
-ABOUT = dict(help="run the pageable-guest workload and print a summary",
-                       description="A guest touches more pages than the host gives it frames; "
-                                   "EPT violations fault pages in with pmap_enter, a clock page "
-                                   "daemon evicts using the A/D bits the walker sets.")
+ABOUT = dict(help="run a workload (guest-os or stress) and print a summary",
+             description="guest-os (the default on the model backend): a paging guest OS runs four "
+                         "processes (hot set, streaming, GUPS, pointer chasing) through 2D walks while "
+                         "the host pages its memory. stress (the default on rtl/verilator, which cannot "
+                         "walk guest tables yet): a guest touches more pages than the host gives it "
+                         "frames while a host agent races pmap operations with the walks.",
+             epilog=("examples:\n"
+                     "  python -m sim run --backend verilator\n"
+                     "  python -m sim run --backend rtl --accesses 300 --wave build/sim/run.vcd\n"
+                     "  python -m sim run --backend model --workload guest-os --accesses 20000 --seed 7\n"))
+WORKLOADS = ("guest-os", "stress")
 
 
 def _mix(text: str) -> tuple[float, float, float]:
@@ -252,22 +295,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (default: verilator when its model builds here, else rtl; with --wave, "
                         "by the file's suffix), verilator (the cosimulation compiled with Verilator), "
                         "rtl (the same in pysim: the debugging backend) or model (golden model alone)")
-    p.add_argument("--accesses", type=positive, default=4000, help="guest accesses (default 4000)")
+    p.add_argument("--workload", choices=WORKLOADS, default=None,
+                   help="guest-os (default with --backend model; model only for now) or stress "
+                        "(default on rtl and verilator)")
+    p.add_argument("--accesses", type=positive, default=None,
+                   help="guest accesses (default 40000 for guest-os, 4000 for stress)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--guest-pages", type=positive, default=256,
-                   help="guest working set in 4K pages (default 256)")
-    p.add_argument("--host-frames", type=positive, default=96,
-                   help="frames the host gives the guest (default 96)")
-    p.add_argument("--mix", type=_mix, default=(0.6, 0.3, 0.1), metavar="R,W,F",
-                   help="read,write,fetch weights (default 0.6,0.3,0.1)")
-    p.add_argument("--locality", type=fraction, default=0.8,
-                   help="share of accesses to the hot set (default 0.8)")
-    p.add_argument("--hot-pages", type=positive, default=24, help="hot-set size (default 24)")
-    p.add_argument("--sequential", type=fraction, default=0.15,
-                   help="chance an access goes to the next page (default 0.15)")
+    p.add_argument("--guest-pages", type=positive, default=None,
+                   help="stress: guest working set in 4K pages (default 256)")
+    p.add_argument("--host-frames", type=positive, default=None,
+                   help="frames the host gives the guest (default 896 for guest-os, 96 for stress)")
+    p.add_argument("--mix", type=_mix, default=None, metavar="R,W,F",
+                   help="stress: read,write,fetch weights (default 0.6,0.3,0.1)")
+    p.add_argument("--locality", type=fraction, default=None,
+                   help="stress: share of accesses to the hot set (default 0.8)")
+    p.add_argument("--hot-pages", type=positive, default=None, help="stress: hot-set size (default 24)")
+    p.add_argument("--sequential", type=fraction, default=None,
+                   help="stress: chance an access goes to the next page (default 0.15)")
     p.add_argument("--no-ad", action="store_true", help="run with EPTP A/D flags disabled")
-    p.add_argument("--race-rate", type=fraction, default=0.02, metavar="P",
-                   help="chance per cycle (rtl) or per access (model) that the host agent runs a "
+    p.add_argument("--race-rate", type=fraction, default=None, metavar="P",
+                   help="stress: chance per cycle (rtl) or per access (model) that the host agent runs a "
                         "pmap operation on the page being translated (default 0.02)")
     p.add_argument("--summary", default="build/sim/summary.json",
                    help="where to write the JSON summary (default build/sim/summary.json)")
@@ -275,29 +322,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_rtl_options(p)
 
 
-def _choose_backend(args) -> dict:
-    """``--backend auto``: sets ``args.backend`` to Verilator when it can build
-    here, else pysim (one line why); a waveform picks the backend that writes
-    its format (.fst: verilator, else rtl).  Returns ``rtl_kwargs(args)``."""
-    from sim.backends.auto import auto_backend
-    args.backend = "verilator" if args.wave and Path(args.wave).suffix == ".fst" else "rtl"
-    kw = rtl_kwargs(args)          # the same options, the same checks for both RTL backends
-    if not args.wave:
-        args.backend = auto_backend(kw["unit"], PhysicalMemory().maxphyaddr)
-    return kw
+STRESS_ONLY = {"--guest-pages": "guest_pages", "--mix": "mix", "--locality": "locality",
+               "--hot-pages": "hot_pages", "--sequential": "sequential", "--race-rate": "race_rate"}
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def main(args) -> int:
-    from sim.cosim.workload import WorkloadOptions
-    opts = WorkloadOptions(accesses=args.accesses, seed=args.seed, guest_pages=args.guest_pages,
-                           host_frames=args.host_frames, mix=args.mix, locality=args.locality,
-                           hot_pages=args.hot_pages, sequential=args.sequential, ad=not args.no_ad,
-                           race_rate=args.race_rate)
+    # --backend auto: an RTL backend (a waveform's suffix picks which; else the
+    # fastest that builds here, chosen once the options are checked)
+    auto = args.backend == "auto" and not args.wave
+    if args.backend == "auto":
+        args.backend = "verilator" if args.wave and Path(args.wave).suffix == ".fst" else "rtl"
+    workload = args.workload or ("guest-os" if backend_class(args.backend).nested else "stress")
+    if workload == "guest-os":
+        return main_guest_os(args)
+    d = WorkloadOptions()
+    opts = WorkloadOptions(accesses=args.accesses or d.accesses, seed=args.seed,
+                           guest_pages=_given(args.guest_pages, d.guest_pages),
+                           host_frames=args.host_frames or d.host_frames, mix=_given(args.mix, d.mix),
+                           locality=_given(args.locality, d.locality), hot_pages=_given(args.hot_pages, d.hot_pages),
+                           sequential=_given(args.sequential, d.sequential), ad=not args.no_ad,
+                           race_rate=_given(args.race_rate, d.race_rate))
     try:
         opts.validate()
     except ValueError as e:
-        raise UsageError(f"{PROG} run: {e}") from None
-    kw = _choose_backend(args) if args.backend == "auto" else rtl_kwargs(args)
+        raise UsageError(str(e)) from None
+    kw = rtl_kwargs(args)
+    if auto:
+        # the fastest RTL backend that builds here (rtl_kwargs's checks are the same for both)
+        args.backend = auto_backend(kw["unit"], PhysicalMemory().maxphyaddr)
     output_path("--summary", args.summary)
     output_path("--wave", args.wave)
     progress = progress_printer(args.quiet)
@@ -307,4 +363,27 @@ def main(args) -> int:
     print(f"summary written to {args.summary}")
     if args.wave:
         print(f"waveform written to {args.wave} (open with: gtkwave {Path(args.wave).with_suffix('.gtkw')})")
+    return 1 if summary["mismatches"] else 0
+
+
+def main_guest_os(args) -> int:
+    cls = backend_class(args.backend)
+    if not cls.nested:
+        raise cls.refuse_nested("the guest-os workload", ", or --workload stress")
+    rtl_kwargs(args)            # the model takes no RTL options (--wave is refused here)
+    stress = [o for o, v in STRESS_ONLY.items() if getattr(args, v) is not None]
+    if stress:
+        raise UsageError(f"{stress[0]} is an option of the stress workload, not of guest-os")
+    opts = GuestOsOptions(accesses=args.accesses or 40000, seed=args.seed,
+                          host_frames=args.host_frames or 896, ad=not args.no_ad)
+    try:
+        opts.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    output_path("--summary", args.summary)
+    summary = provenance(SUMMARY_SCHEMA) | run_guest_os(opts, args.backend, progress=progress_printer(args.quiet))
+    summary.setdefault("passed", summary["mismatches"] == 0)
+    write_summary(summary, args.summary)
+    print(format_guest_os_summary(summary))
+    print(f"summary written to {args.summary}")
     return 1 if summary["mismatches"] else 0

@@ -215,6 +215,15 @@ class Host:
         if prot == VM_PROT_NONE or not prot & (1 << int(access)):
             raise RuntimeError(f"guest access {access.name} to {gpa:#x} outside its layout")
         self.stats.faults += 1
+        frame = self.page_in(page)
+        err = self.pmap.enter(page, frame, prot, ACCESS_PROT[access] | PMAP_CANFAIL)
+        if err:
+            raise RuntimeError(f"pmap_enter failed ({err}): out of page-table pages")
+        self.pmap.update()      # uvm_fault: pmap_update after pmap_enter (frees pm_gc_ptp)
+
+    def page_in(self, page: int) -> int:
+        """The frame holding guest page ``page``: resident, or allocated (the page
+        daemon runs when none is free) and filled from swap."""
         frame = self.resident.get(page)
         if frame is None:
             if not self.frames.free_frames:
@@ -228,10 +237,7 @@ class Host:
             self.resident[page] = frame
             self.owner[frame] = page
             self.clock.append(frame)
-        err = self.pmap.enter(page, frame, prot, ACCESS_PROT[access] | PMAP_CANFAIL)
-        if err:
-            raise RuntimeError(f"pmap_enter failed ({err}): out of page-table pages")
-        self.pmap.update()      # uvm_fault: pmap_update after pmap_enter (frees pm_gc_ptp)
+        return frame
 
     def remap(self, page: int, access: Access) -> int:
         """Map a resident page to a new frame in place (pmap_enter over the old

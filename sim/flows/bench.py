@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -373,7 +372,10 @@ ABOUT = dict(help="speed figures measured on the RTL: JSON and PNG plots",
              description="Hit latency and throughput, cold and cached walk cycles, miss "
                          "throughput with 1/2/4 walkers, hit rate vs TLB size on standard access "
                          "patterns, and the default workload's speed on pysim and Verilator; "
-                         "written to OUT/results.json with plots beside it.")
+                         "written to OUT/results.json with plots beside it.",
+             epilog=("examples:\n"
+                     "  python -m sim bench\n"
+                     "  python -m sim bench --quick --out build/bench-quick\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

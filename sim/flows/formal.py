@@ -38,7 +38,7 @@ from hw.entry_check import EntryCheck
 from hw.checks import PortChecker
 from hw.layouts import MemOp, MemRequest, MemResponse, TranslateResponse
 from hw.walker import Walker, WalkRequest
-from sim.options import PROG, UsageError, positive, output_path
+from sim.options import UsageError, positive, output_path
 
 __all__ = ["FormalWalker", "prove", "YosysUnavailable"]
 
@@ -120,7 +120,10 @@ ABOUT = dict(help="bounded proof of the handshake and CAS properties (yosys sat)
                         description="Prove hw/checks.py's Asserts on a walker whose inputs are all "
                                     "free (the memory only answers what was asked) for N cycles from "
                                     "reset, with yosys's SAT solver; and show the depth reaches a CAS "
-                                    "(asserting 'no CAS' must fail).")
+                                    "(asserting 'no CAS' must fail).",
+             epilog=("examples:\n"
+                     "  python -m sim formal\n"
+                     "  python -m sim formal --depth 6 --reach-depth 12\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,7 +141,7 @@ def main(args) -> int:
         proof = prove(args.depth, Path(args.out))
         reach = prove(args.reach_depth, Path(args.out) / "reach", reach_cas=True)
     except YosysUnavailable as e:
-        raise UsageError(f"{PROG} formal: {e}") from None
+        raise UsageError(str(e)) from None
     reached = reach["result"] == "fail"
     covers_cas = reached and args.depth >= args.reach_depth
     update_report("formal", {"depth": args.depth, "properties": proof["asserts"], "result": proof["result"],

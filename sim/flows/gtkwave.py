@@ -44,12 +44,30 @@ def edge_ps(cycle: int) -> int:
     return cycle * PERIOD_PS + PERIOD_PS // 2
 
 
+WAVE_SUFFIXES = (".vcd", ".fst")
+
+
+def wave_outputs(path) -> list[Path]:
+    """Every file a waveform run writes beside its dump ``X.vcd``/``X.fst``, the dump
+    of either format included: ``X.gtkw``, ``X.txn.log``, pysim's raw ``X.vcd.amaranth.tmp``."""
+    path = Path(path)
+    return ([path.with_suffix(s) for s in WAVE_SUFFIXES]
+            + [path.with_suffix(".gtkw"), path.with_suffix(".txn.log"),
+               path.with_name(path.with_suffix(".vcd").name + ".amaranth.tmp")])
+
+
 def check_wave_path(path, suffix: str) -> Path:
-    """The dump's path, its folder created; a backend writes one format only."""
+    """The dump's path, its folder created; a backend writes one format only.
+
+    What an earlier run left under the same name (a dump of the other format,
+    a save file, a transaction log) is removed first, so nothing beside the
+    new save file belongs to another run."""
     path = Path(path)
     if path.suffix != suffix:
         raise ValueError(f"waveform {path}: this backend writes {suffix} (pysim: .vcd, verilator: .fst)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    for old in wave_outputs(path):
+        old.unlink(missing_ok=True)
     return path
 
 
@@ -127,7 +145,7 @@ def _naming(design) -> dict[int, tuple]:
     """id(signal) -> (signal, {scope: name}) for the unit's scopes, the scope
     as ``TOP.pwu...`` (Signals compare structurally: they cannot key a dict)."""
     out: dict[int, tuple] = {}
-    for fragment, info in design.fragments.items():
+    for info in design.fragments.values():
         if not info.name or info.name[0] != "top":
             continue
         scope = TOP + info.name[1:]

@@ -54,7 +54,9 @@ def lint(verilog: str | Path, top: str = "ept_walker") -> tuple[bool, str]:
 # -- the `lint` command ---------------------------------------------------------------
 ABOUT = dict(help="verilator --lint-only -Wall on the generated Verilog",
                         description="Lint FILE.v with Verilator -Wall and the reviewed waivers "
-                                    "in hw/lint_waivers.vlt; exit 1 on any warning.")
+                                    "in hw/lint_waivers.vlt; exit 1 on any warning.",
+             epilog=("examples:\n"
+                     "  python -m sim verilog && python -m sim lint\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,11 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     if not Path(args.verilog).is_file():
-        raise UsageError(f"{PROG} lint: {args.verilog} not found (run `{PROG} verilog` first)")
+        raise UsageError(f"{args.verilog} not found (run `{PROG} verilog` first)")
     try:
         ok, output = lint(args.verilog)
     except LintUnavailable as e:
-        raise UsageError(f"{PROG} lint: {e}") from None
+        raise UsageError(str(e)) from None
     if not ok:                 # a clean run's output is only Verilator's statistics
         sys.stderr.write(output)
     print(f"lint {'clean' if ok else 'FAILED'}: {args.verilog}")

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from sim.flows.verilog import add_parameter_options
-from sim.options import PROG, UsageError, positive, output_path
+from sim.options import UsageError, positive, output_path
 
 __all__ = ["TARGETS", "DEFAULT_TARGETS", "DEFAULT_REPORT", "Target", "SynthError", "synthesize", "write_report",
            "parse_nextpnr_report"]
@@ -230,7 +230,10 @@ def write_report(report: dict, path: str | os.PathLike) -> None:
 ABOUT = dict(help="ECP5 synthesis and place-and-route (yowasp yosys + nextpnr)",
                        description="Synthesize the unit with yosys synth_ecp5, place and route it "
                                    "with nextpnr-ecp5 at a 100 MHz constraint, and write fmax and "
-                                   "utilization per target.")
+                                   "utilization per target.",
+             epilog=("examples:\n"
+                     "  python -m sim synth\n"
+                     "  python -m sim synth --target ecp5-85f-8 --seed 2 --walkers 1\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -251,7 +254,7 @@ def main(args) -> int:
     try:
         build_top(params, elaborate=False)   # refuse bad parameters before any tool runs
     except ParamError as e:
-        raise UsageError(f"{PROG} synth: {e}") from None
+        raise UsageError(str(e)) from None
     output_path("--report", args.report)
     targets = args.target or None
     try:
@@ -259,7 +262,7 @@ def main(args) -> int:
                             workdir=Path(args.report).parent,
                             progress=lambda line: print(line, file=sys.stderr, flush=True))
     except SynthError as e:
-        raise UsageError(f"{PROG} synth: {e}") from None
+        raise UsageError(str(e)) from None
     write_report(report, args.report)
     for name, r in report["targets"].items():
         print(f"{name}: fmax {r['fmax_mhz']:.1f} MHz (goal {r['goal_mhz']}: "

@@ -13,7 +13,7 @@ import argparse
 import inspect
 from dataclasses import dataclass
 from sim.files import write_atomic
-from sim.options import PROG, UsageError, output_path
+from sim.options import UsageError, output_path
 
 __all__ = [
     "TOP_NAME", "DEFAULT_OUT", "ParamError", "Param", "top_class", "parameters",
@@ -106,14 +106,12 @@ def build_top(params: dict | None = None, cls=None, *, elaborate=True):
     ``elaborate=False``: the instance is only checked or inspected, so Amaranth
     is told not to warn that it was never elaborated.
     """
+    from sim.unit_params import check_instance
     cls = top_class() if cls is None else cls
     try:
-        top = cls(**(params or {}))
+        return cls(**(params or {})) if elaborate else check_instance(cls, params or {})
     except ValueError as e:
         raise ParamError(str(e)) from None
-    if not elaborate:
-        top._MustUse__silence = True
-    return top
 
 
 def _describe(params: dict, cls) -> str:
@@ -149,7 +147,7 @@ def port_table(params: dict | None = None, cls=None) -> str:
     from amaranth.lib import data, wiring
     top = build_top(params, cls, elaborate=False)
     rows = ["| port | dir | bits | fields (lsb first) |", "|---|---|---|---|"]
-    for path, member, value in top.signature.flatten(top):
+    for path, member, _value in top.signature.flatten(top):
         name = "__".join(map(str, path))
         width = Shape.cast(member.shape).width
         fields = ""
@@ -171,7 +169,11 @@ def port_table(params: dict | None = None, cls=None) -> str:
 # -- the `verilog` command ---------------------------------------------------------------
 ABOUT = dict(help="write the unit as Verilog (top module ept_walker)",
                        description=f"Convert {top_class().__name__} to Verilog with the given "
-                                   "parameters; the options below are its constructor's.")
+                                   "parameters; the options below are its constructor's.",
+             epilog=("examples:\n"
+                     "  python -m sim verilog\n"
+                     "  python -m sim verilog --out build/ept39.v --maxphyaddr 39 --walkers 4\n"
+                     "  python -m sim verilog --ports\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -192,7 +194,7 @@ def main(args) -> int:
         output_path("--out", args.out)
         text = generate(params)
     except ParamError as e:
-        raise UsageError(f"{PROG} verilog: {e}") from None
+        raise UsageError(str(e)) from None
     write_atomic(args.out, text)
     print(f"wrote {args.out}")
     return 0

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 from sim.cosim.scenario import load_scenario
-from sim.options import PROG, UsageError, positive, add_rtl_options, rtl_kwargs, output_path
+from sim.options import UsageError, positive, add_rtl_options, rtl_kwargs, output_path
 
 __all__ = ["add_arguments", "main"]
 
@@ -17,7 +17,11 @@ ABOUT = dict(help="a short run with a waveform, opened in GTKWave",
                         description="Run a short pageable-guest workload (or replay SCENARIO) on "
                                     "the RTL with a waveform, a GTKWave save file (signals grouped "
                                     "by block, enums by name) and a transaction log; open GTKWave "
-                                    "on it if there is a display, else print the command.")
+                                    "on it if there is a display, else print the command.",
+             epilog=("examples:\n"
+                     "  python -m sim wave\n"
+                     "  python -m sim wave examples/4k-read.json --no-open\n"
+                     "  python -m sim wave --backend verilator --accesses 200\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +42,7 @@ def main(args) -> int:
     import shutil
     import subprocess
     if args.wave:
-        raise UsageError(f"{PROG} wave: use --out PATH (without suffix), not --wave")
+        raise UsageError("use --out PATH (without suffix), not --wave")
     args.wave = args.out + (".fst" if args.backend == "verilator" else ".vcd")
     output_path("--out", args.wave)
     kw = rtl_kwargs(args)

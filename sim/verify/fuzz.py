@@ -317,6 +317,8 @@ class _Fuzzer:
             rep.invalid_eptps += 1
             # refused by both: nothing may be walked, every request answered "refused"
             for _ in range(2):
+                if rep.walks >= o.walks:        # exactly the walks asked for, never more
+                    break
                 t = backend.translate_ticket(crng.choice(ts.gpas), crng.choice(list(Access)))
                 rep.walks += 1
                 rep.outcomes["refused"] = rep.outcomes.get("refused", 0) + 1
@@ -329,6 +331,8 @@ class _Fuzzer:
             return builder.next, builder.top
         n = 1 + len(Access) if k < len(self.sweep) else crng.randrange(4, 24)
         for _ in range(n):
+            if rep.walks >= o.walks:
+                break
             r = crng.random()
             if r < 0.12 and entries:
                 addr = crng.choice(entries)
@@ -444,19 +448,18 @@ def _cut(ops: list[dict]) -> list[dict]:
 
 
 def _dram_flags(d: DramConfig, o: FuzzOptions) -> str:
+    """The replay options that rebuild this DRAM model and unit (only what differs from the defaults)."""
     flags = []
     base = DramConfig()
-    for name, flag in (("read_latency", "--dram-latency"), ("cas_latency", "--cas-latency"),
-                       ("max_outstanding", "--max-outstanding"), ("stall_probability", "--dram-stall"),
+    for name, flag in (("read_latency", "--dram-latency"), ("cas_latency", "--dram-cas-latency"),
+                       ("row_miss_penalty", "--dram-row-miss-penalty"),
+                       ("max_outstanding", "--dram-max-outstanding"), ("stall_probability", "--dram-stall"),
                        ("error_probability", "--bus-error-rate"), ("seed", "--dram-seed")):
         if getattr(d, name) != getattr(base, name):
             flags.append(f"{flag} {getattr(d, name)}")
-    for name, flag in (("walkers", "--walkers"), ("tlb_sets", "--tlb-sets"), ("tlb_ways", "--tlb-ways"),
-                       ("pde_cache", "--pde-cache")):
-        if name in o.unit:
-            flags.append(f"{flag} {o.unit[name]}")
-    if o.unit.get("caches") is False:
-        flags.append("--no-caches")
+    for name, value in o.unit.items():
+        option = name.replace("_", "-")
+        flags.append(f"--{option} {value}" if type(value) is int else f"--{'' if value else 'no-'}{option}")
     return "".join(" " + f for f in flags)
 
 
@@ -472,7 +475,10 @@ ABOUT = dict(help="differential fuzzing: hostile tables on the RTL vs the golden
                                     "and access streams with host stores and INVEPTs, run on the RTL "
                                     "and checked against the golden model. The last line is "
                                     "'N walks, M mismatches'; a mismatch exits 1 and leaves a replay "
-                                    "scenario that reproduces it.")
+                                    "scenario that reproduces it.",
+             epilog=("examples:\n"
+                     "  python -m sim fuzz --backend verilator --faults --walks 20000\n"
+                     "  python -m sim fuzz --walks 200 --seed 3 --walkers 1\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -190,7 +190,10 @@ ABOUT = dict(help="host pmap operations racing walks at every cycle offset",
                                     "new-frame, run at every cycle offset of a cold and a warm "
                                     "translation of each access kind; checks: scoreboard, one answer "
                                     "per request, no A/D resurrection, no stale translation after "
-                                    "INVEPT. The last line is 'N races, M failures'.")
+                                    "INVEPT. The last line is 'N races, M failures'.",
+             epilog=("examples:\n"
+                     "  python -m sim races --backend verilator\n"
+                     "  python -m sim races --max-offset 16 --no-ad\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ soak runs, one section each (each command rewrites its own section)."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,13 @@ def update_report(section: str, data: dict, path: Path = REPORT) -> Path:
             report = {}
     except (OSError, ValueError):
         report = {}
+    old = report.get(section)
     report[section] = dict(data, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_json(path, report, indent=1)
+    if isinstance(old, dict):
+        # a run by hand replaces what `make reliability` wrote: say so, naming what was there
+        was = old.get("options") or {}
+        print(f"note: {path}: replaced the {section} section of {old.get('finished', 'an earlier run')}"
+              + (f" ({', '.join(f'{k} {v}' for k, v in was.items() if k != 'unit')})" if was else ""),
+              file=sys.stderr)
     return path

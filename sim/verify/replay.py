@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from model.physmem import PhysicalMemory
+from model.nested import NestedTranslation
 from model.walk import Translation
 
-from sim.backends.base import make_backend
+from sim.backends.base import backend_class, make_backend
 from sim.cosim.scenario import Scenario
 from sim.backends.base import BACKENDS
 from sim.cosim.scenario import load_scenario
@@ -27,7 +28,7 @@ class ReplayResult:
     mismatches: list[str] = field(default_factory=list)   # scoreboard reports (rtl)
 
 
-def translate_line(t: Translation, cycles: int | None) -> dict:
+def translate_line(t: Translation | NestedTranslation, cycles: int | None) -> dict:
     d = t.to_json()
     if cycles is not None:
         d["cycles"] = cycles
@@ -36,7 +37,15 @@ def translate_line(t: Translation, cycles: int | None) -> dict:
 
 def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.stdout,
            **backend_kw) -> ReplayResult:
-    """Execute every op in order, each finished before the next; return the lines."""
+    """Execute every op in order, each finished before the next; return the lines.
+
+    A scenario with nested ops (translate_la, set_cr3, invvpid) on a backend
+    that cannot walk guest tables is refused before anything runs.
+    """
+    nested = scenario.nested_ops
+    cls = backend_class(backend_name)
+    if nested and not cls.nested:
+        raise cls.refuse_nested(f"op {nested[0].kind!r}")
     memory = PhysicalMemory(scenario.config.maxphyaddr)
     for addr, value in scenario.memory:
         memory.write(addr, value, source="init")
@@ -44,6 +53,8 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
     lines = []
     try:
         backend.load_eptp(scenario.eptp)
+        if scenario.guest is not None and cls.nested:
+            backend.load_guest(scenario.guest)
         for op in scenario.ops:
             line = None
             if op.kind == "write":
@@ -52,6 +63,13 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
                 line = {"op": "read", "addr": f"{op.addr:#x}", "value": f"{backend.read(op.addr):#x}"}
             elif op.kind == "invept":
                 backend.invept(op.invept)
+            elif op.kind == "translate_la":
+                t, cycles = backend.translate_la(op.la, op.access, op.user)
+                line = translate_line(t, cycles)
+            elif op.kind == "set_cr3":
+                backend.set_cr3(op.cr3)
+            elif op.kind == "invvpid":
+                backend.invvpid(op.invvpid, op.la)
             else:
                 t, cycles = backend.translate(op.gpa, op.access)
                 line = translate_line(t, cycles)
@@ -67,7 +85,12 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
 # -- the `replay` command ---------------------------------------------------------------
 ABOUT = dict(help="run a replay scenario (JSON) and print JSON Lines",
                        description="Execute the ops of SCENARIO in order and print one JSON "
-                                   "line per read and translate (see README, Replay contract).")
+                                   "line per read, translate and translate_la (see README, Replay "
+                                   "contract, and docs/nested.md for the guest ops).",
+             epilog=("examples:\n"
+                     "  python -m sim replay examples/4k-read.json\n"
+                     "  python -m sim replay examples/4k-read.json --backend verilator\n"
+                     "  cat scenario.json | python -m sim replay - --backend rtl --dram-latency 20\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -77,7 +77,9 @@ ABOUT = dict(help="the pageable guest for a million translations, memory sampled
                         description="Run the default pageable-guest workload for N translations "
                                     "(every one checked) and sample resident memory; fails on any "
                                     "mismatch or if memory grows. The last line is "
-                                    "'N translations, M mismatches'.")
+                                    "'N translations, M mismatches'.",
+             epilog=("examples:\n"
+                     "  python -m sim soak --translations 100000\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
