@@ -39,7 +39,7 @@ from sim.cosim.scoreboard import MemoryHistory, Scoreboard
 
 __all__ = ["ScoreboardProcess", "available"]
 
-BATCH = 4096                 # log records per message
+TICKETS_PER_BATCH = 64       # a log message every 64 tickets (~250 records here)
 _LEN = struct.Struct("<Q")
 
 
@@ -125,13 +125,13 @@ class ScoreboardProcess:
     def _on_store(self, addr: int, old: int, new: int, source: str) -> None:
         self.seq += 1
         self._append((addr, old, new))
-        if len(self._log) >= BATCH:
-            self._flush()
 
     def check(self, t: Ticket) -> bool:
         """Queue ``t`` for checking; the verdict comes with :meth:`join`."""
         self.checked += 1
         self._append(_ticket_record(t))
+        if self.checked % TICKETS_PER_BATCH == 0:
+            self._flush()
         return True
 
     def prune(self, keep_from: int) -> None:
