@@ -7,9 +7,11 @@
 // bus error can be injected; Python performs CASes (they store and feed the
 // scoreboard's history), and every access while errors are injected, from a
 // callback.  sim_run() clocks the unit without Python for as long as nothing
-// needs it: it stops at the start of a cycle in which a hook is due, or a
-// handshake Python must see would happen (translate request or response, a
-// memory response carrying a bus error).  Python then runs that cycle itself:
+// needs it: it notes a translate request taken in the shared Status (Python
+// does the bookkeeping when it next runs), returns after a translate response
+// (the payload in the Status) or a request Python must follow with another,
+// and stops at the start of a cycle in which a memory response carrying a bus
+// error would be taken.  Python then runs that cycle itself:
 // sim_perform_due() when the head access is due, the inputs and the DRAM
 // stall written into the shared Status, sim_edge(): the same steps sim_run()
 // takes, so both paths give the same cycle for cycle.
@@ -54,10 +56,6 @@ struct Req {
 typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data, uint64_t cycle,
                           uint64_t* result_error);
 
-// Python's bookkeeping for a translate request taken (returns 1 when another
-// request waits: stop so Python drives it) and for a response taken; 2: raised.
-typedef int (*accept_fn)(uint64_t cycle);
-typedef int (*respond_fn)(uint64_t cycle, uint32_t w0, uint32_t w1, uint32_t w2);
 
 // Python runs the between-cycle hooks due at the start of `cycle` (the first
 // step of that cycle's first half) and updates hook_wake; returns 0 when the
@@ -115,13 +113,20 @@ struct Status {
     // writing the inputs clears it)
     uint8_t staged;
     uint64_t staged_from, staged_payload;
+    // A translate request taken inside sim_run is not a call into Python:
+    // the loop notes it here (the edge's cycle, eptp_valid as Python knew it
+    // then) and Python does its bookkeeping when it next runs (a callback or
+    // the return), before anything else, so nothing can tell the difference.
+    // accept_stop, set by Python: return right after the request is taken
+    // (another one waits to be driven).  A response taken always returns,
+    // with `responded` set and the payload in tresp.
+    uint64_t accept_cycle;
+    uint8_t accept_pending, accept_eptp_valid, accept_stop, responded;
 };
 
 struct Sim {
     Status st{};
     perform_fn perform = nullptr;
-    accept_fn on_accept = nullptr;
-    respond_fn on_response = nullptr;
     hooks_fn on_hooks = nullptr;
     VerilatedContext* ctx;
     Vpwu* top;
@@ -340,12 +345,9 @@ void sim_free(void* p) {
     delete s;
 }
 
-void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond_fn on_response,
-                       hooks_fn on_hooks) {
+void sim_set_callbacks(void* p, perform_fn perform, hooks_fn on_hooks) {
     Sim* s = (Sim*)p;
     s->perform = perform;
-    s->on_accept = on_accept;
-    s->on_response = on_response;
     s->on_hooks = on_hooks;
 }
 Status* sim_status(void* p) { return &((Sim*)p)->st; }
@@ -454,20 +456,21 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         bool accept = t->translate_req___05Fvalid && t->translate_req___05Fready;
         bool respond = t->translate_resp___05Fvalid && t->translate_resp___05Fready;
         bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
-        if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return STOP_PYTHON_CYCLE;
+        if (error) return STOP_PYTHON_CYCLE;
         edge(s);
         if (s->ctx->gotError()) return STOP_ASSERTION;
         t->invept___05Fvalid = 0;       // an INVEPT Python drove is a one-cycle strobe
         bool stop = false;
-        if (accept) {
-            int r = s->on_accept(s->st.cycle - 1);
-            if (r == 2) return STOP_CALLBACK_RAISED;
+        if (accept) {           // Python's bookkeeping follows when it next runs
+            s->st.accept_pending = 1;
+            s->st.accept_cycle = s->st.cycle - 1;
+            s->st.accept_eptp_valid = s->st.flags[FLAG_EPTP_VALID_BEFORE];
             t->translate_req___05Fvalid = 0;
-            stop = r == 1;
+            stop = s->st.accept_stop;
         }
-        if (respond) {
-            if (s->on_response(s->st.cycle - 1, s->st.tresp[0], s->st.tresp[1], s->st.tresp[2])) return STOP_CALLBACK_RAISED;
-            stop = true;        // Python's predicates wait for responses: let it look
+        if (respond) {          // Python takes it from tresp; its predicates wait for responses
+            s->st.responded = 1;
+            stop = true;
         }
         if (stop) return STOP_HANDSHAKE;
     }

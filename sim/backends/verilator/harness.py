@@ -6,11 +6,14 @@ table of their numpy storage, kept current through
 ``PhysicalMemory.watch_frames``; the read counters are brought up to date
 whenever control returns to Python), unless bus errors are injected; it calls
 back into Python to perform a CAS (it stores, and the scoreboard's history
-observes stores) or any access while errors are injected, and for the
-bookkeeping of a translate request or response taken, and to run the
-between-cycle hooks when one is due; it returns to Python after a response,
-and when Python's inputs would change (a new request, an EPTP load or
-INVEPT, a counter read, also when queued by a hook).
+observes stores) or any access while errors are injected, and to run the
+between-cycle hooks when one is due; it returns to Python after a response
+(taken from the shared Status: no callback), and when Python's inputs would
+change (a new request, an EPTP load or INVEPT, a counter read, also when
+queued by a hook).  A request taken is noted in the Status, not called back:
+Python does its bookkeeping first thing when it next runs (a callback or the
+return), so per translation the loop costs one call and one return, plus
+the hooks and CASes it meets.
 :class:`VerilatorHarness` runs those cycles, and every cycle when a per-cycle
 random draw is needed, with the same steps and in the same order as
 :class:`~sim.backends.pysim.PysimHarness`, so both give the same results cycle for
@@ -89,15 +92,15 @@ class Status(ctypes.Structure):
                 ("in_tresp_ready", ctypes.c_uint8), ("in_eptp_load", ctypes.c_uint8),
                 ("in_invept_valid", ctypes.c_uint8), ("stall", ctypes.c_uint8),
                 ("staged", ctypes.c_uint8),
-                ("staged_from", ctypes.c_uint64), ("staged_payload", ctypes.c_uint64)]
+                ("staged_from", ctypes.c_uint64), ("staged_payload", ctypes.c_uint64),
+                ("accept_cycle", ctypes.c_uint64), ("accept_pending", ctypes.c_uint8),
+                ("accept_eptp_valid", ctypes.c_uint8), ("accept_stop", ctypes.c_uint8),
+                ("responded", ctypes.c_uint8)]
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
 PERFORM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64,
                               ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64))
-ACCEPT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
-RESPOND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
-                              ctypes.c_uint32)
 HOOKS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
 
 
@@ -117,7 +120,7 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64, U64], INT),
-            "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN, HOOKS_FN], None),
+            "sim_set_callbacks": ([P, PERFORM_FN, HOOKS_FN], None),
             "sim_map_frame": ([P, U64, P], None),
             "sim_set_direct": ([P, INT, U64], None),
             "sim_trace_open": ([P, ctypes.c_char_p], INT),
@@ -181,8 +184,7 @@ class VerilatorHarness(HarnessCore):
         self.python_cycles = 0          # edges Python ran itself (the rest ran compiled)
         self._callback_error: BaseException | None = None
         self._hooks_ran = -1            # the cycle whose hooks the compiled loop had run
-        self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
-                           RESPOND_FN(self._respond_in_run),
+        self._callbacks = (PERFORM_FN(self._perform_in_run),
                            HOOKS_FN(self._hooks_in_run))        # kept alive with the harness
         lib.sim_set_callbacks(self._h, *self._callbacks)
         if self.wave is not None and lib.sim_trace_open(self._h, str(self.wave).encode()):
@@ -285,6 +287,8 @@ class VerilatorHarness(HarnessCore):
     # The callbacks from the compiled loop; an exception must not die inside C.
     def _perform_in_run(self, op, addr, compare, data, cycle, out) -> int:
         try:
+            if self._status.accept_pending:
+                self._accepted_in_run()
             req = self._perform(op, addr, compare, data, cycle)
         except BaseException as e:
             self._callback_error = e
@@ -293,24 +297,24 @@ class VerilatorHarness(HarnessCore):
         out[1] = req.error
         return 0
 
-    def _accept_in_run(self, cycle) -> int:
-        try:
-            self.cycle = cycle
-            # as pysim: the EPTP validity sampled at the edge before this one
-            self.eptp_valid = bool(self._status.flags[Flag.EPTP_VALID_BEFORE])
-            self._accept(self._driven_req)
-            self._inputs = None             # the loop dropped translate_req.valid itself
-            if not (self.pending and self.free_tags):
-                self._driven_req = None     # the loop drops valid, as Python would
-                return 0
-            return 1
-        except BaseException as e:
-            self._callback_error = e
-            return 2
+    def _accepted_in_run(self) -> None:
+        """The bookkeeping of a request the compiled loop took (Status.accept_*),
+        first thing whenever Python runs again: as if done at that edge."""
+        st = self._status
+        st.accept_pending = 0
+        self.cycle = st.accept_cycle
+        # as pysim: the EPTP validity sampled at the edge before this one
+        self.eptp_valid = bool(st.accept_eptp_valid)
+        self._accept(self._driven_req)
+        self._inputs = None             # the loop dropped translate_req.valid itself
+        if not (self.pending and self.free_tags):
+            self._driven_req = None     # the loop drops valid, as Python would
 
     def _hooks_in_run(self, cycle) -> int:
         """The first step of this cycle's first half, from the compiled loop."""
         try:
+            if self._status.accept_pending:
+                self._accepted_in_run()
             self.cycle = cycle
             flags = self._status.flags          # as Python knows them after the last edge
             self.eptp_valid, self.eptp_error = bool(flags[Flag.EPTP_VALID]), bool(flags[Flag.EPTP_ERROR])
@@ -328,15 +332,6 @@ class VerilatorHarness(HarnessCore):
         if len(hooks) == 1:                     # the usual case: the host agent
             return wake.get(hooks[0], 0)
         return min([wake.get(k, 0) for k in hooks], default=NEVER)
-
-    def _respond_in_run(self, cycle, w0, w1, w2) -> int:
-        try:
-            self.cycle = cycle
-            self._complete(w0 | w1 << 32 | w2 << 64)
-            return 0
-        except BaseException as e:
-            self._callback_error = e
-            return 1
 
     def _accept(self, tk: Ticket) -> None:
         super()._accept(tk)
@@ -420,8 +415,17 @@ class VerilatorHarness(HarnessCore):
     def _run_compiled(self, until: int, first_half_done: int) -> None:
         st = self._status
         st.hook_wake = self._next_hook_wake()
+        # return right after the request is taken if another then waits to be driven
+        st.accept_stop = len(self.pending) > 1 and len(self.free_tags) > 1
         self._update_direct()
         stopped = self._lib.sim_run(self._h, until, first_half_done)
+        if st.accept_pending:
+            self._accepted_in_run()
+        if st.responded:                # taken at the last edge: as pysim, at that cycle
+            st.responded = 0
+            self.cycle = st.cycle - 1
+            t = st.tresp
+            self._complete(t[0] | t[1] << 32 | t[2] << 64)
         self._sync_reads()
         self.cycle = st.cycle
         if stopped == Stop.HOOKS_RAN:
@@ -478,7 +482,8 @@ class VerilatorHarness(HarnessCore):
         """The bare model: translate ``requests`` ((gpa, access) pairs) one at a
         time in C++ alone (no Python, no scoreboard, CASes straight into the
         frames), with a single-context INVEPT before every ``invept_every``-th.
-        Returns (cycles, translations answered, seconds).  For measurement: the
+        Returns (cycles, translations answered, seconds); its CPU time in
+        ``bare_cpu_seconds``.  For measurement: the
         harness's own bookkeeping does not follow (use a fresh harness)."""
         import time
         self._update_direct()
@@ -487,10 +492,10 @@ class VerilatorHarness(HarnessCore):
         tag = self.eptp.tag if self.eptp is not None else 0
         inv = INVEPT_REQUEST.pack(kind=INVEPT_SINGLE, tag=tag)
         done = ctypes.c_uint64()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         cycles = self._lib.sim_bare(self._h, raw, len(requests), inv, invept_every, limit,
                                     ctypes.byref(done))
-        seconds = time.perf_counter() - started
+        seconds, self.bare_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
         if self._lib.sim_got_error(self._h):
             raise AssertionError("the unit's protocol checks failed in the bare model")
         self.cycle = self._status.cycle
