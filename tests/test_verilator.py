@@ -5,8 +5,8 @@ Every equivalence test runs the same random workload on
 :class:`~sim.backends.verilator.VerilatorHarness` and compares the full
 response streams (cycles included), the DRAM statistics and the counters.
 pysim runs ~1.5k cycles/s here, so each run stays at a few thousand cycles.
-A cold build of one parameter set takes ~1 minute; later runs hit the cache
-in build/verilator/.
+A cold build of one parameter set takes 15-45 s (quiet to loaded); later
+runs hit the per-user cache (sim.files.cache_dir).
 """
 
 import io
