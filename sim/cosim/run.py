@@ -351,11 +351,12 @@ def main(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     kw = rtl_kwargs(args)
-    if auto:
-        # the fastest RTL backend that builds here (rtl_kwargs's checks are the same for both)
-        args.backend = auto_backend(kw["unit"], PhysicalMemory().maxphyaddr)
     output_path("--summary", args.summary)
     output_path("--wave", args.wave)
+    if auto:
+        # the fastest RTL backend that builds here (rtl_kwargs's checks are the same for
+        # both), once every option is known to be good: a build is work
+        args.backend = auto_backend(kw["unit"], PhysicalMemory().maxphyaddr)
     progress = progress_printer(args.quiet)
     summary = run_workload(opts, args.backend, progress=progress, **kw)
     write_summary(summary, args.summary)
