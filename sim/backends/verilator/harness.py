@@ -64,6 +64,12 @@ class Flag(IntEnum):
     EPTP_VALID_BEFORE = 7   # eptp_valid sampled at the edge before
 
 
+# the hot paths compare plain ints (an IntEnum member costs a lookup and a call)
+_UNTIL, _HANDSHAKE = int(Stop.UNTIL), int(Stop.HANDSHAKE)
+_HOOKS_RAN, _ASSERTION, _RAISED = int(Stop.HOOKS_RAN), int(Stop.ASSERTION), int(Stop.CALLBACK_RAISED)
+_F_EPTP_VALID, _F_EPTP_ERROR = int(Flag.EPTP_VALID), int(Flag.EPTP_ERROR)
+
+
 def _request_packer():
     """TRANSLATE_REQUEST.pack(gpa=, access=, tag=) with the offsets looked up once (every request)."""
     (g_off, g_mask), (a_off, a_mask), (t_off, t_mask) = (TRANSLATE_REQUEST.field(n)
@@ -179,6 +185,9 @@ class VerilatorHarness(HarnessCore):
         self._loaded = False
         self._event = False
         self._status = lib.sim_status(self._h).contents
+        # views of the shared Status's arrays (they read its memory, no copy)
+        self._flags, self._tresp = self._status.flags, self._status.tresp
+        self._sim_run = lib.sim_run
         self._inputs = None             # the last inputs set, to skip setting them again
         self._head = (ctypes.c_uint64 * 4)()
         self.python_cycles = 0          # edges Python ran itself (the rest ran compiled)
@@ -316,8 +325,8 @@ class VerilatorHarness(HarnessCore):
             if self._status.accept_pending:
                 self._accepted_in_run()
             self.cycle = cycle
-            flags = self._status.flags          # as Python knows them after the last edge
-            self.eptp_valid, self.eptp_error = bool(flags[Flag.EPTP_VALID]), bool(flags[Flag.EPTP_ERROR])
+            flags = self._flags                 # as Python knows them after the last edge
+            self.eptp_valid, self.eptp_error = bool(flags[_F_EPTP_VALID]), bool(flags[_F_EPTP_ERROR])
             run_hooks(self.hooks, self._hook_wake, cycle)
             if not self._quiet():
                 return 1                        # Python runs the rest of this first half
@@ -345,7 +354,7 @@ class VerilatorHarness(HarnessCore):
             raise AssertionError(f"cycle {self.cycle}: the unit's protocol checks (hw/checks.py) "
                                  f"failed; Verilator printed which above")
         st = self._status
-        f = st.flags
+        f = self._flags
         treq_ready, tresp_valid = f[Flag.TREQ_READY], f[Flag.TRESP_VALID]
         eptp_valid, eptp_error = f[Flag.EPTP_VALID], f[Flag.EPTP_ERROR]
         error_taken = f[Flag.RESP_ERROR_TAKEN]
@@ -361,7 +370,7 @@ class VerilatorHarness(HarnessCore):
             self._accept(tk)
             event = True
         if tresp_valid and resp_ready:
-            t = st.tresp
+            t = self._tresp
             self._complete(t[0] | t[1] << 32 | t[2] << 64)
             event = True
         if self._want_counters:
@@ -418,26 +427,27 @@ class VerilatorHarness(HarnessCore):
         # return right after the request is taken if another then waits to be driven
         st.accept_stop = len(self.pending) > 1 and len(self.free_tags) > 1
         self._update_direct()
-        stopped = self._lib.sim_run(self._h, until, first_half_done)
+        stopped = self._sim_run(self._h, until, first_half_done)
         if st.accept_pending:
             self._accepted_in_run()
         if st.responded:                # taken at the last edge: as pysim, at that cycle
             st.responded = 0
             self.cycle = st.cycle - 1
-            t = st.tresp
+            t = self._tresp
             self._complete(t[0] | t[1] << 32 | t[2] << 64)
         self._sync_reads()
         self.cycle = st.cycle
-        if stopped == Stop.HOOKS_RAN:
-            self._hooks_ran = self.cycle
-        if stopped == Stop.ASSERTION:
-            raise AssertionError(f"cycle {self.cycle - 1}: the unit's protocol checks (hw/checks.py) "
-                                 f"failed; Verilator printed which above")
-        if stopped == Stop.CALLBACK_RAISED:
-            e, self._callback_error = self._callback_error, None
-            raise e
-        flags = st.flags
-        self.eptp_valid, self.eptp_error = bool(flags[Flag.EPTP_VALID]), bool(flags[Flag.EPTP_ERROR])
+        if stopped != _HANDSHAKE and stopped != _UNTIL:
+            if stopped == _HOOKS_RAN:
+                self._hooks_ran = self.cycle
+            elif stopped == _ASSERTION:
+                raise AssertionError(f"cycle {self.cycle - 1}: the unit's protocol checks (hw/checks.py) "
+                                     f"failed; Verilator printed which above")
+            elif stopped == _RAISED:
+                e, self._callback_error = self._callback_error, None
+                raise e
+        flags = self._flags
+        self.eptp_valid, self.eptp_error = bool(flags[_F_EPTP_VALID]), bool(flags[_F_EPTP_ERROR])
 
     def _advance(self, until: int, stop_on_event: bool) -> None:
         """One pysim ``advance``: the edge of this cycle, then as many cycles as
