@@ -353,7 +353,6 @@ class VerilatorHarness(HarnessCore):
         if lib.sim_got_error(h):
             raise AssertionError(f"cycle {self.cycle}: the unit's protocol checks (hw/checks.py) "
                                  f"failed; Verilator printed which above")
-        st = self._status
         f = self._flags
         treq_ready, tresp_valid = f[Flag.TREQ_READY], f[Flag.TRESP_VALID]
         eptp_valid, eptp_error = f[Flag.EPTP_VALID], f[Flag.EPTP_ERROR]
