@@ -25,6 +25,8 @@ $(FPGA_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
+# the fastest backend that runs here by default (run --backend auto: Verilator, built once
+# into the per-user cache, else pysim with one line saying why);
 # make sim BACKEND=rtl|verilator|model ARGS="--accesses 20000 --seed 3": both reach the command
 BACKEND ?=
 ARGS ?=

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "write_atomic", "write_json", "provenance"]
+__all__ = ["atomic_open", "write_atomic", "write_json", "provenance", "CACHE_ENV", "cache_dir",
+           "dist_versions"]
 
 
 @contextmanager
@@ -69,3 +70,39 @@ def provenance(schema_version: int) -> dict:
     return {"schema_version": schema_version, "tool": "ept-walker", "tool_version": version,
             "git_revision": rev,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+# -- the per-user cache: derived artefacts shared by every clone (Verilator builds, port tables)
+CACHE_ENV = "EPT_WALKER_BUILD_CACHE"
+
+
+def cache_dir() -> Path:
+    """The per-user build cache: ``$EPT_WALKER_BUILD_CACHE``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/ept-walker/verilator``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(xdg).expanduser() / "ept-walker" / "verilator"
+
+
+def dist_versions(*packages: str) -> str:
+    """The installed versions of the packages (``name-version.dist-info``
+    beside each), without importing them: Amaranth alone takes 0.1 s."""
+    import importlib.util
+    out = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            out.append(f"{name}-absent")
+            continue
+        site = Path(spec.origin).parent.parent
+        found = sorted(p.name for p in site.glob(f"{name}-*.dist-info"))
+        if not found:
+            import importlib.metadata
+            try:
+                found = [importlib.metadata.version(name)]
+            except importlib.metadata.PackageNotFoundError:
+                found = ["unknown"]
+        out.append(found[-1])
+    return " ".join(out)

@@ -26,3 +26,20 @@ def test_quick_bench(tmp_path):
     assert all(row["mismatches"] == 0 for row in r["workload"]["pageable_guest"])
     for png in r["plots"]:
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bare_model_and_the_cosimulation_against_it():
+    import pytest
+    from sim.backends.base import BackendUnavailable
+    from sim.flows.bench import cosim_vs_bare
+    try:
+        from sim.backends.verilator import toolchain
+        toolchain()
+    except (ImportError, BackendUnavailable) as e:      # pragma: no cover - CI installs it
+        pytest.skip(f"verilator toolchain unavailable: {e}")
+    r = cosim_vs_bare(accesses=100, repeat=1, cold=False)
+    for k in ("verilator_bare_cycles_per_second", "cosim_loop_vs_bare", "cosim_process_vs_bare",
+              "cosim_loop_vs_bare_cpu", "verilator_cold_build_seconds"):
+        assert k in r, k
+    assert r["verilator_bare_translations"] == 100 and r["verilator_bare_cycles"] > 1000
+    assert 0 < r["cosim_process_vs_bare"] < r["cosim_loop_vs_bare"] < 1.5

@@ -20,7 +20,7 @@ CASES = [
     (["run", "--walkers", "0"], "walkers"),
     (["run", "--tlb-ways", "3"], "ways"),
     (["run", "--race-rate", "2"], "--race-rate"),
-    (["run", "--wave", "x.fst"], ".vcd"),
+    (["run", "--backend", "rtl", "--wave", "x.fst"], ".vcd"),
     (["run", "--backend", "model", "--wave", "x.vcd"], "--wave"),
     (["fuzz", "--walks", "-5"], "--walks"),
     (["fuzz", "--cases-per-round", "0"], "--cases-per-round"),

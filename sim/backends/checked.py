@@ -11,6 +11,7 @@ handshakes.  The harness comes from the subclass: pysim
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import asdict
 
@@ -21,8 +22,8 @@ from model.walk import Translation
 from sim.backends.base import Backend
 from sim.cosim.dram import DramConfig
 from sim.cosim.harness import HarnessCore, Ticket
+from sim.cosim import scoreboard_process
 from sim.cosim.scoreboard import MemoryHistory, Scoreboard
-from sim.flows.gtkwave import marker_note
 
 __all__ = ["ScoreboardBackend", "ticket_translation"]
 
@@ -34,17 +35,34 @@ def ticket_translation(t: Ticket) -> Translation:
                        memtype=t.memtype, qual=t.qual, retries=t.retries)
 
 
+SCOREBOARD_ENV = "EPT_WALKER_SCOREBOARD"
+
+
 class ScoreboardBackend(Backend):
-    """A timed backend: ``harness_class`` drives the unit, the scoreboard checks it."""
+    """A timed backend: ``harness_class`` drives the unit, the scoreboard checks it.
+
+    ``scoreboard``: ``"inline"`` checks each response as it is answered (its
+    verdict is known at once: fuzzing and replay need that); ``"process"``
+    checks in a second process fed a log (:mod:`sim.cosim.scoreboard_process`),
+    its verdicts joined at :meth:`close` (not with a waveform, whose marker
+    notes need this process, nor where fork is missing: inline then).
+    ``$EPT_WALKER_SCOREBOARD`` overrides the choice."""
     timed = True
     harness_class: type[HarnessCore]
 
     def __init__(self, memory: PhysicalMemory, config: EptConfig, *, dram: DramConfig | None = None,
                  wave=None, resp_stall_probability: float = 0.0, seed: int = 1,
-                 watchdog: int = 100_000, unit: dict | None = None):
+                 watchdog: int = 100_000, unit: dict | None = None, scoreboard: str = "inline"):
         super().__init__(memory, config)
-        self.history = MemoryHistory(memory)
-        self.scoreboard = Scoreboard(self.history, config)
+        scoreboard = os.environ.get(SCOREBOARD_ENV) or scoreboard
+        if scoreboard not in ("inline", "process"):
+            raise ValueError(f"scoreboard must be inline or process, not {scoreboard!r}")
+        if scoreboard == "process" and wave is None and scoreboard_process.available():
+            # one object: the store count (history.seq) and the checks
+            self.history = self.scoreboard = scoreboard_process.ScoreboardProcess(memory, config)
+        else:
+            self.history = MemoryHistory(memory)
+            self.scoreboard = Scoreboard(self.history, config)
         self.harness = self.harness_class(memory, dram, maxphyaddr=config.maxphyaddr,
                                           execute_only=config.execute_only,
                                           resp_stall_probability=resp_stall_probability, seed=seed,
@@ -52,6 +70,7 @@ class ScoreboardBackend(Backend):
         self.watchdog = watchdog
         self.tickets = 0
         if self.harness.wave is not None:
+            from sim.flows.gtkwave import marker_note      # Amaranth: only with a waveform
             self.scoreboard.wave_note = lambda cycle: marker_note(self.harness.wave.with_suffix(".gtkw"), cycle)
 
     @property
@@ -139,4 +158,9 @@ class ScoreboardBackend(Backend):
         }
 
     def close(self) -> None:
-        self.harness.close(markers=self.scoreboard.failed_cycles)
+        join = getattr(self.scoreboard, "join", None)
+        try:
+            if join is not None:
+                join()              # the verdicts, before anything reports
+        finally:
+            self.harness.close(markers=self.scoreboard.failed_cycles)

@@ -28,31 +28,39 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from hw.layouts import (
-    PERF_EVENTS, TAG_BITS, InveptKind, InveptRequest, MemRequest, MemResponse,
-    Outcome as HwOutcome, PageSize, PerfCounters, TranslateRequest, TranslateResponse,
-)
 from model.formats import Access, Eptp, Outcome
 from model.physmem import PhysicalMemory
 
 from sim.cosim.dram import Dram, DramConfig
+from sim.cosim.ports import ports
 
-__all__ = ["Ticket", "HarnessCore", "HangError", "HW_OUTCOME", "PAGE_SIZES", "run_hooks", "Fields",
+# also HW_OUTCOME and PAGE_SIZES (module __getattr__: they import Amaranth)
+__all__ = ["Ticket", "HarnessCore", "HangError", "run_hooks", "Fields",
            "MEM_REQUEST", "MEM_RESPONSE", "TRANSLATE_REQUEST", "TRANSLATE_RESPONSE", "INVEPT_REQUEST",
-           "PERF"]
+           "PERF", "PERF_EVENTS", "TAG_BITS", "INVEPT_SINGLE", "INVEPT_GLOBAL"]
 
-HW_OUTCOME = {
-    HwOutcome.OK: Outcome.OK, HwOutcome.VIOLATION: Outcome.VIOLATION,
-    HwOutcome.MISCONFIG: Outcome.MISCONFIG, HwOutcome.BUS_ERROR: Outcome.BUS_ERROR,
-    HwOutcome.REFUSED: None,
-}
-PAGE_SIZES = {PageSize.SIZE_4K: 1 << 12, PageSize.SIZE_2M: 1 << 21, PageSize.SIZE_1G: 1 << 30}
-# the same by raw field value: _fill runs on every response, and an Amaranth
-# enum call costs more than the rest of it
-_OUTCOME_BY_RAW = {o.value: HW_OUTCOME[o] for o in HwOutcome}
-_REFUSED_RAW = HwOutcome.REFUSED.value
-_PAGE_SIZE_BY_RAW = {p.value: n for p, n in PAGE_SIZES.items()}
+# The port layouts as numbers (sim.cosim.ports: no Amaranth import on this path).
+_P = ports()
+TAG_BITS: int = _P["TAG_BITS"]
+PERF_EVENTS: list[str] = _P["PERF_EVENTS"]
+INVEPT_SINGLE: int = _P["enums"]["InveptKind"]["SINGLE"]
+INVEPT_GLOBAL: int = _P["enums"]["InveptKind"]["GLOBAL"]
+_SIZES = {"SIZE_4K": 1 << 12, "SIZE_2M": 1 << 21, "SIZE_1G": 1 << 30}
+# by raw field value: _fill runs on every response
+_OUTCOME_BY_RAW = {v: (None if n == "REFUSED" else Outcome[n]) for n, v in _P["enums"]["Outcome"].items()}
+_REFUSED_RAW = _P["enums"]["Outcome"]["REFUSED"]
+_PAGE_SIZE_BY_RAW = {v: _SIZES[n] for n, v in _P["enums"]["PageSize"].items()}
 
+
+def __getattr__(name: str):
+    """HW_OUTCOME and PAGE_SIZES, keyed by hw.layouts' enum members (imports Amaranth)."""
+    if name == "HW_OUTCOME":
+        from hw.layouts import Outcome as HwOutcome
+        return {o: _OUTCOME_BY_RAW[o.value] for o in HwOutcome}
+    if name == "PAGE_SIZES":
+        from hw.layouts import PageSize
+        return {p: _PAGE_SIZE_BY_RAW[p.value] for p in PageSize}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Fields:
@@ -62,8 +70,9 @@ class Fields:
     more than the design itself; the harness moves plain integers instead.
     """
 
-    def __init__(self, layout):
-        self._f = {name: (f.offset, (1 << f.width) - 1) for name, f in layout}
+    def __init__(self, layout: str):
+        """``layout``: the name of a struct layout in hw/layouts.py."""
+        self._f = {name: (off, (1 << width) - 1) for name, (off, width) in _P["layouts"][layout].items()}
 
     def field(self, name: str) -> tuple[int, int]:
         """(bit offset, mask) of one field, for a hot path that packs by hand."""
@@ -81,12 +90,12 @@ class Fields:
         return raw
 
 
-MEM_REQUEST = Fields(MemRequest)
-MEM_RESPONSE = Fields(MemResponse)
-TRANSLATE_REQUEST = Fields(TranslateRequest)
-TRANSLATE_RESPONSE = Fields(TranslateResponse)
-INVEPT_REQUEST = Fields(InveptRequest)
-PERF = Fields(PerfCounters)
+MEM_REQUEST = Fields("MemRequest")
+MEM_RESPONSE = Fields("MemResponse")
+TRANSLATE_REQUEST = Fields("TranslateRequest")
+TRANSLATE_RESPONSE = Fields("TranslateResponse")
+INVEPT_REQUEST = Fields("InveptRequest")
+PERF = Fields("PerfCounters")
 
 
 def run_hooks(hooks: list, wake: dict, cycle: int) -> None:
@@ -212,7 +221,7 @@ class HarnessCore:
 
     def _invept_taken(self, inv: tuple[int, int, int]) -> None:
         """An INVEPT takes effect at this cycle's edge (before a request taken at it)."""
-        if inv[0] == InveptKind.GLOBAL.value:
+        if inv[0] == INVEPT_GLOBAL:
             self._inv_global = inv[2]
         else:
             self._inv_by_tag[inv[1]] = inv[2]
@@ -221,7 +230,7 @@ class HarnessCore:
         f = TRANSLATE_RESPONSE.get
         code = f(raw, "outcome")
         if code not in _OUTCOME_BY_RAW:
-            HwOutcome(code)         # raises, naming the value
+            raise ValueError(f"{code} is not a valid Outcome")
         t.answered = self.cycle
         t.retries = f(raw, "retries")
         t.level = f(raw, "level") + 1
@@ -230,7 +239,7 @@ class HarnessCore:
         if t.outcome is Outcome.OK:
             size = f(raw, "page_size")
             if size not in _PAGE_SIZE_BY_RAW:
-                PageSize(size)      # raises, naming the value
+                raise ValueError(f"{size} is not a valid PageSize")
             t.hpa, t.page_size, t.memtype = f(raw, "hpa"), _PAGE_SIZE_BY_RAW[size], f(raw, "memtype")
         elif t.outcome is Outcome.VIOLATION:
             t.qual = f(raw, "qual")
@@ -246,7 +255,7 @@ class HarnessCore:
     def invept(self, kind: str, tag: int = 0) -> None:
         """Queue an INVEPT; it takes effect at the next edge.  Stores made
         before this call are covered by it."""
-        kind_value = InveptKind.GLOBAL.value if kind == "global" else InveptKind.SINGLE.value
+        kind_value = INVEPT_GLOBAL if kind == "global" else INVEPT_SINGLE
         self._invepts.append((kind_value, tag, self.store_seq()))
 
     def cache_floor(self, tag: int) -> int:

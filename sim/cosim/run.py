@@ -13,6 +13,7 @@ from model.pmap import PG_FRAME
 from model.physmem import PhysicalMemory
 
 from sim import unit_params
+from sim.backends.auto import auto_backend
 from sim.backends.base import BACKENDS, backend_class, make_backend
 from sim.cosim.guest_os import GuestOsOptions, format_guest_os_summary, run_guest_os
 from sim.cosim.workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
@@ -36,6 +37,9 @@ def run_workload(opts: WorkloadOptions, backend_name: str = "model", progress=No
     opts.validate()
     memory = PhysicalMemory()
     config = EptConfig(memory.maxphyaddr)
+    if backend_name == "verilator" and not backend_kw.get("wave"):
+        # the second core checks while this one simulates (verdicts joined at close)
+        backend_kw = {"scoreboard": "process", **backend_kw}
     backend = make_backend(backend_name, memory, config, **backend_kw)
     layout = GuestLayout(opts.guest_pages)
     host = Host(memory, layout, opts, invept=backend.invept)
@@ -287,9 +291,10 @@ def _mix(text: str) -> tuple[float, float, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="rtl", choices=sorted(BACKENDS),
-                   help="rtl (cosimulation in pysim, default), verilator (the same, compiled "
-                        "with Verilator) or model (golden model alone)")
+    p.add_argument("--backend", default="auto", choices=["auto", *sorted(BACKENDS)],
+                   help="auto (default: verilator when its model builds here, else rtl; with --wave, "
+                        "by the file's suffix), verilator (the cosimulation compiled with Verilator), "
+                        "rtl (the same in pysim: the debugging backend) or model (golden model alone)")
     p.add_argument("--workload", choices=WORKLOADS, default=None,
                    help="guest-os (default with --backend model; model only for now) or stress "
                         "(default on rtl and verilator)")
@@ -326,6 +331,11 @@ def _given(value, default):
 
 
 def main(args) -> int:
+    # --backend auto: an RTL backend (a waveform's suffix picks which; else the
+    # fastest that builds here, chosen once the options are checked)
+    auto = args.backend == "auto" and not args.wave
+    if args.backend == "auto":
+        args.backend = "verilator" if args.wave and Path(args.wave).suffix == ".fst" else "rtl"
     workload = args.workload or ("guest-os" if backend_class(args.backend).nested else "stress")
     if workload == "guest-os":
         return main_guest_os(args)
@@ -343,6 +353,10 @@ def main(args) -> int:
     kw = rtl_kwargs(args)
     output_path("--summary", args.summary)
     output_path("--wave", args.wave)
+    if auto:
+        # the fastest RTL backend that builds here (rtl_kwargs's checks are the same for
+        # both), once every option is known to be good: a build is work
+        args.backend = auto_backend(kw["unit"], PhysicalMemory().maxphyaddr)
     progress = progress_printer(args.quiet)
     summary = run_workload(opts, args.backend, progress=progress, **kw)
     write_summary(summary, args.summary)

@@ -9,6 +9,7 @@ measured in the same run (the machines are noisy).  Writes
 from __future__ import annotations
 
 import argparse
+import sys
 import random
 import time
 from pathlib import Path
@@ -164,6 +165,106 @@ def default_workload_speed() -> dict:
                                  "counters": s["counters"]}}
 
 
+DEFAULT_UNIT = dict(walkers=2, tlb_sets=16, tlb_ways=4, pde_cache=8, caches=True)
+
+
+def bare_speed(accesses: int = 4000, seed: int = 1, checks: bool = True, invept_every: int = 2) -> dict:
+    """The bare Verilated model: the default workload's unit and DRAM timing,
+    driven by C++ alone (driver.cpp ``sim_bare``) with the default workload's
+    access stream (same guest, same seed) over tables that map every guest
+    page, one translation at a time, and a single-context INVEPT before every
+    ``invept_every``-th (the default workload shoots down about every other
+    translation).  No Python runs in the measured loop: the physical limit of
+    this design on this machine, against which the cosimulation is measured."""
+    from sim.backends.verilator import VerilatorHarness
+    from sim.cosim.workload import Guest, GuestLayout, WorkloadOptions
+    opts = WorkloadOptions(accesses=accesses, seed=seed)
+    layout = GuestLayout(opts.guest_pages)
+    memory = PhysicalMemory()
+    frames = iter(range(0x10_0000, 0x4000_0000, 0x1000))
+    tables = HandTables(memory, lambda: next(frames), ad=True)
+    for page in layout.pages:
+        tables.map(page, next(frames))
+    guest = Guest(layout, opts)
+    requests = [guest.next() for _ in range(accesses)]
+    h = VerilatorHarness(memory, DramConfig(), maxphyaddr=memory.maxphyaddr, execute_only=True,
+                         checks=checks, **DEFAULT_UNIT)
+    try:
+        e = tables.eptp
+        assert h.load_eptp(e.encode(), e)
+        cycles, done, seconds = h.run_bare(requests, invept_every)
+    finally:
+        h.close()
+    assert done == accesses, f"the bare model answered {done} of {accesses}"
+    return {"verilator_bare_cycles_per_second": round(cycles / seconds),
+            "verilator_bare_cycles": cycles, "verilator_bare_translations": done,
+            "verilator_bare_seconds": round(seconds, 4),
+            "verilator_bare_cpu_seconds": round(h.bare_cpu_seconds, 4),
+            "verilator_bare_cycles_per_translation": round(cycles / done, 2)}
+
+
+def cosim_vs_bare(accesses: int = 4000, seed: int = 1, repeat: int = 3, cold: bool = True) -> dict:
+    """The default workload's cosimulation on Verilator against the bare model,
+    in the same run: ``cosim_loop_vs_bare`` (cycles/s of run_workload's loop
+    over the bare model's) and ``cosim_process_vs_bare`` (the same for a whole
+    ``python -m sim run --backend verilator`` process, startup included).
+    Medians of ``repeat`` alternating runs; ``cosim_loop_vs_bare_cpu``: the
+    loop's ratio by CPU time instead of wall time.  Also the cold build's time
+    (in a fresh cache directory, so it is measured, not assumed)."""
+    import os
+    import statistics
+    import subprocess
+    import tempfile
+    from sim.backends.verilator import build_model
+    from sim.cosim.run import run_workload
+    from sim.cosim.workload import WorkloadOptions
+    params = dict(maxphyaddr=46, execute_only=True, checks=True, **DEFAULT_UNIT)
+    cold_seconds = None
+    if cold:
+        with tempfile.TemporaryDirectory(prefix="ept-walker-cold-") as tmp, open(os.devnull, "w") as quiet:
+            cold_seconds = round(build_model(params, Path(tmp), progress=quiet).seconds, 1)
+    build_model(params)
+    loop, proc, bare, cycles = [], [], [], None
+    loop_cpu, bare_cpu = [], []
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(repeat):
+        b = bare_speed(accesses, seed)
+        bare.append(b["verilator_bare_cycles_per_second"])
+        bare_cpu.append(b["verilator_bare_cycles"] / b["verilator_bare_cpu_seconds"])
+        cpu = time.process_time()
+        s = run_workload(WorkloadOptions(accesses=accesses, seed=seed), "verilator",
+                         unit=dict(DEFAULT_UNIT))
+        cpu = time.process_time() - cpu     # this process only: the scoreboard's is apart
+        cycles = s["cycles"]
+        loop.append(cycles / s["elapsed_seconds"])
+        loop_cpu.append(cycles / cpu)
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", "verilator", "--quiet",
+                                "--accesses", str(accesses), "--seed", str(seed),
+                                "--summary", str(Path(tmp) / "s.json")],
+                               cwd=root, capture_output=True, text=True)
+            elapsed = time.perf_counter() - started
+        if r.returncode:
+            raise RuntimeError(f"python -m sim run failed:\n{r.stderr[-2000:]}")
+        proc.append(cycles / elapsed)
+    med = statistics.median
+    return {
+        **{k: v for k, v in b.items() if k != "verilator_bare_cycles_per_second"},
+        "verilator_bare_cycles_per_second": round(med(bare)),
+        "cosim_loop_cycles_per_second": round(med(loop)),
+        "cosim_process_cycles_per_second": round(med(proc)),
+        "cosim_loop_vs_bare": round(med([x / b for x, b in zip(loop, bare, strict=True)]), 3),
+        "cosim_process_vs_bare": round(med([x / b for x, b in zip(proc, bare, strict=True)]), 3),
+        # the same by CPU time (the simulating process's; the bare model's): less
+        # sensitive to other jobs on a shared machine, blind to the second core's help
+        "cosim_loop_vs_bare_cpu": round(med([x / b for x, b in zip(loop_cpu, bare_cpu, strict=True)]), 3),
+        "cosim_cycles": cycles,
+        "verilator_cold_build_seconds": cold_seconds,
+        "cosim_vs_bare_runs": repeat,
+    }
+
+
 def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: int = 1,
                   checks: bool = True) -> dict:
     """Run the default ``make sim`` workload on both backends with one seed.
@@ -189,7 +290,7 @@ def measure_speed(accesses: int = 4000, pysim_accesses: int | None = 400, seed: 
     py, py_cps = run("rtl", n_py)
     vl, vl_cps = run("verilator", accesses)
     vl_prefix, vl_prefix_cps = (vl, vl_cps) if n_py == accesses else run("verilator", n_py)
-    drop = ("backend", "elapsed_seconds", "cycles_per_second")
+    drop = ("backend", "elapsed_seconds", "cycles_per_second", "created")
     same = {k: v for k, v in py.items() if k not in drop} == \
            {k: v for k, v in vl_prefix.items() if k not in drop}
     return {
@@ -262,6 +363,8 @@ def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=
         from sim.backends.base import BackendUnavailable
         progress("default workload on pysim and Verilator (pysim takes minutes)")
         try:
+            progress("Verilator: cold build, bare model and cosimulation (3 alternating runs)")
+            results |= cosim_vs_bare()
             results |= measure_speed(pysim_accesses=None)
             # without the protocol Asserts, which cost pysim more than Verilator
             bare = measure_speed(pysim_accesses=None, checks=False)
@@ -298,7 +401,8 @@ def main(args) -> int:
     r = run_bench(args.out, args.quick, progress=progress_printer(False))
     keys = ("tlb_hit_latency_cycles", "tlb_hit_throughput_per_cycle", "cold_walk_cycles",
             "psc_pde_hit_walk_cycles", "miss_throughput_speedup_4_walkers", "pysim_cycles_per_second",
-            "verilator_cycles_per_second", "verilator_speedup_vs_pysim")
+            "verilator_cycles_per_second", "verilator_speedup_vs_pysim", "verilator_bare_cycles_per_second",
+            "cosim_loop_vs_bare", "cosim_process_vs_bare", "verilator_cold_build_seconds")
     for k in keys:
         if k in r:
             print(f"{k:40s} {r[k]}")

@@ -7,9 +7,11 @@
 // bus error can be injected; Python performs CASes (they store and feed the
 // scoreboard's history), and every access while errors are injected, from a
 // callback.  sim_run() clocks the unit without Python for as long as nothing
-// needs it: it stops at the start of a cycle in which a hook is due, or a
-// handshake Python must see would happen (translate request or response, a
-// memory response carrying a bus error).  Python then runs that cycle itself:
+// needs it: it notes a translate request taken in the shared Status (Python
+// does the bookkeeping when it next runs), returns after a translate response
+// (the payload in the Status) or a request Python must follow with another,
+// and stops at the start of a cycle in which a memory response carrying a bus
+// error would be taken.  Python then runs that cycle itself:
 // sim_perform_due() when the head access is due, the inputs and the DRAM
 // stall written into the shared Status, sim_edge(): the same steps sim_run()
 // takes, so both paths give the same cycle for cycle.
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "Vpwu.h"
+#include "Vpwu___024root.h"
 #include "verilated.h"
 #if VM_TRACE
 #include "verilated_fst_c.h"
@@ -54,10 +57,6 @@ struct Req {
 typedef int (*perform_fn)(int op, uint64_t addr, uint64_t compare, uint64_t data, uint64_t cycle,
                           uint64_t* result_error);
 
-// Python's bookkeeping for a translate request taken (returns 1 when another
-// request waits: stop so Python drives it) and for a response taken; 2: raised.
-typedef int (*accept_fn)(uint64_t cycle);
-typedef int (*respond_fn)(uint64_t cycle, uint32_t w0, uint32_t w1, uint32_t w2);
 
 // Python runs the between-cycle hooks due at the start of `cycle` (the first
 // step of that cycle's first half) and updates hook_wake; returns 0 when the
@@ -115,13 +114,20 @@ struct Status {
     // writing the inputs clears it)
     uint8_t staged;
     uint64_t staged_from, staged_payload;
+    // A translate request taken inside sim_run is not a call into Python:
+    // the loop notes it here (the edge's cycle, eptp_valid as Python knew it
+    // then) and Python does its bookkeeping when it next runs (a callback or
+    // the return), before anything else, so nothing can tell the difference.
+    // accept_stop, set by Python: return right after the request is taken
+    // (another one waits to be driven).  A response taken always returns,
+    // with `responded` set and the payload in tresp.
+    uint64_t accept_cycle;
+    uint8_t accept_pending, accept_eptp_valid, accept_stop, responded;
 };
 
 struct Sim {
     Status st{};
     perform_fn perform = nullptr;
-    accept_fn on_accept = nullptr;
-    respond_fn on_response = nullptr;
     hooks_fn on_hooks = nullptr;
     VerilatedContext* ctx;
     Vpwu* top;
@@ -132,6 +138,9 @@ struct Sim {
     std::vector<int64_t> open_rows;     // -1: no open row
     uint64_t row_hits = 0, row_misses = 0, stall_cycles = 0;
     bool ready = true;                  // mem_req.ready this cycle
+    // An input of the model changed since its last eval (PUT sets it): a
+    // settle with nothing but clk changed can skip its eval (see settle)
+    bool dirty = true;
     // The memory contents, shared: frame number -> PhysicalMemory's own
     // uint64[512] storage of that frame (absent: reads as zero), kept up to
     // date by Python (PhysicalMemory.watch_frames).  Used for plain reads
@@ -147,6 +156,16 @@ struct Sim {
 };
 
 constexpr uint64_t PERIOD_PS = 10000;
+
+// Drive a model input, noting whether it changed.
+#define PUT(port, value)              \
+    do {                              \
+        auto v_ = (value);            \
+        if ((port) != v_) {           \
+            (port) = v_;              \
+            s->dirty = true;          \
+        }                             \
+    } while (0)
 
 void dump(Sim* s, uint64_t time_ps) {
 #if VM_TRACE
@@ -186,30 +205,42 @@ void settle(Sim* s) {
     Vpwu* t = s->top;
     Status& st = s->st;
     if (st.in_dirty) {
-        t->translate_req___05Fvalid = st.in_treq_valid;
-        t->translate_req___05Fpayload = st.in_treq_payload;
-        t->translate_resp___05Fready = st.in_tresp_ready;
-        t->eptp_load = st.in_eptp_load;
-        if (st.in_eptp_load) t->eptp_value = st.in_eptp_value;
-        t->invept___05Fvalid = st.in_invept_valid;
-        if (st.in_invept_valid) t->invept___05Fpayload = st.in_invept_payload;
+        PUT(t->translate_req___05Fvalid, st.in_treq_valid);
+        PUT(t->translate_req___05Fpayload, st.in_treq_payload);
+        PUT(t->translate_resp___05Fready, st.in_tresp_ready);
+        PUT(t->eptp_load, st.in_eptp_load);
+        if (st.in_eptp_load) PUT(t->eptp_value, st.in_eptp_value);
+        PUT(t->invept___05Fvalid, st.in_invept_valid);
+        if (st.in_invept_valid) PUT(t->invept___05Fpayload, st.in_invept_payload);
         st.in_dirty = 0;
     }
     if (st.staged && st.cycle >= st.staged_from) {
-        t->translate_req___05Fvalid = 1;
-        t->translate_req___05Fpayload = st.staged_payload;
+        PUT(t->translate_req___05Fvalid, 1);
+        PUT(t->translate_req___05Fpayload, st.staged_payload);
         st.staged = 0;
     }
-    t->mem_req___05Fready = s->ready;
+    PUT(t->mem_req___05Fready, s->ready);
     const Req* head = (!s->queue.empty() && s->st.cycle >= s->queue.front().due) ? &s->queue.front() : nullptr;
-    t->mem_resp___05Fvalid = head != nullptr;
+    PUT(t->mem_resp___05Fvalid, head != nullptr);
     if (head) {
-        t->mem_resp___05Fpayload[0] = (uint32_t)head->result;
-        t->mem_resp___05Fpayload[1] = (uint32_t)(head->result >> 32);
-        t->mem_resp___05Fpayload[2] = head->error ? 1u : 0u;
+        PUT(t->mem_resp___05Fpayload[0], (uint32_t)head->result);
+        PUT(t->mem_resp___05Fpayload[1], (uint32_t)(head->result >> 32));
+        PUT(t->mem_resp___05Fpayload[2], head->error ? 1u : 0u);
     }
     t->clk = 0;
-    t->eval();
+#if VM_TRACE
+    s->dirty = true;        // the waveform dumps every settle: evaluate each
+#endif
+    if (s->dirty) {
+        t->eval();
+        s->dirty = false;
+    } else {
+        // Nothing but clk changed since the edge's eval, whose outputs hold for
+        // these inputs (no logic reads clk as data; Amaranth's sync logic is
+        // posedge only): skip the eval, a third of a cycle's cost, but record
+        // clk low as it would have, so that the next edge is seen as one.
+        t->rootp->__Vtrigprevexpr___TOP__clk__0 = 0;
+    }
     dump(s, s->st.cycle * PERIOD_PS);
 }
 
@@ -340,12 +371,9 @@ void sim_free(void* p) {
     delete s;
 }
 
-void sim_set_callbacks(void* p, perform_fn perform, accept_fn on_accept, respond_fn on_response,
-                       hooks_fn on_hooks) {
+void sim_set_callbacks(void* p, perform_fn perform, hooks_fn on_hooks) {
     Sim* s = (Sim*)p;
     s->perform = perform;
-    s->on_accept = on_accept;
-    s->on_response = on_response;
     s->on_hooks = on_hooks;
 }
 Status* sim_status(void* p) { return &((Sim*)p)->st; }
@@ -454,24 +482,92 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         bool accept = t->translate_req___05Fvalid && t->translate_req___05Fready;
         bool respond = t->translate_resp___05Fvalid && t->translate_resp___05Fready;
         bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
-        if (error || ((accept || respond) && !(s->on_accept && s->on_response))) return STOP_PYTHON_CYCLE;
+        if (error) return STOP_PYTHON_CYCLE;
         edge(s);
         if (s->ctx->gotError()) return STOP_ASSERTION;
-        t->invept___05Fvalid = 0;       // an INVEPT Python drove is a one-cycle strobe
+        PUT(t->invept___05Fvalid, 0);   // an INVEPT Python drove is a one-cycle strobe
         bool stop = false;
-        if (accept) {
-            int r = s->on_accept(s->st.cycle - 1);
-            if (r == 2) return STOP_CALLBACK_RAISED;
-            t->translate_req___05Fvalid = 0;
-            stop = r == 1;
+        if (accept) {           // Python's bookkeeping follows when it next runs
+            s->st.accept_pending = 1;
+            s->st.accept_cycle = s->st.cycle - 1;
+            s->st.accept_eptp_valid = s->st.flags[FLAG_EPTP_VALID_BEFORE];
+            PUT(t->translate_req___05Fvalid, 0);
+            stop = s->st.accept_stop;
         }
-        if (respond) {
-            if (s->on_response(s->st.cycle - 1, s->st.tresp[0], s->st.tresp[1], s->st.tresp[2])) return STOP_CALLBACK_RAISED;
-            stop = true;        // Python's predicates wait for responses: let it look
+        if (respond) {          // Python takes it from tresp; its predicates wait for responses
+            s->st.responded = 1;
+            stop = true;
         }
         if (stop) return STOP_HANDSHAKE;
     }
     return STOP_UNTIL;
+}
+
+// The bare model (make bench's yardstick): the same unit and DRAM timing with
+// no Python at all.  Translates `n` request payloads (tag 0) one at a time,
+// each driven from the cycle after the previous response, with a one-cycle
+// INVEPT strobe (`invept_payload`) before every `invept_every`-th request (0:
+// none); reads come from the frame table, CASes act on it directly.  Returns
+// the cycles run; `done` gets the translations answered (fewer if `limit`
+// cycles ran out).
+uint64_t sim_bare(void* p, const uint64_t* reqs, uint64_t n, uint64_t invept_payload,
+                  uint64_t invept_every, uint64_t limit, uint64_t* done) {
+    Sim* s = (Sim*)p;
+    Vpwu* t = s->top;
+    Status& st = s->st;
+    const uint64_t start = st.cycle;
+    uint64_t i = 0, answered = 0;
+    enum { INVEPT, REQUEST, WAIT } phase = invept_every ? INVEPT : REQUEST;
+    st.in_dirty = 0;
+    st.staged = 0;
+    PUT(t->translate_resp___05Fready, 1);
+    PUT(t->eptp_load, 0);
+    PUT(t->invept___05Fvalid, 0);
+    PUT(t->translate_req___05Fvalid, 0);
+    while (answered < n && st.cycle - start < limit) {
+        if (!s->queue.empty()) {
+            Req& h = s->queue.front();
+            if (st.cycle >= h.due && !h.done && !perform_direct(s, h)) {
+                auto it = s->frames.find(h.addr >> 12);
+                h.done = true;
+                h.error = h.op == 0 || h.addr >= s->limit || (h.addr & 7);
+                h.result = 0;
+                if (!h.error && it != s->frames.end()) {
+                    uint64_t* w = const_cast<uint64_t*>(it->second) + ((h.addr & 0xFFF) >> 3);
+                    h.result = *w;
+                    if (*w == h.compare) *w = h.data;
+                }
+                update_head(s);
+            }
+        }
+        drive_dram(s, false);
+        if (phase == INVEPT) {
+            PUT(t->invept___05Fvalid, 1);
+            PUT(t->invept___05Fpayload, invept_payload);
+        } else if (phase == REQUEST) {
+            PUT(t->translate_req___05Fvalid, 1);
+            PUT(t->translate_req___05Fpayload, reqs[i]);
+        }
+        settle(s);
+        bool accept = t->translate_req___05Fvalid && t->translate_req___05Fready;
+        bool respond = t->translate_resp___05Fvalid && t->translate_resp___05Fready;
+        edge(s);
+        if (s->ctx->gotError()) break;
+        if (phase == INVEPT) {
+            PUT(t->invept___05Fvalid, 0);
+            phase = REQUEST;
+        } else if (accept) {
+            PUT(t->translate_req___05Fvalid, 0);
+            phase = WAIT;
+            i++;
+        }
+        if (respond) {
+            answered++;
+            phase = invept_every && i % invept_every == 0 ? INVEPT : REQUEST;
+        }
+    }
+    *done = answered;
+    return st.cycle - start;
 }
 
 }  // extern "C"

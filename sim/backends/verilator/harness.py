@@ -6,11 +6,14 @@ table of their numpy storage, kept current through
 ``PhysicalMemory.watch_frames``; the read counters are brought up to date
 whenever control returns to Python), unless bus errors are injected; it calls
 back into Python to perform a CAS (it stores, and the scoreboard's history
-observes stores) or any access while errors are injected, and for the
-bookkeeping of a translate request or response taken, and to run the
-between-cycle hooks when one is due; it returns to Python after a response,
-and when Python's inputs would change (a new request, an EPTP load or
-INVEPT, a counter read, also when queued by a hook).
+observes stores) or any access while errors are injected, and to run the
+between-cycle hooks when one is due; it returns to Python after a response
+(taken from the shared Status: no callback), and when Python's inputs would
+change (a new request, an EPTP load or INVEPT, a counter read, also when
+queued by a hook).  A request taken is noted in the Status, not called back:
+Python does its bookkeeping first thing when it next runs (a callback or the
+return), so per translation the loop costs one call and one return, plus
+the hooks and CASes it meets.
 :class:`VerilatorHarness` runs those cycles, and every cycle when a per-cycle
 random draw is needed, with the same steps and in the same order as
 :class:`~sim.backends.pysim.PysimHarness`, so both give the same results cycle for
@@ -27,10 +30,11 @@ from typing import Callable
 from model.physmem import PhysicalMemory
 
 from sim.backends.checked import ScoreboardBackend
-from sim.backends.verilator.build import BUILD_DIR, build_model
+from sim.backends.verilator.build import build_model
 from sim.cosim.dram import Dram, DramConfig, DramRequest
-from sim.cosim.harness import INVEPT_REQUEST, TRANSLATE_REQUEST, HangError, HarnessCore, Ticket, run_hooks
-from sim.flows.gtkwave import check_wave_path, finish_waveform
+from sim.cosim.harness import (
+    INVEPT_REQUEST, INVEPT_SINGLE, TRANSLATE_REQUEST, HangError, HarnessCore, Ticket, run_hooks,
+)
 
 __all__ = ["VerilatorHarness", "VerilatorBackend"]
 
@@ -58,6 +62,12 @@ class Flag(IntEnum):
     RESP_TAKEN = 5
     RESP_ERROR_TAKEN = 6
     EPTP_VALID_BEFORE = 7   # eptp_valid sampled at the edge before
+
+
+# the hot paths compare plain ints (an IntEnum member costs a lookup and a call)
+_UNTIL, _HANDSHAKE = int(Stop.UNTIL), int(Stop.HANDSHAKE)
+_HOOKS_RAN, _ASSERTION, _RAISED = int(Stop.HOOKS_RAN), int(Stop.ASSERTION), int(Stop.CALLBACK_RAISED)
+_F_EPTP_VALID, _F_EPTP_ERROR = int(Flag.EPTP_VALID), int(Flag.EPTP_ERROR)
 
 
 def _request_packer():
@@ -88,15 +98,15 @@ class Status(ctypes.Structure):
                 ("in_tresp_ready", ctypes.c_uint8), ("in_eptp_load", ctypes.c_uint8),
                 ("in_invept_valid", ctypes.c_uint8), ("stall", ctypes.c_uint8),
                 ("staged", ctypes.c_uint8),
-                ("staged_from", ctypes.c_uint64), ("staged_payload", ctypes.c_uint64)]
+                ("staged_from", ctypes.c_uint64), ("staged_payload", ctypes.c_uint64),
+                ("accept_cycle", ctypes.c_uint64), ("accept_pending", ctypes.c_uint8),
+                ("accept_eptp_valid", ctypes.c_uint8), ("accept_stop", ctypes.c_uint8),
+                ("responded", ctypes.c_uint8)]
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
 PERFORM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64,
                               ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64))
-ACCEPT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
-RESPOND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
-                              ctypes.c_uint32)
 HOOKS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64)
 
 
@@ -104,24 +114,25 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = _LIBS.get(str(path))
     if lib is None:
         lib = ctypes.CDLL(str(path))
-        P, U64, I = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
+        P, U64, INT = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
         sig = {
-            "sim_new": ([I, I, I, U64, U64, I], P),
+            "sim_new": ([INT, INT, INT, U64, U64, INT], P),
             "sim_free": ([P], None),
             "sim_status": ([P], ctypes.POINTER(Status)),
-            "sim_perform_due": ([P], I),
+            "sim_perform_due": ([P], INT),
             "sim_head": ([P, ctypes.POINTER(U64)], None),
-            "sim_perform": ([P, U64, I], None),
+            "sim_perform": ([P, U64, INT], None),
             "sim_edge": ([P], None),
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
-            "sim_run": ([P, U64, U64], I),
-            "sim_set_callbacks": ([P, PERFORM_FN, ACCEPT_FN, RESPOND_FN, HOOKS_FN], None),
+            "sim_run": ([P, U64, U64], INT),
+            "sim_set_callbacks": ([P, PERFORM_FN, HOOKS_FN], None),
             "sim_map_frame": ([P, U64, P], None),
-            "sim_set_direct": ([P, I, U64], None),
-            "sim_trace_open": ([P, ctypes.c_char_p], I),
-            "sim_got_error": ([P], I),
+            "sim_set_direct": ([P, INT, U64], None),
+            "sim_trace_open": ([P, ctypes.c_char_p], INT),
+            "sim_got_error": ([P], INT),
             "sim_trace_close": ([P], None),
+            "sim_bare": ([P, ctypes.POINTER(U64), U64, U64, U64, U64, ctypes.POINTER(U64)], U64),
         }
         for name, (args, res) in sig.items():
             f = getattr(lib, name)
@@ -148,8 +159,11 @@ class VerilatorHarness(HarnessCore):
                  maxphyaddr: int = 46, execute_only: bool = True,
                  resp_stall_probability: float = 0.0, seed: int = 1,
                  wave=None, store_seq: Callable[[], int] | None = None,
-                 build_dir: Path = BUILD_DIR, **unit_params):
-        self.wave = check_wave_path(wave, ".fst") if wave is not None else None
+                 build_dir: Path | None = None, **unit_params):
+        if wave is not None:
+            from sim.flows.gtkwave import check_wave_path      # Amaranth: only for a waveform
+            wave = check_wave_path(wave, ".fst")
+        self.wave = wave
         super().__init__(memory, dram, resp_stall_probability=resp_stall_probability, seed=seed,
                          store_seq=store_seq)
         # the port protocol Asserts (hw/checks.py), as in pysim
@@ -171,13 +185,15 @@ class VerilatorHarness(HarnessCore):
         self._loaded = False
         self._event = False
         self._status = lib.sim_status(self._h).contents
+        # views of the shared Status's arrays (they read its memory, no copy)
+        self._flags, self._tresp = self._status.flags, self._status.tresp
+        self._sim_run = lib.sim_run
         self._inputs = None             # the last inputs set, to skip setting them again
         self._head = (ctypes.c_uint64 * 4)()
         self.python_cycles = 0          # edges Python ran itself (the rest ran compiled)
         self._callback_error: BaseException | None = None
         self._hooks_ran = -1            # the cycle whose hooks the compiled loop had run
-        self._callbacks = (PERFORM_FN(self._perform_in_run), ACCEPT_FN(self._accept_in_run),
-                           RESPOND_FN(self._respond_in_run),
+        self._callbacks = (PERFORM_FN(self._perform_in_run),
                            HOOKS_FN(self._hooks_in_run))        # kept alive with the harness
         lib.sim_set_callbacks(self._h, *self._callbacks)
         if self.wave is not None and lib.sim_trace_open(self._h, str(self.wave).encode()):
@@ -280,6 +296,8 @@ class VerilatorHarness(HarnessCore):
     # The callbacks from the compiled loop; an exception must not die inside C.
     def _perform_in_run(self, op, addr, compare, data, cycle, out) -> int:
         try:
+            if self._status.accept_pending:
+                self._accepted_in_run()
             req = self._perform(op, addr, compare, data, cycle)
         except BaseException as e:
             self._callback_error = e
@@ -288,27 +306,27 @@ class VerilatorHarness(HarnessCore):
         out[1] = req.error
         return 0
 
-    def _accept_in_run(self, cycle) -> int:
-        try:
-            self.cycle = cycle
-            # as pysim: the EPTP validity sampled at the edge before this one
-            self.eptp_valid = bool(self._status.flags[Flag.EPTP_VALID_BEFORE])
-            self._accept(self._driven_req)
-            self._inputs = None             # the loop dropped translate_req.valid itself
-            if not (self.pending and self.free_tags):
-                self._driven_req = None     # the loop drops valid, as Python would
-                return 0
-            return 1
-        except BaseException as e:
-            self._callback_error = e
-            return 2
+    def _accepted_in_run(self) -> None:
+        """The bookkeeping of a request the compiled loop took (Status.accept_*),
+        first thing whenever Python runs again: as if done at that edge."""
+        st = self._status
+        st.accept_pending = 0
+        self.cycle = st.accept_cycle
+        # as pysim: the EPTP validity sampled at the edge before this one
+        self.eptp_valid = bool(st.accept_eptp_valid)
+        self._accept(self._driven_req)
+        self._inputs = None             # the loop dropped translate_req.valid itself
+        if not (self.pending and self.free_tags):
+            self._driven_req = None     # the loop drops valid, as Python would
 
     def _hooks_in_run(self, cycle) -> int:
         """The first step of this cycle's first half, from the compiled loop."""
         try:
+            if self._status.accept_pending:
+                self._accepted_in_run()
             self.cycle = cycle
-            flags = self._status.flags          # as Python knows them after the last edge
-            self.eptp_valid, self.eptp_error = bool(flags[Flag.EPTP_VALID]), bool(flags[Flag.EPTP_ERROR])
+            flags = self._flags                 # as Python knows them after the last edge
+            self.eptp_valid, self.eptp_error = bool(flags[_F_EPTP_VALID]), bool(flags[_F_EPTP_ERROR])
             run_hooks(self.hooks, self._hook_wake, cycle)
             if not self._quiet():
                 return 1                        # Python runs the rest of this first half
@@ -324,15 +342,6 @@ class VerilatorHarness(HarnessCore):
             return wake.get(hooks[0], 0)
         return min([wake.get(k, 0) for k in hooks], default=NEVER)
 
-    def _respond_in_run(self, cycle, w0, w1, w2) -> int:
-        try:
-            self.cycle = cycle
-            self._complete(w0 | w1 << 32 | w2 << 64)
-            return 0
-        except BaseException as e:
-            self._callback_error = e
-            return 1
-
     def _accept(self, tk: Ticket) -> None:
         super()._accept(tk)
         self._driven_req = _UNSET
@@ -344,8 +353,7 @@ class VerilatorHarness(HarnessCore):
         if lib.sim_got_error(h):
             raise AssertionError(f"cycle {self.cycle}: the unit's protocol checks (hw/checks.py) "
                                  f"failed; Verilator printed which above")
-        st = self._status
-        f = st.flags
+        f = self._flags
         treq_ready, tresp_valid = f[Flag.TREQ_READY], f[Flag.TRESP_VALID]
         eptp_valid, eptp_error = f[Flag.EPTP_VALID], f[Flag.EPTP_ERROR]
         error_taken = f[Flag.RESP_ERROR_TAKEN]
@@ -361,7 +369,7 @@ class VerilatorHarness(HarnessCore):
             self._accept(tk)
             event = True
         if tresp_valid and resp_ready:
-            t = st.tresp
+            t = self._tresp
             self._complete(t[0] | t[1] << 32 | t[2] << 64)
             event = True
         if self._want_counters:
@@ -415,20 +423,30 @@ class VerilatorHarness(HarnessCore):
     def _run_compiled(self, until: int, first_half_done: int) -> None:
         st = self._status
         st.hook_wake = self._next_hook_wake()
+        # return right after the request is taken if another then waits to be driven
+        st.accept_stop = len(self.pending) > 1 and len(self.free_tags) > 1
         self._update_direct()
-        stopped = self._lib.sim_run(self._h, until, first_half_done)
+        stopped = self._sim_run(self._h, until, first_half_done)
+        if st.accept_pending:
+            self._accepted_in_run()
+        if st.responded:                # taken at the last edge: as pysim, at that cycle
+            st.responded = 0
+            self.cycle = st.cycle - 1
+            t = self._tresp
+            self._complete(t[0] | t[1] << 32 | t[2] << 64)
         self._sync_reads()
         self.cycle = st.cycle
-        if stopped == Stop.HOOKS_RAN:
-            self._hooks_ran = self.cycle
-        if stopped == Stop.ASSERTION:
-            raise AssertionError(f"cycle {self.cycle - 1}: the unit's protocol checks (hw/checks.py) "
-                                 f"failed; Verilator printed which above")
-        if stopped == Stop.CALLBACK_RAISED:
-            e, self._callback_error = self._callback_error, None
-            raise e
-        flags = st.flags
-        self.eptp_valid, self.eptp_error = bool(flags[Flag.EPTP_VALID]), bool(flags[Flag.EPTP_ERROR])
+        if stopped != _HANDSHAKE and stopped != _UNTIL:
+            if stopped == _HOOKS_RAN:
+                self._hooks_ran = self.cycle
+            elif stopped == _ASSERTION:
+                raise AssertionError(f"cycle {self.cycle - 1}: the unit's protocol checks (hw/checks.py) "
+                                     f"failed; Verilator printed which above")
+            elif stopped == _RAISED:
+                e, self._callback_error = self._callback_error, None
+                raise e
+        flags = self._flags
+        self.eptp_valid, self.eptp_error = bool(flags[_F_EPTP_VALID]), bool(flags[_F_EPTP_ERROR])
 
     def _advance(self, until: int, stop_on_event: bool) -> None:
         """One pysim ``advance``: the edge of this cycle, then as many cycles as
@@ -469,17 +487,42 @@ class VerilatorHarness(HarnessCore):
                 raise HangError(f"no {what} within {limit} cycles (cycle {self.cycle})")
             self._advance(deadline, True)
 
+    def run_bare(self, requests, invept_every: int = 0, limit: int = 1 << 40) -> tuple[int, int, float]:
+        """The bare model: translate ``requests`` ((gpa, access) pairs) one at a
+        time in C++ alone (no Python, no scoreboard, CASes straight into the
+        frames), with a single-context INVEPT before every ``invept_every``-th.
+        Returns (cycles, translations answered, seconds); its CPU time in
+        ``bare_cpu_seconds``.  For measurement: the
+        harness's own bookkeeping does not follow (use a fresh harness)."""
+        import time
+        self._update_direct()
+        self._sync_reads()
+        raw = (ctypes.c_uint64 * len(requests))(*(_pack_request(g, int(a), 0) for g, a in requests))
+        tag = self.eptp.tag if self.eptp is not None else 0
+        inv = INVEPT_REQUEST.pack(kind=INVEPT_SINGLE, tag=tag)
+        done = ctypes.c_uint64()
+        started, cpu = time.perf_counter(), time.process_time()
+        cycles = self._lib.sim_bare(self._h, raw, len(requests), inv, invept_every, limit,
+                                    ctypes.byref(done))
+        seconds, self.bare_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+        if self._lib.sim_got_error(self._h):
+            raise AssertionError("the unit's protocol checks failed in the bare model")
+        self.cycle = self._status.cycle
+        self._started = False
+        return cycles, done.value, seconds
+
     def close(self, markers=()) -> Path | None:
         """End the run; with a waveform, finish it (as PysimHarness.close does)."""
         if not self._h:
             return None
-        self.dram        # keep the final statistics
+        _ = self.dram    # keep the final statistics
         self.memory.unwatch_frames(self._frame_watch)
         self._lib.sim_free(self._h)      # closes the FST
         self._h = None
         if self.wave is None:
             return None
         from hw.top import PageWalkUnit
+        from sim.flows.gtkwave import finish_waveform
         # the names come from an elaboration with the same parameters as the Verilog's
         return finish_waveform(self.wave, PageWalkUnit(**self.params), self.completed, markers)
 
