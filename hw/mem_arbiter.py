@@ -73,7 +73,7 @@ class MemArbiter(wiring.Component):
         m.submodules.owners = owners = SyncFIFO(width=id_bits, depth=self.max_outstanding)
 
         # round-robin: the first requester at or after ``turn``
-        turn = Signal(range(n)) if n > 1 else Signal(1)
+        turn = Signal(range(max(n, 2)))      # one bit for one port, as for two
         grant = Signal(id_bits)
         any_req = Signal()
         for offset in reversed(range(n)):

@@ -116,8 +116,8 @@ class PagingStructureCache(wiring.Component):
         slots = Array(Signal(layout, name=f"slot{i}") for i in range(n))
         next_slot = Signal(range(n))
 
-        def matches(key, ctx):
-            v = Signal(n)
+        def matches(key, ctx, name):
+            v = Signal(n, name=name)
             m.d.comb += v.eq(Cat(valid[i] & (slots[i].key == key) & (slots[i].ctx == ctx)
                                  for i in range(n)))
             return v
@@ -135,7 +135,7 @@ class PagingStructureCache(wiring.Component):
         m.d.comb += fill_hits.eq((fill.key == lookup.key) & (fill.ctx == lookup.ctx))
         with m.If(lookup.en):
             m.d.sync += hit.eq(Mux(fill_hits, filled, 0)
-                               | (matches(lookup.key, lookup.ctx) & ~written))
+                               | (matches(lookup.key, lookup.ctx, "lookup_hits") & ~written))
         with m.Else():
             m.d.sync += hit.eq(hit & ~written)
         m.d.comb += lookup.hit.eq(hit.any())
@@ -152,7 +152,7 @@ class PagingStructureCache(wiring.Component):
         # answers; that decision only picks among the results.
         same = Signal(n)
         for c in range(self.fillers):
-            found = matches(self.next_fill_keys[c], self.next_fill_ctxs[c])
+            found = matches(self.next_fill_keys[c], self.next_fill_ctxs[c], f"filler{c}_hits")
             with m.If(self.next_fill_sel == c):
                 m.d.sync += same.eq(found)
         where = Signal(range(n))
@@ -166,11 +166,11 @@ class PagingStructureCache(wiring.Component):
 
         # A drop lands a cycle later, off the walker's entry check: meanwhile a lookup may
         # still start a walk from the entry, and a fault there is walked again as well.
-        drop = Signal()
-        drop_key = Signal.like(self.drop_key)
-        drop_ctx = Signal.like(self.drop_ctx)
-        m.d.sync += [drop.eq(self.drop), drop_key.eq(self.drop_key), drop_ctx.eq(self.drop_ctx)]
-        dropped = matches(drop_key, drop_ctx)
+        drop_r = Signal()
+        drop_key_r = Signal.like(self.drop_key)
+        drop_ctx_r = Signal.like(self.drop_ctx)
+        m.d.sync += [drop_r.eq(self.drop), drop_key_r.eq(self.drop_key), drop_ctx_r.eq(self.drop_ctx)]
+        dropped = matches(drop_key_r, drop_ctx_r, "drop_hits")
         flushed = Signal(n)
         m.d.comb += flushed.eq(Cat(self.flush.bit_select(slots[i].ctx, 1) for i in range(n)))
         fill_flushed = self.flush.bit_select(fill.ctx, 1)
@@ -190,5 +190,5 @@ class PagingStructureCache(wiring.Component):
         # a fill, then a drop, then a flush: the later one wins
         new_valid = Signal(n)
         m.d.comb += new_valid.eq((valid & ~written) | filled)
-        m.d.sync += valid.eq(new_valid & ~Mux(drop, dropped & ~filled, 0) & ~(flushed & ~filled))
+        m.d.sync += valid.eq(new_valid & ~Mux(drop_r, dropped & ~filled, 0) & ~(flushed & ~filled))
         return m

@@ -524,6 +524,10 @@ class PageWalkUnit(wiring.Component):
                                     & covered.bit_select(self.responses.walker_sel, 1))
         m.d.sync += Assert(~(fill_valid & fill_covered),
                            "cache fill from a walk a global INVEPT covered")
+        # simulation only (with the checks): the cycle number, so a waveform shows it
+        # beside the clock whichever simulator wrote it (cycle n ends at the n-th edge)
+        cycle = Signal(32, name="cycle")
+        m.d.sync += cycle.eq(cycle + 1)
 
     def _mem_verdict(self, m):
         # every walker judges the response's data with the same check: make it once, here

@@ -341,3 +341,42 @@ def test_gtkwave_loads_the_save_file_headless(kind, display, request):
     bad = [line for line in log.splitlines() if re.search(r"error|warning|could not|cannot", line, re.I)]
     assert bad == []
     assert png.stat().st_size > 20_000          # a drawn window, not a blank screen
+
+
+# -- a readable default view ------------------------------------------------------------------
+
+def test_the_pysim_vcd_reads_with_a_standard_vcd_reader(pysim_wave):
+    from vcd.reader import TokenKind, tokenize
+    names, changes = set(), 0
+    with open(pysim_wave.with_suffix(".vcd"), "rb") as f:
+        for tok in tokenize(f):
+            if tok.kind is TokenKind.VAR:
+                names.add(tok.var.reference)
+            elif tok.kind in (TokenKind.CHANGE_SCALAR, TokenKind.CHANGE_VECTOR):
+                changes += 1
+    assert len(names) > 300 and changes > 10_000
+    assert not [n for n in names if n.startswith("$") or re.search(r"\$\d+$", n)]
+
+
+def test_save_file_opens_on_the_clock_a_few_walks_and_relative_paths(pysim_wave):
+    from sim.flows.gtkwave import PERIOD_PS, VIEW_CYCLES, view_zoom
+    gtkw = pysim_wave.with_suffix(".gtkw")
+    text = gtkw.read_text()
+    assert '[dumpfile] "ept.vcd"' in text and '[savefile] "ept.gtkw"' in text
+    assert not re.search(r'^\^\d+ /', text, re.M), "a filter path is absolute"
+    assert "$" not in "".join(gtkw_traces(gtkw))
+    traces = gtkw_traces(gtkw)
+    assert traces[:2] == ["TOP.pwu.clk", "TOP.pwu.cycle[31:0]"]
+    # the view: about VIEW_CYCLES cycles across the window, by GTKWave's zoom rule
+    zoom = float(re.search(r"^\*(-?[\d.]+) ", text, re.M).group(1))
+    assert abs(zoom - view_zoom()) < 1e-6
+    assert 0.9 < 2 ** (-zoom - 8) * 1260 / PERIOD_PS / VIEW_CYCLES < 1.1
+    # each stream's payload in a group under its valid
+    block = text.split("TOP.pwu.translate_req__ready\n", 1)[1]
+    assert block.lstrip("@0123456789\n").startswith("-translate_req payload (when valid)")
+
+
+def test_the_cycle_counter_counts_edges(pysim_wave):
+    lines = pysim_wave.with_suffix(".vcd").read_text().splitlines()
+    values = _values_at_cycle_starts(lines, {"TOP.pwu.cycle[31:0]"}, 50)["TOP.pwu.cycle[31:0]"]
+    assert values[5:50] == list(range(5, 50))

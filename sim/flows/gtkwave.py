@@ -19,6 +19,9 @@ the design (``value NAME`` lines, in the hex the save file displays).
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -233,6 +236,8 @@ def _vcd_name(name: str, path: tuple) -> str:
 def trace_groups(dut) -> dict[str, list]:
     """The save file's groups: one per block, in the order of a transaction."""
     groups = {
+        # the clock and the cycle number (cycle n ends at the n-th edge): what a reader needs first
+        "clock": ["clk", "cycle"],
         "translate port": [dut.translate_req.valid, dut.translate_req.ready, dut.translate_req.payload,
                            dut.translate_resp.valid, dut.translate_resp.ready,
                            dut.translate_resp.payload],
@@ -326,6 +331,9 @@ def normalize_vcd(src: Path, dst: Path, names: WaveNames) -> None:
                     out.write(line)
 
 
+_CLASH = re.compile(r"\$\d+(?=$|[.[])")
+
+
 def _rename_header(header: list[str], renames: dict, enum_vars: dict, ids: dict) -> list[str]:
     # pass 1: every var's new name, per scope, so clashes can be seen
     decls = [(i, _unit_scope(list(scope)), f[0], f[1], f[2], f[3]) for i, scope, f in vcd_vars(header)]
@@ -346,6 +354,14 @@ def _rename_header(header: list[str], renames: dict, enum_vars: dict, ids: dict)
                 ids[vid] = {n: v for v, n in info.variants.items()}
                 vtype, size = "wire", str(info.width)
             out[i] = (vtype, size, vid, new[i])
+    # an Amaranth clash name (``lookup__key$12``: a parent's copy of a child's port)
+    # that shares its value with another var is an alias: left out, the child has it
+    users: dict[str, int] = defaultdict(int)
+    for line in out:
+        if isinstance(line, tuple):
+            users[line[2]] += 1
+    out = [line for line in out if not (isinstance(line, tuple) and users[line[2]] > 1
+                                        and _CLASH.search(line[3]))]
     # pass 2: scopes renamed; a field var ``vec.field`` goes into a scope
     # ``vec`` (GTKWave then names it ``...vec.field``, as it does on the FST)
     result, scope, deferred = [], [], [[]]
@@ -451,38 +467,87 @@ def _header_lines(path: Path) -> list[str]:
 
 # -- the save file ------------------------------------------------------------------------
 
+# the default view: about this many cycles across the window, from just before the first walk
+VIEW_CYCLES = 120
+WINDOW_PIXELS = 1600 - 340          # [size] less [signals_width]
+
+
+def view_zoom(cycles: int = VIEW_CYCLES) -> float:
+    """GTKWave's zoom for ``cycles`` across the window.  GTKWave 3.3 draws 2**(-z - 8)
+    time units (ps here) per pixel at zoom z (measured: -20 gives about 4 ns a pixel)."""
+    return -(math.log2(cycles * PERIOD_PS / WINDOW_PIXELS) + 8)
+
+
+def _is_stream_member(value, role: str) -> bool:
+    name = Value.cast(value).name if not isinstance(value, str) else value
+    return name.endswith(f"__{role}") or name == role
+
+
 def write_save_file(path: Path, dump: Path, names: WaveNames, groups: dict[str, list],
-                    filters: dict[str, Path], markers: Iterable[int] = ()) -> list[str]:
+                    filters: dict[str, Path], markers: Iterable[int] = (), start: int | None = None) -> list[str]:
     """The GTKWave save file for ``dump``; returns the names it traces.
-    ``markers``: cycles to mark (the first is the primary marker, up to 26
-    more are named A-Z)."""
+
+    Paths are relative to the save file (the three files move together).
+    The view opens on about :data:`VIEW_CYCLES` cycles from cycle ``start``
+    (the first request), the clock and the cycle number on top; within a
+    stream its payload's fields sit in a group under its ``valid``, the only
+    cycles where they mean something.  ``markers``: cycles to mark (the first
+    is the primary marker, up to 26 more are named A-Z)."""
     from vcd.gtkw import GTKWSave
+
+    path = Path(path)
+    here = path.parent.resolve()
+
+    def rel(p) -> str:
+        return os.path.relpath(Path(p).resolve(), here)
 
     markers = sorted(set(markers))
     traced = []
     with atomic_open(path) as f:
         g = GTKWSave(f)
         g.comment("EPT page-walk unit (sim/flows/gtkwave.py): groups per block, addresses in hex,",
-                  "enum-valued signals by name through the translate filters next to this file")
-        g.dumpfile(str(Path(dump).resolve()))
-        g.savefile(str(Path(path).resolve()))
-        g.zoom_markers(-20.0,
+                  "enum-valued signals by name through the translate filters next to this file;",
+                  "a stream's payload is grouped under its valid")
+        # written by hand: GTKWSave.dumpfile/savefile would make the paths absolute
+        f.write(f'[dumpfile] "{rel(dump)}"\n')
+        f.write(f'[savefile] "{path.name}"\n')
+        g.timestart(max(0, edge_ps((start or 0) - 4)))
+        g.zoom_markers(view_zoom(),
                        edge_ps(markers[0]) if markers else -1,
                        **{chr(ord("a") + i): edge_ps(c) for i, c in enumerate(markers[1:27])})
         g.size(1600, 1000)
         g.signals_width(340)
         g.treeopen(".".join(TOP) + ".")
+
+        def trace(value, group):
+            if isinstance(value, str):        # a plain name in the unit's scope (clk, cycle)
+                full = ".".join(TOP + (value,))
+                g.trace(full + ("[31:0]" if value == "cycle" else ""), datafmt="dec")
+                traced.append(full + ("[31:0]" if value == "cycle" else ""))
+                return
+            for full, width, enum_info in names.vars_of(value):
+                if enum_info is not None:
+                    g.trace(full, datafmt="hex", translate_filter_file=rel(filters[enum_info.name]))
+                elif width > 1:
+                    g.trace(full, datafmt="dec" if group in ("counters", "clock") else "hex")
+                else:
+                    g.trace(full)
+                traced.append(full)
+
         for group, values in groups.items():
             with g.group(group):
+                pending_valid = None
                 for value in values:
-                    for full, width, enum_info in names.vars_of(value):
-                        if enum_info is not None:
-                            g.trace(full, datafmt="hex", translate_filter_file=str(filters[enum_info.name]))
-                        elif width > 1:
-                            g.trace(full, datafmt="dec" if group == "counters" else "hex")
-                        else:
-                            g.trace(full)
-                        traced.append(full)
+                    if isinstance(value, str):
+                        trace(value, group)
+                        continue
+                    if _is_stream_member(value, "payload") and pending_valid is not None:
+                        with g.group(f"{pending_valid} payload (when valid)", closed=False):
+                            trace(value, group)
+                        continue
+                    if _is_stream_member(value, "valid"):
+                        pending_valid = Value.cast(value).name[:-len("__valid")]
+                    trace(value, group)
     return traced
 
 
@@ -526,6 +591,8 @@ def finish_waveform(dump: Path, dut, tickets: Iterable, markers: Iterable[int] =
     names = WaveNames(dut)
     filters = write_filters(dump.with_suffix(".filters"), names.enums())
     gtkw = dump.with_suffix(".gtkw")
-    write_save_file(gtkw, dump, names, trace_groups(dut), filters, markers)
+    tickets = list(tickets)
+    first = min((t.accepted for t in tickets if t.accepted is not None), default=0)
+    write_save_file(gtkw, dump, names, trace_groups(dut), filters, markers, start=first)
     write_txn_log(dump.with_suffix(".txn.log"), tickets)
     return gtkw
