@@ -10,8 +10,11 @@ stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
 
 from model.formats import EptpError
 from model.physmem import MemoryAccessError
@@ -48,11 +51,30 @@ class _Formatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-def build_parser() -> Parser:
+def _help_of(module: str) -> str:
+    """A command module's one-line help, read from its source (``ABOUT = dict(help=...)``)
+    so that listing the commands imports none of them (some import Amaranth)."""
+    origin = importlib.util.find_spec(module).origin
+    for node in ast.parse(Path(origin).read_text()).body:
+        if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ABOUT" for t in node.targets)
+                and isinstance(node.value, ast.Call)):
+            for kw in node.value.keywords:
+                if kw.arg == "help" and isinstance(kw.value, ast.Constant):
+                    return kw.value.value
+    return ""
+
+
+def build_parser(argv=None) -> Parser:
+    """The parser; only the command named in ``argv`` (if any) is imported and given its options."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     p = Parser(prog=PROG, description="Cycle-level EPT page-walk unit: golden model, "
                                       "replay and cosimulation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, module in COMMANDS.items():
+        if name != chosen:
+            sub.add_parser(name, help=_help_of(module))
+            continue
         mod = importlib.import_module(module)
         cmd = sub.add_parser(name, formatter_class=_Formatter, **mod.ABOUT)
         mod.add_arguments(cmd)
@@ -63,7 +85,7 @@ def build_parser() -> Parser:
 def main(argv=None) -> int:
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         settle(args)
         return args.run(args)
     except UsageError as e:

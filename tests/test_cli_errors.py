@@ -102,3 +102,13 @@ def test_stress_options_are_refused_on_guest_os(tmp_path):
                           "--locality", "0.5"], capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(ROOT)}, timeout=120)
     assert res.returncode == 2 and "--locality" in res.stderr and res.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["replay", "--help"], ["verilog", "--help"],
+                                  ["fuzz", "--help"]])
+def test_the_cli_lists_its_options_without_amaranth(argv):
+    code = ("import sys\nfrom sim.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('amaranth')))" % (argv,))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT)}, timeout=120)
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout[-500:]
