@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def sample_rows() -> dict[str, str]:
-    block = README.split("`make sim` prints progress, then a summary like this", 1)[1]
+    block = README.split("It prints progress, then a summary like this", 1)[1]
     block = block.split("```", 2)[1]
     rows = {}
     for line in block.splitlines():
