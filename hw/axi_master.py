@@ -98,7 +98,7 @@ class AxiMemoryMaster(wiring.Component):
     cache : int
         AxCACHE (default 0b0011: normal, non-cacheable, bufferable).
     prot : int
-        AxPROT (default 0b000).
+        AxPROT (default 0b000 here; the AXI top passes 0b011: privileged, non-secure, data).
     rdata_check : Component or None
         A combinational check with ``entry`` and ``verdict`` members, applied
         to the R data on the way into the response register.

@@ -47,6 +47,14 @@ class EptWalkerAxi(wiring.Component):
         Reads in flight on AXI (default 4).
     csr_addr_width : int
         Default 12.
+    axi_cache : int
+        AxCACHE of every memory access (default 0b0011: normal, non-cacheable,
+        bufferable; the page tables are ordinary memory).
+    axi_prot : int
+        AxPROT of every memory access (default 0b011: privileged, non-secure,
+        data: the walker acts for the hypervisor in the normal world; 0 would
+        make its accesses secure, which a TrustZone-aware interconnect routes
+        to secure memory).
     **params
         Everything else goes to :class:`~hw.top.PageWalkUnit` untouched (the
         own parameters are prefixed so they cannot shadow one of the unit's).
@@ -70,13 +78,14 @@ class EptWalkerAxi(wiring.Component):
     forwards_params_to = PageWalkUnit      # ``**params`` go to the unit unchanged
 
     def __init__(self, *, axi_addr_width=52, axi_id_width=4, axi_max_outstanding=4,
-                 csr_addr_width=12, **params):
+                 csr_addr_width=12, axi_cache=0b0011, axi_prot=0b011, **params):
         # the master checks each entry as it registers the read data (the walkers' decisions
         # then start from a register), with the unit's own check
         self.unit = PredecodedPageWalkUnit(**params)
         check = EntryCheck(maxphyaddr=self.unit.maxphyaddr, execute_only=self.unit.execute_only)
         self.master = AxiMemoryMaster(addr_width=axi_addr_width, id_width=axi_id_width,
-                                      max_outstanding=axi_max_outstanding, rdata_check=check)
+                                      max_outstanding=axi_max_outstanding, cache=axi_cache,
+                                      prot=axi_prot, rdata_check=check)
         fields = {"axi_cas_retries": 32}
         self.unit_counter_names = []
         for name, f in data.Layout.cast(self.unit.counters.shape()):

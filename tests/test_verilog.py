@@ -341,3 +341,19 @@ def test_src_none_and_native_top_and_vivado_names_are_lint_clean(tmp_path):
 def test_options_that_mean_nothing_for_the_top_are_refused(tmp_path, opts, needle):
     r = run_cli("verilog", "--out", str(tmp_path / "x.v"), *opts)
     assert r.returncode == 2 and needle in r.stderr and not (tmp_path / "x.v").exists()
+
+
+def test_axprot_and_axcache_are_parameters_of_the_axi_top(tmp_path):
+    """The walker's accesses are privileged, non-secure data by default (AxPROT 0b011),
+    and both AXI attributes are options."""
+    from sim import unit_params
+    params = {q.name: q for q in unit_params.parameters(*unit_params.AXI_TOP)}
+    assert params["axi_prot"].default == 0b011 and params["axi_cache"].default == 0b0011
+    assert "non-secure" in params["axi_prot"].help
+    out = tmp_path / f"{TOP_NAME}.v"
+    r = run_cli("verilog", "--out", str(out), "--axi-prot", "2", "--axi-cache", "15")
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "axi_prot=2" in text.splitlines()[0] and "axi_cache=15" in text.splitlines()[0]
+    r = run_cli("verilog", "--out", str(out), "--axi-prot", "8")
+    assert r.returncode == 2 and "prot" in r.stderr
