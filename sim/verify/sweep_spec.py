@@ -386,9 +386,8 @@ def _check_units(spec: Spec, path: str) -> None:
         if j.backend == "model" or j.params in seen:
             continue
         seen.append(j.params)
-        from hw.top import PageWalkUnit
+        from sim import unit_params
         try:
-            unit = PageWalkUnit(**j.params)
+            unit_params.check(j.params)         # built only to be checked, and silenced
         except (ValueError, TypeError) as e:
             raise SpecError(f"{path}: jobs ({j.entry}).params {j.params}: {e}") from None
-        unit._MustUse__silence = True           # built only to be checked (Amaranth's UnusedElaboratable)
