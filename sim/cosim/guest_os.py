@@ -37,6 +37,7 @@ from model.pmap import (
 
 from sim.backends.base import make_backend
 from sim.cosim.workload import Host
+from sim.cosim.tabulate import format_rows
 
 __all__ = ["GuestOsOptions", "run_guest_os", "format_guest_os_summary", "PATTERNS"]
 
@@ -550,10 +551,7 @@ def format_guest_os_summary(s: dict) -> str:
         ("VMM device-emulation writes (VMM faults)", f"{c['vmm_touches']} ({c['vmm_faults']})"),
         ("mismatches", s["mismatches"]),
     ]
-    w = max(len(k) for k, _ in rows)
-    lines = ["", "guest-os summary", "-" * (w + 30)]
-    lines += [f"{k:<{w}}  {v}" for k, v in rows]
-    lines.append("-" * (w + 30))
+    lines = format_rows("guest-os summary", rows, pad=30)
     lines.append(explain(s))
     for m in s["mismatch_details"]:
         lines.append(f"MISMATCH: {m}")

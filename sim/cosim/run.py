@@ -16,6 +16,7 @@ from sim import unit_params
 from sim.backends.auto import auto_backend
 from sim.backends.base import BACKENDS, backend_class, make_backend
 from sim.cosim.guest_os import GuestOsOptions, format_guest_os_summary, run_guest_os
+from sim.cosim.tabulate import format_rows
 from sim.cosim.workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
 from sim.files import provenance, write_json
 from sim.options import UsageError, add_rtl_options, fraction, output_path, positive, progress_printer, rtl_kwargs
@@ -249,10 +250,7 @@ def format_summary(s: dict) -> str:
             ("  memory reads / CASes / CAS retries", f"{c['mem_reads']} / {c['mem_cas']} / {c['cas_retries']}"),
             ("  INVEPTs", c["invepts"]),
         ]
-    w = max(len(k) for k, _ in rows)
-    lines = ["", "stress summary (pageable guest, racing host agent)", "-" * (w + 16)]
-    lines += [f"{k:<{w}}  {v}" for k, v in rows]
-    lines.append("-" * (w + 16))
+    lines = format_rows("stress summary (pageable guest, racing host agent)", rows)
     for m in s["mismatch_details"]:
         lines.append(f"MISMATCH: {m}")
     lines.append(f"{'PASS' if s['mismatches'] == 0 else 'FAIL'}: {s['translations']} translations, "
