@@ -6,6 +6,8 @@ on an identical world built twice."""
 from collections import deque
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from conftest import Memory, receive, run, send
 from nested_util import LEVELS, World
 
@@ -317,3 +319,43 @@ def test_data_page_ept_read_only_write_fails():
 def test_guest_tables_with_rwx_ept():
     resp, *_ = check(mapped(ept_perms=EPT_RWX), access=Access.FETCH, user=True)
     assert resp.outcome == LinearOutcome.OK
+
+
+# -- random worlds --------------------------------------------------------------------------
+
+@st.composite
+def _worlds(draw):
+    level = draw(st.sampled_from([Level.PTE, Level.PDE, Level.PDPTE]))
+    flags = {k: draw(st.booleans()) for k in ("rw", "user", "xd", "accessed", "dirty",
+                                               "table_rw", "table_user", "table_accessed")}
+    ept_perms = draw(st.sampled_from([EPT_RWX, EPT_R, EPT_X, EPT_R | EPT_X]))
+    # one tweak to one guest entry or to the EPT entry mapping its table page
+    tweak = draw(st.sampled_from(["none", "zero", "rsvd", "xd", "ept_ro", "ept_none"]))
+    tweak_level = draw(st.sampled_from(LEVELS))
+    la = draw(st.integers(0, (1 << 47) - 1)) & ~7
+    return level, flags, ept_perms, tweak, tweak_level, la
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_worlds(), st.sampled_from(list(Access)), st.booleans(),
+       st.fixed_dictionaries({"ad": st.booleans(), "wp": st.booleans(), "nxe": st.booleans()}))
+def test_random_guest_tables_match_the_golden_model(world, access, user, regs):
+    level, flags, ept_perms, tweak, tweak_level, la = world
+    stop = LEVELS.index(level)
+
+    def build(w):
+        w.guest_map(la, DATA_GPA, level, ept_perms=ept_perms, **flags)
+        if tweak == "none" or LEVELS.index(tweak_level) > stop:
+            return
+        gpa = w.guest_entry_gpa(la, tweak_level)
+        if tweak == "zero":
+            w.gwrite(gpa, 0)
+        elif tweak == "rsvd":
+            w.gwrite(gpa, w.gread(gpa) | 1 << 49)
+        elif tweak == "xd":
+            w.gwrite(gpa, w.gread(gpa) | PG_XD)
+        else:
+            perms = EPT_R if tweak == "ept_ro" else 0
+            w.set_ept(gpa, Level.PTE, w.hpa_of(gpa) & ~0xFFF | perms)
+    event(tweak)
+    check(build, la=la, access=access, user=user, **regs)
