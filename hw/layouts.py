@@ -14,6 +14,8 @@ __all__ = [
     "EptEntry", "TranslateRequest", "TranslateResponse", "MemRequest", "MemResponse",
     "InveptRequest", "check_maxphyaddr", "TAG_BITS", "PerfCounters", "PERF_EVENTS",
     "WalkStart", "pending_layout", "fill_layout",
+    "LA_BITS", "LinearOutcome", "GuestEntry", "LinearRequest", "LinearResponse",
+    "GuestEptRequest", "GuestEptResponse",
 ]
 
 GPA_BITS = 48
@@ -168,3 +170,67 @@ def fill_layout(ctx_bits):
         "tables": data.ArrayLayout(FRAME_BITS, 3),      # next-table frames, PDE..PML4E
         "table_perms": data.ArrayLayout(3, 3),
     })
+
+
+# -- the guest page walker's bundles (hw.guest_walker; docs/nested.md) ------------------
+
+LA_BITS = 48          # guest linear addresses (4-level paging); bits 63:48 are a sign extension
+
+
+class LinearOutcome(enum.Enum, shape=3):
+    """The result of one guest linear access (a 2D walk)."""
+    OK = 0
+    PAGE_FAULT = 1    # guest #PF: ``pf_error`` holds the error code
+    VIOLATION = 2     # EPT violation: ``gpa`` and ``qual`` bits 0-11
+    MISCONFIG = 3     # EPT misconfiguration: ``gpa``
+    BUS_ERROR = 4     # a memory access (guest entry, A/D CAS or EPT's own) failed
+    REFUSED = 5       # EPT had no valid EPTP: nothing walked
+
+
+GuestEntry = data.StructLayout({
+    # IA-32e 4-level guest paging entry (SDM vol. 3A tables 4-15 .. 4-20)
+    "p": 1, "rw": 1, "us": 1, "pwt": 1, "pcd": 1,
+    "a": 1,
+    "d": 1,             # leaves only
+    "ps": 1,            # PDPTE/PDE: a 1G/2M leaf; PAT in a PTE
+    "g": 1,             # ignored (CR4.PGE = 0)
+    "ign9": 3,
+    "addr": FRAME_BITS, # bits 51:12 (bit 12 is PAT in a 2M/1G leaf)
+    "ign_hi": 11,       # bits 62:52 (no protection keys)
+    "xd": 1,
+})
+
+LinearRequest = data.StructLayout({
+    "la": LA_BITS,      # the linear address (bits 47:0); with CR0.PG = 0 the GPA itself
+    "access": Access,
+    "user": 1,          # CPL 3
+    "tag": TAG_BITS,    # returned with the response
+})
+
+LinearResponse = data.StructLayout({
+    "outcome": LinearOutcome,
+    # OK: the final GPA; VIOLATION / MISCONFIG: the GPA whose EPT translation failed
+    # (a guest entry's address, or the full byte address of the final access)
+    "gpa": PA_BITS,
+    "hpa": PA_BITS,
+    "page_size": PageSize,   # the guest page's (the EPT leaf's with CR0.PG = 0)
+    "memtype": 3,            # the EPT leaf mapping the final GPA
+    "pf_error": 5,           # #PF error code bits 0-4
+    "qual": 12,              # EPT-violation exit qualification bits 0-11
+    "retries": 4,            # 2D walks restarted by a lost guest A/D CAS (saturating)
+    "tag": TAG_BITS,
+})
+
+GuestEptRequest = data.StructLayout({
+    "gpa": GPA_BITS,    # bits 47:0 (a 4-level EPT uses no more)
+    "access": Access,
+    "paging": 1,        # a guest paging-structure access or A/D update (qual bit 8 = 0)
+})
+
+GuestEptResponse = data.StructLayout({
+    "outcome": Outcome,
+    "hpa": PA_BITS,
+    "page_size": PageSize,
+    "memtype": 3,
+    "qual": 7,          # EPT exit qualification bits 6:0 (violations)
+})
