@@ -32,8 +32,8 @@ Promises:
   traffic share ``mem_req``/``mem_resp`` through a round-robin
   :class:`~hw.mem_arbiter.MemArbiter` (port 0 the unit, port ``1+k`` guest
   walker ``k``); the memory must answer in request order;
-* the guest context: ``cr3_load`` loads ``cr3_value`` at the edge if its
-  bits 51:MAXPHYADDR are clear (``cr3_valid``), else refuses it
+* the guest context: ``cr3_load`` loads ``cr3_value`` (CR3[51:12]) at the
+  edge if CR3[51:MAXPHYADDR] are clear (``cr3_valid``), else refuses it
   (``cr3_error``, no CR3).  With paging on and no valid CR3 a linear request
   is answered ``REFUSED`` and nothing is walked.  ``paging``, ``wp``,
   ``nxe`` are used as they are; EPTP[6] comes from the loaded EPTP.  The
@@ -107,9 +107,10 @@ class NestedWalkUnit(wiring.Component):
     linear_resp : Out(stream.Signature(LinearResponse))
         The request's tag.  In request order with one guest walker; out of
         order (by tag) with several.
-    cr3_value : In(64)
+    cr3_value : In(FRAME_BITS)
+        CR3[51:12] (the other bits are ignored: no PCID, PWT/PCD unused).
     cr3_load : In(1)
-        Load ``cr3_value`` as CR3 at this edge.
+        Load ``cr3_value`` as CR3[51:12] at this edge.
     cr3_valid, cr3_error : Out(1)
         The last CR3 load was valid / refused (bits 51:MAXPHYADDR set).
     paging, wp, nxe : In(1)
@@ -154,7 +155,7 @@ class NestedWalkUnit(wiring.Component):
         members.update({
             "linear_req": In(stream.Signature(LinearRequest)),
             "linear_resp": Out(stream.Signature(LinearResponse)),
-            "cr3_value": In(64), "cr3_load": In(1), "cr3_valid": Out(1), "cr3_error": Out(1),
+            "cr3_value": In(FRAME_BITS), "cr3_load": In(1), "cr3_valid": Out(1), "cr3_error": Out(1),
             "paging": In(1), "wp": In(1), "nxe": In(1),
             "guest_idle": Out(1), "lost_race": Out(1),
         })
@@ -220,10 +221,10 @@ class NestedWalkUnit(wiring.Component):
         cr3 = Signal(FRAME_BITS)
         ept_ad = self.unit.eptp_register.ad_enabled
         v = self.cr3_value
-        cr3_ok = v[self.maxphyaddr:52] == 0
+        cr3_ok = v[self.maxphyaddr - 12:] == 0         # CR3[51:MAXPHYADDR]
         with m.If(self.cr3_load):
             m.d.sync += [self.cr3_valid.eq(cr3_ok), self.cr3_error.eq(~cr3_ok),
-                         cr3.eq(Mux(cr3_ok, v[12:52], 0))]
+                         cr3.eq(Mux(cr3_ok, v, 0))]
         for gw in gws:
             m.d.comb += [gw.cr3.eq(cr3), gw.paging.eq(self.paging), gw.wp.eq(self.wp),
                          gw.nxe.eq(self.nxe), gw.ept_ad.eq(ept_ad)]

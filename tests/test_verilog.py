@@ -336,6 +336,8 @@ def test_src_none_and_native_top_and_vivado_names_are_lint_clean(tmp_path):
 @pytest.mark.parametrize("opts, needle", [
     (["--top", "native", "--axi-id-width", "6"], "--axi-id-width"),
     (["--top", "native", "--port-names", "vivado"], "--port-names"),
+    (["--top", "nested", "--port-names", "vivado"], "--port-names"),
+    (["--top", "nested", "--axi-id-width", "6"], "--axi-id-width"),
     (["--no-caches", "--tlb-sets", "64"], "--tlb-sets"),
 ])
 def test_options_that_mean_nothing_for_the_top_are_refused(tmp_path, opts, needle):

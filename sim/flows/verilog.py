@@ -37,7 +37,8 @@ TOP_NAME = "ept_walker"
 DEFAULT_OUT = "build/ept_walker.v"
 ROOT = Path(__file__).resolve().parents[2]
 # --top NAME -> (module in hw/, class)
-TOPS = {"axi": unit_params.AXI_TOP, "native": unit_params.NATIVE_TOP}
+TOPS = {"axi": unit_params.AXI_TOP, "native": unit_params.NATIVE_TOP,
+        "nested": ("nested_top", "NestedWalkUnit")}
 # Vivado's interface inference: an AXI master's ports as m_axi_*, a slave's as s_axi_*
 VIVADO_PREFIXES = {"mem__": "m_axi_", "csr__": "s_axi_"}
 
@@ -176,7 +177,8 @@ def add_top_options(p: argparse.ArgumentParser) -> None:
     """--top, and every parameter of either top (the unit's, then the AXI top's own)."""
     p.add_argument("--top", choices=sorted(TOPS), default="axi",
                    help="axi: the unit with an AXI4 master and AXI4-Lite registers (default); "
-                        "native: the unit with its own memory port")
+                        "native: the unit with its own memory port; "
+                        "nested: a guest walker over the native unit (linear and GPA ports)")
     axi, unit = TOPS["axi"], TOPS["native"]
     add_unit_options(p, unit_params.parameters(*unit), exclude=(),
                      title="the unit's parameters (PageWalkUnit; checked by its constructor)")
@@ -188,10 +190,10 @@ def top_parameters(args) -> dict:
     """The parameters given for the chosen top; the AXI top's own refused with --top native."""
     axi_own = {q.name for q in unit_params.parameters(*TOPS["axi"]) if q.owner == TOPS["axi"][1]}
     given = {d[len("unit_"):]: getattr(args, d) for d in args.given if d.startswith("unit_")}
-    if args.top == "native":
+    if args.top in ("native", "nested"):
         extra = [args.given[f"unit_{n}"] for n in given if n in axi_own]
         if extra:
-            raise UsageError(f"{extra[0]} is a parameter of the AXI top: it means nothing with --top native")
+            raise UsageError(f"{extra[0]} is a parameter of the AXI top: it means nothing with --top {args.top}")
     if given.get("caches") is False:
         sized = [args.given[f"unit_{n}"] for n in given if unit_params.CACHE_GEOMETRY(n)]
         if sized:
@@ -228,8 +230,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     params = top_parameters(args)
-    if args.port_names == "vivado" and args.top == "native":
-        raise UsageError("--port-names vivado names AXI ports: the native top has none")
+    if args.port_names == "vivado" and args.top != "axi":
+        raise UsageError(f"--port-names vivado names AXI ports: the {args.top} top has none")
     try:
         if args.ports:
             print(port_table(params, args.top))
