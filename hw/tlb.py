@@ -69,7 +69,7 @@ def plru_victim(m, state, ways):
     if ways == 1:
         return C(0, 1)
     bits = exact_log2(ways)
-    victim = Signal(bits, name="plru_victim")
+    victim = Signal(bits)
     path = []        # the choices so far, root first: the victim's bits, MSB first
     for depth in range(bits):
         idx = Signal(range(ways), name=f"plru_node{depth}")

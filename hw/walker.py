@@ -142,7 +142,7 @@ class Walker(wiring.Component):
         table = Signal(FRAME_BITS)             # frame of the table being read
         perms = Signal(3)                  # R/W/X AND over the entries so far
         skipped = Signal()                 # this walk started below the PML4E
-        addrs = Signal(data.ArrayLayout(PA_BITS, 4), name="entry_addrs")   # the A/D updater has "addrs"
+        addrs = Signal(data.ArrayLayout(PA_BITS, 4))
         retries = Signal(4)
         result = Signal(TranslateResponse)
 

@@ -355,7 +355,7 @@ def test_the_pysim_vcd_reads_with_a_standard_vcd_reader(pysim_wave):
             elif tok.kind in (TokenKind.CHANGE_SCALAR, TokenKind.CHANGE_VECTOR):
                 changes += 1
     assert len(names) > 300 and changes > 10_000
-    assert not [n for n in names if n.startswith("$") or re.search(r"\$\d+$", n)]
+    assert not [n for n in names if "$" in n]
 
 
 def test_save_file_opens_on_the_clock_a_few_walks_and_relative_paths(pysim_wave):

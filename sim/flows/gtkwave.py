@@ -362,6 +362,10 @@ def _rename_header(header: list[str], renames: dict, enum_vars: dict, ids: dict)
             users[line[2]] += 1
     out = [line for line in out if not (isinstance(line, tuple) and users[line[2]] > 1
                                         and _CLASH.search(line[3]))]
+    # a clash name of a signal of its own (two locals of one name in a block): numbered
+    # the plain way, as a VCD reader expects a name and not a ``$`` keyword
+    out = [(line[0], line[1], line[2], _CLASH.sub(lambda m: "_" + m.group(0)[1:], line[3]))
+           if isinstance(line, tuple) else line for line in out]
     # pass 2: scopes renamed; a field var ``vec.field`` goes into a scope
     # ``vec`` (GTKWave then names it ``...vec.field``, as it does on the FST)
     result, scope, deferred = [], [], [[]]
