@@ -15,6 +15,8 @@ from model.formats import (
 from model.guest import GuestRegs, la_index, make_leaf_entry, make_table_entry
 from model.physmem import PhysicalMemory
 
+from hw.layouts import PageSize
+
 EPT_TABLES_BASE = 0x0010_0000
 HOST_OFFSET = 0x4_0000_0000          # HPA = GPA + HOST_OFFSET for identity-shaped maps
 GUEST_TABLES_GPA = 0x0020_0000       # guest page-table pages are allocated from here
@@ -124,3 +126,21 @@ class World:
         if ept:     # the first page and the one ``la`` falls in (4K EPT leaves)
             for off in {0, la & (level.page_size - 1) & ~0xFFF}:
                 self.ept_map(gpa + off, perms=ept_perms)
+
+
+SIZES = {4096: PageSize.SIZE_4K, 1 << 21: PageSize.SIZE_2M, 1 << 30: PageSize.SIZE_1G}
+
+
+def compare_la(resp, ref, tag):
+    """An RTL linear-translation response against the golden model's ``translate_la`` result."""
+    assert resp.tag == tag
+    assert resp.outcome.name.lower() == ref.outcome.value, (resp, ref.reason)
+    if ref.outcome.value == "ok":
+        assert (resp.gpa, resp.hpa, resp.page_size, resp.memtype) == \
+            (ref.gpa, ref.hpa, SIZES[ref.page_size], ref.memtype)
+    elif ref.outcome.value == "page_fault":
+        assert resp.pf_error == ref.pf_error, ref.reason
+    elif ref.outcome.value == "violation":
+        assert (resp.gpa, resp.qual) == (ref.gpa, ref.qual), (hex(resp.qual), hex(ref.qual), ref.reason)
+    else:
+        assert resp.gpa == ref.gpa

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from conftest import Memory, receive, run, send
-from nested_util import LEVELS, World
+from nested_util import LEVELS, SIZES, World, compare_la
 
 from hw.guest_walker import GuestWalker
 from hw.layouts import Access as HAccess
@@ -22,7 +22,6 @@ from model.walk import translate
 
 LA = 0x0000_1234_5678_9ABC
 DATA_GPA = 0x4000_0000            # 1G-aligned: fits every guest page size
-SIZES = {4096: PageSize.SIZE_4K, 1 << 21: PageSize.SIZE_2M, 1 << 30: PageSize.SIZE_1G}
 
 
 class Dram(Memory):
@@ -116,17 +115,7 @@ def check(build, la=LA, access=Access.READ, user=False, *, race=None, **world_ar
         race = {w_rtl.hpa_of(w_rtl.guest_entry_gpa(la, lv)): value(w_rtl) for lv, value in race.items()}
     ref = translate_la(w_ref.mem, w_ref.eptp, w_ref.regs, la, access, user, w_ref.config)
     resp, dram, ept, lost = run_rtl(w_rtl, la, access, user, race=race)
-    assert resp.tag == 5
-    assert resp.outcome.name.lower() == ref.outcome.value, (resp, ref.reason)
-    if ref.outcome.value == "ok":
-        assert (resp.gpa, resp.hpa, resp.page_size, resp.memtype) == \
-            (ref.gpa, ref.hpa, SIZES[ref.page_size], ref.memtype)
-    elif ref.outcome.value == "page_fault":
-        assert resp.pf_error == ref.pf_error, ref.reason
-    elif ref.outcome.value == "violation":
-        assert (resp.gpa, resp.qual) == (ref.gpa, ref.qual), (hex(resp.qual), hex(ref.qual), ref.reason)
-    else:
-        assert resp.gpa == ref.gpa
+    compare_la(resp, ref, tag=5)
     assert dict(w_rtl.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
     return resp, ref, w_rtl, dram, ept, lost
 

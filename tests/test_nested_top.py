@@ -7,10 +7,10 @@ the EPT unit's TLB never holds a stale translation."""
 
 import pytest
 from conftest import Memory, receive, run, send
-from nested_util import LEVELS, World
+from nested_util import LEVELS, World, compare_la
 
 from hw.layouts import Access as HAccess
-from hw.layouts import LinearOutcome, MemOp, PageSize
+from hw.layouts import LinearOutcome, MemOp
 from hw.layouts import Outcome as HOutcome
 from hw.nested_top import NestedWalkUnit, guest_tag
 from model.formats import EPT_R, Access, Level
@@ -20,7 +20,6 @@ from model.walk import translate
 
 LA = 0x0000_1234_5678_9ABC
 DATA_GPA = 0x4000_0000            # 1G-aligned: fits every guest page size
-SIZES = {4096: PageSize.SIZE_4K, 1 << 21: PageSize.SIZE_2M, 1 << 30: PageSize.SIZE_1G}
 LATENCY = 4
 
 
@@ -92,20 +91,6 @@ def run_nested(world, linear, gpa=(), *, cr3=None, latency=LATENCY, gpa_delay=0)
     tbs = [tb_linear] + ([tb_gpa, tb_gpa_resp] if gpa else [])
     run(dut, *tbs, processes=[dram.process], deadline_cycles=20_000)
     return out, dram, dut
-
-
-def compare_la(resp, ref, tag=3):
-    assert resp.tag == tag
-    assert resp.outcome.name.lower() == ref.outcome.value, (resp, ref.reason)
-    if ref.outcome.value == "ok":
-        assert (resp.gpa, resp.hpa, resp.page_size, resp.memtype) == \
-            (ref.gpa, ref.hpa, SIZES[ref.page_size], ref.memtype)
-    elif ref.outcome.value == "page_fault":
-        assert resp.pf_error == ref.pf_error, ref.reason
-    elif ref.outcome.value == "violation":
-        assert (resp.gpa, resp.qual) == (ref.gpa, ref.qual), (hex(resp.qual), hex(ref.qual), ref.reason)
-    else:
-        assert resp.gpa == ref.gpa
 
 
 def check(build, requests, *, gpa=(), gpa_delay=0, **world_args):
