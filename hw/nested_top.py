@@ -1,46 +1,57 @@
-"""The nested unit: guest page walkers over the page-walk unit (docs/nested.md).
+"""The nested unit: guest page walkers and their caches over the page-walk unit (docs/nested.md).
 
 ::
 
-                 +------------------------------ NestedWalkUnit ------------------------------+
-  cr3_value/load>| Cr3 check -> cr3 frame, cr3_valid/error        eptp_load, invept ----+      |
-  linear_req --->|-> refused? (no valid CR3) --------------------------+              |      |
-                 |-> GuestWalker x N --ept_req-> fixed priority -> PageWalkUnit <------+      |
-                 |      |   ^         ept_resp<- tag >= 16-N  <-translate_resp --+ |         |
-  translate_req >|------|---|------------------------^ (below: the GPA port)     | |         |
-  translate_resp<|------|---|--------------------------------------- tag < 16-N--+ |         |
-  linear_resp <--|<- refusal first, then the walkers' responses                    |         |
-                 |      +-- mem --> MemArbiter (round robin) <--- mem ------------+          |
-                 +-------------------------|-----------------------------------------------+
+                 +------------------------------- NestedWalkUnit -------------------------------+
+  cr3/vpid load >| CR3, VPID registers (refused: bad CR3, VPID 0)      eptp_load, invept ---+     |
+  invvpid ------>| INVVPID / MOV CR3 / mode change --inv--> combined TLB, guest PSCs <-flush-+     |
+  linear_req --->|-> refused? | combined-TLB hit? --(1 cycle)--> local answer ---------+    |     |
+                 |   miss (guest PSC lookup: where to start)                          |    |     |
+                 |-> GuestWalker x N --ept_req-> fixed priority -> PageWalkUnit <------+-- -+     |
+                 |      |   ^         ept_resp<- tag >= 16-N  <-translate_resp --+ |   |          |
+  translate_req >|------|---|------------------------^ (below: the GPA port)     | |   |          |
+  translate_resp<|------|---|--------------------------------------- tag < 16-N--+ |   |          |
+  linear_resp <--|<- walkers' answers (fill the caches), then the local answer ---------+          |
+                 |      +-- mem --> MemArbiter (round robin) <--- mem ------------+               |
+                 +-------------------------|----------------------------------------------------+
                                       mem_req / mem_resp
 
 Promises:
 
-* every guest access is walked by a :class:`~hw.guest_walker.GuestWalker`;
-  each of its EPT translations goes through the unit's own translate port
-  (TLB, paging-structure caches, walkers), so it is cached like any other;
-* the walker's EPT requests and the external GPA requests (``translate_req``)
-  share the unit's port by **fixed priority, guest walkers first** (walker 0
-  before walker 1 ...); a grant shown and not yet taken is held, so the unit
-  sees a stable payload.  A guest walker has one EPT request outstanding at
-  most and waits for its answer, so the GPA port is never starved;
-* **tags**: guest walker ``k`` uses the unit's tag ``2**TAG_BITS - 1 - k``
-  (15 for the only one by default).  External GPA requests must use the
-  others (0 .. ``2**TAG_BITS - 1 - guest_walkers``); the unit's responses are
-  routed back by tag;
+* a linear request is refused (``REFUSED``, nothing walked) without a valid
+  VPID, or with paging on and no valid CR3.  Otherwise it is looked up, in
+  the cycle it is taken, in the **combined TLB** (LA -> HPA, tagged by VPID
+  and EPT context id, at the smaller of the guest and EPT page sizes): an
+  entry answers only the accesses its filling walk proved (a write fill:
+  reads and writes, so a write never hits an entry without guest D and,
+  with EPTP[6] = 1, EPT D; a CPL-3 fill also CPL 0), the next cycle;
+* a miss goes to an idle :class:`~hw.guest_walker.GuestWalker` (a miss to a
+  page a walker is walking waits for it, then looks up again), starting
+  below the deepest **guest paging-structure cache** hit (the next guest
+  table's GPA and HPA and the permissions above: no EPT translation for the
+  levels above).  Each EPT translation goes through the unit's translate
+  port (its TLB, paging-structure caches, walkers);
+* an OK answer of a walk that no invalidation met fills the combined TLB
+  and the guest PSCs of the levels it read (their A is set by then);
+* **invalidation** (docs/nested.md, caching): INVVPID address drops the
+  combined entries covering the LA in that VPID and all of that VPID's
+  guest PSC entries; single drops the VPID's; all drops everything; MOV to
+  CR3 (``cr3_load``) drops the current VPID's; a change of CR0.PG/WP or
+  EFER.NXE drops everything; INVEPT (and a context id reused for a new
+  EPTP) drops the combined and guest PSC entries of its contexts, through
+  the unit's context table.  No linear request is taken in such a cycle,
+  and a walk in flight then installs nothing.  INVVPID drops no
+  guest-physical mapping (the unit's TLB);
+* the walkers' EPT requests and the external GPA requests share the
+  unit's port by **fixed priority, guest walkers first**; guest walker
+  ``k`` uses the unit's tag ``2**TAG_BITS - 1 - k``; external GPA requests
+  must use the others.  The unit's responses are routed back by tag;
 * the guest walkers' entry reads and A/D CASes and the unit's own memory
   traffic share ``mem_req``/``mem_resp`` through a round-robin
   :class:`~hw.mem_arbiter.MemArbiter` (port 0 the unit, port ``1+k`` guest
   walker ``k``); the memory must answer in request order;
-* the guest context: ``cr3_load`` loads ``cr3_value`` (CR3[51:12]) at the
-  edge if CR3[51:MAXPHYADDR] are clear (``cr3_valid``), else refuses it
-  (``cr3_error``, no CR3).  With paging on and no valid CR3 a linear request
-  is answered ``REFUSED`` and nothing is walked.  ``paging``, ``wp``,
-  ``nxe`` are used as they are; EPTP[6] comes from the loaded EPTP.  The
-  context (``cr3_load``, ``paging``, ``wp``, ``nxe``, ``eptp_load``) must
-  not change while ``guest_idle`` is low;
-* guest walker state is not cached: no combined TLB, no guest
-  paging-structure caches, no INVVPID.
+* the context (``cr3_value``, ``paging``, ``wp``, ``nxe``, ``eptp_load``,
+  ``vpid_load``) should change only while ``guest_idle`` is high.
 """
 
 from types import SimpleNamespace
