@@ -1,0 +1,308 @@
+"""``make bench``'s nested figures: the combined TLB and the 2D walk, measured on the RTL.
+
+A pysim testbench drives :class:`~hw.nested_top.NestedWalkUnit` (guest walkers,
+combined TLB, guest paging-structure caches over the page-walk unit) with the
+bench's DRAM model (:class:`~sim.cosim.dram.Dram`) on its one memory port.
+Every cycle count is the distance between the edge that took a linear request
+and the edge that took its answer; every reference count is the DRAM model's
+(cross-checked against the unit's counters).  The worlds are hand-built:
+guest tables at guest-physical addresses that EPT maps elsewhere in host
+memory, and each answer is checked against the mapping the world was built
+with, so a figure is never that of a wrong translation.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from amaranth.sim import Simulator
+
+from hw.layouts import Access as HAccess
+from hw.layouts import NESTED_EVENTS, PERF_EVENTS, InvvpidKind, LinearOutcome, MemOp
+from hw.nested_top import NestedWalkUnit
+from model.formats import (
+    Eptp, Level, MemType, gpa_index, make_leaf_entry as ept_leaf, make_table_entry as ept_table,
+)
+from model.guest import la_index, make_leaf_entry, make_table_entry
+from model.physmem import PhysicalMemory
+
+from sim.cosim.dram import Dram, DramConfig, DramRequest
+
+__all__ = ["NestedWorld", "NestedRig", "nested_timing", "ctlb_sweep", "guest_os_refs",
+           "CTLB_SIZES", "NESTED_PATTERNS"]
+
+MAXPHYADDR = 46
+LEVELS = (Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE)
+VPID = 1
+NESTED_NAMES = tuple(NESTED_EVENTS)
+UNIT_NAMES = tuple(PERF_EVENTS)
+
+
+class NestedWorld:
+    """Guest 4-level tables and EPT tables in one :class:`PhysicalMemory`.
+
+    ``table_gpa()`` chooses where the next guest table page lives (a GPA); EPT
+    maps it (a 4K leaf) to a fresh host frame.  With ``spread`` each guest
+    table gets a GPA in its own 512G EPT region, so no EPT paging-structure
+    cache entry filled for one helps another: a cold 2D walk then reads all
+    (4 + 1) * 4 EPT entries and 4 guest entries.
+    """
+
+    def __init__(self, spread: bool = False):
+        self.mem = PhysicalMemory(MAXPHYADDR)
+        self._host = iter(range(0x0010_0000, 1 << 40, 0x1000))     # host frames, EPT tables too
+        self.ept_pml4 = next(self._host)
+        self.eptp = Eptp(pml4_pa=self.ept_pml4, memtype=MemType.WB, ad_enabled=False)
+        self.spread = spread
+        self._tables = 0
+        self.hpa: dict[int, tuple[int, int]] = {}         # GPA page base -> (HPA base, size)
+        self.gpa: dict[int, tuple[int, int]] = {}         # guest page LA -> (GPA base, size)
+        self.cr3 = self.table_gpa()
+
+    # -- EPT ---------------------------------------------------------------------------
+    def ept_map(self, gpa: int, hpa: int | None = None, level: Level = Level.PTE) -> int:
+        table = self.ept_pml4
+        for lv in LEVELS:
+            addr = table + gpa_index(gpa, lv) * 8
+            if lv == level:
+                hpa = next(self._host) if hpa is None else hpa
+                self.mem.write(addr, ept_leaf(hpa, level))
+                self.hpa[gpa] = (hpa, level.page_size)
+                return hpa
+            e = self.mem.peek(addr)
+            if not e & 7:
+                e = ept_table(next(self._host))
+                self.mem.write(addr, e)
+            table = e & 0x000F_FFFF_FFFF_F000
+        raise AssertionError
+
+    def hpa_of(self, gpa: int) -> int:
+        return _lookup(self.hpa, gpa)
+
+    def expected_hpa(self, la: int) -> int:
+        """What the world maps ``la`` to (the answer a walk must give)."""
+        return self.hpa_of(_lookup(self.gpa, la))
+
+    # -- guest ---------------------------------------------------------------------------
+    def table_gpa(self) -> int:
+        k = self._tables
+        self._tables += 1
+        gpa = ((k + 1) << 39) + 0x20_0000 if self.spread else 0x0020_0000 + k * 0x1000
+        self.ept_map(gpa)
+        return gpa
+
+    def guest_map(self, la: int, gpa: int, level: Level = Level.PTE) -> None:
+        """Map guest page ``la`` -> ``gpa``, every entry with A set (no CAS on a read)."""
+        self.gpa[la & ~(level.page_size - 1)] = (gpa, level.page_size)
+        table = self.cr3
+        for lv in LEVELS:
+            addr = self.hpa_of(table + la_index(la, lv) * 8)
+            if lv == level:
+                self.mem.write(addr, make_leaf_entry(gpa, lv, accessed=True))
+                return
+            e = self.mem.peek(addr)
+            if not e & 1:
+                e = make_table_entry(self.table_gpa(), accessed=True)
+                self.mem.write(addr, e)
+            table = e & 0x000F_FFFF_FFFF_F000
+
+
+def _lookup(pages: dict[int, tuple[int, int]], addr: int) -> int:
+    for size in (1 << 12, 1 << 21, 1 << 30):
+        base = addr & ~(size - 1)
+        hit = pages.get(base)
+        if hit is not None and hit[1] == size:
+            return hit[0] + addr - base
+    raise KeyError(f"{addr:#x} is not mapped")
+
+
+@dataclass
+class Answer:
+    la: int
+    access: HAccess
+    taken: int = -1          # the edge (cycle number) that took the request
+    answered: int = -1       # the edge that took the answer
+    outcome: LinearOutcome | None = None
+    hpa: int = 0
+    reads: int = 0           # DRAM reads accepted while it was in flight
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cycles(self) -> int:
+        return self.answered - self.taken
+
+
+class NestedRig:
+    """The nested unit in pysim, the DRAM model on its memory port, one linear
+    request at a time (the DRAM model's latency gives every figure)."""
+
+    def __init__(self, world: NestedWorld, dram: DramConfig, **unit):
+        unit.setdefault("checks", True)        # the protocol Asserts, as every simulation runs
+        self.world = world
+        self.dut = NestedWalkUnit(maxphyaddr=MAXPHYADDR, execute_only=True, **unit)
+        self.dram = Dram(world.mem, dram)
+        self.cycle = 0
+        self.current: Answer | None = None
+        self.strobes: list[tuple[str, object]] = []
+        self.ready_for_requests = False
+        self.nested: dict[str, int] = {}
+        self.unit: dict[str, int] = {}
+        self.sim = Simulator(self.dut)
+        self.sim.add_clock(1e-8)
+        self.sim.add_testbench(self._world, background=True)
+
+    async def _world(self, ctx):
+        dut, dram, w = self.dut, self.dram, self.world
+        ctx.set(dut.eptp_value, w.eptp.encode())
+        ctx.set(dut.eptp_load, 1)
+        ctx.set(dut.cr3_value, w.cr3 >> 12)
+        ctx.set(dut.cr3_load, 1)
+        ctx.set(dut.vpid_value, VPID)
+        ctx.set(dut.vpid_load, 1)
+        for name in ("paging", "wp", "nxe"):
+            ctx.set(getattr(dut, name), 1)
+        ctx.set(dut.linear_resp.ready, 1)
+        ctx.set(dut.mem_resp.valid, 0)
+        first = True
+        offered = None        # the request on linear_req this cycle
+        cas = MemOp.CAS.value
+        while True:
+            ready, resp = dram.drive()
+            ctx.set(dut.mem_req.ready, ready)
+            ctx.set(dut.mem_resp.valid, resp is not None)
+            if resp is not None:
+                ctx.set(dut.mem_resp.payload, {"data": resp.result, "error": resp.error})
+            strobe = self.strobes.pop(0) if self.strobes and not first else None
+            ctx.set(dut.invvpid.valid, strobe is not None and strobe[0] == "invvpid")
+            ctx.set(dut.counters_clear, strobe is not None and strobe[0] == "clear")
+            if strobe is not None and strobe[0] == "invvpid":
+                ctx.set(dut.invvpid.payload, strobe[1])
+            a = self.current
+            offer = self.ready_for_requests and a is not None and a.taken < 0 and strobe is None
+            if offer and offered is not a:
+                ctx.set(dut.linear_req.payload, {"la": a.la, "access": a.access, "user": 0, "tag": 1})
+            ctx.set(dut.linear_req.valid, offer)
+            offered = a if offer else None
+            (_, _, mreq_valid, mreq, mresp_ready, lreq_ready, lresp_valid, lresp, nested, unit,
+             cr3_valid, vpid_valid, eptp_valid) = await ctx.tick().sample(
+                dut.mem_req.valid, dut.mem_req.payload, dut.mem_resp.ready, dut.linear_req.ready,
+                dut.linear_resp.valid, dut.linear_resp.payload, dut.nested_counters, dut.counters,
+                dut.cr3_valid, dut.vpid_valid, dut.eptp_valid)
+            self.cycle += 1
+            req = None
+            if mreq_valid:
+                req = DramRequest("cas" if mreq.op == cas else "read", mreq.addr,
+                                  compare=mreq.compare, data=mreq.data)
+                if ready and self.current is not None and req.op == "read":
+                    self.current.reads += 1
+            dram.clock(req, resp is not None and bool(mresp_ready))
+            if first:
+                for name in ("eptp_load", "cr3_load", "vpid_load"):
+                    ctx.set(getattr(dut, name), 0)
+                first = False
+            elif not self.ready_for_requests:
+                if not (cr3_valid and vpid_valid and eptp_valid):
+                    raise RuntimeError("the nested unit refused the bench's EPTP, CR3 or VPID")
+                self.ready_for_requests = True
+            if offer and lreq_ready:
+                a.taken = self.cycle
+            if lresp_valid and a is not None and a.taken >= 0:
+                a.answered = self.cycle
+                a.outcome = LinearOutcome(lresp.outcome)
+                a.hpa = lresp.hpa
+            self.nested = {k: getattr(nested, k) for k in NESTED_NAMES}
+            self.unit = {k: getattr(unit, k) for k in UNIT_NAMES}
+
+    def step(self, n: int = 1) -> None:
+        target = self.cycle + n
+        while self.cycle < target:
+            self.sim.advance()
+
+    def translate(self, la: int, access: HAccess = HAccess.READ, limit: int = 20_000) -> Answer:
+        """One linear request, alone in the unit; its answer checked against the world."""
+        while not self.ready_for_requests or self.strobes:
+            self.step()
+        a = self.current = Answer(la, access)
+        start = self.cycle
+        while a.answered < 0:
+            if self.cycle - start > limit:
+                raise RuntimeError(f"no answer for LA {la:#x} within {limit} cycles")
+            self.step()
+        self.current = None
+        expect = self.world.expected_hpa(la)
+        if a.outcome != LinearOutcome.OK or a.hpa != expect:
+            raise RuntimeError(f"the nested unit answered LA {la:#x} with {a.outcome} {a.hpa:#x}, "
+                               f"not OK {expect:#x}")
+        return a
+
+    def counters(self) -> tuple[dict, dict]:
+        """The nested and the unit's counters, settled (they show an event two cycles late)."""
+        self.step(3)
+        return dict(self.nested), dict(self.unit)
+
+    def clear_counters(self) -> None:
+        self.strobes.append(("clear", None))
+        self.step(4)
+
+    def invvpid_all(self) -> None:
+        self.strobes.append(("invvpid", {"kind": InvvpidKind.ALL, "vpid": 0, "la": 0}))
+        self.step(4)
+
+
+def _delta(after: dict, before: dict) -> dict:
+    return {k: after[k] - before[k] for k in after}
+
+
+def _walk(rig: NestedRig, la: int) -> tuple[Answer, dict, dict]:
+    """One translation and what it cost in the counters (nested, unit)."""
+    n0, u0 = rig.counters()
+    a = rig.translate(la)
+    n1, u1 = rig.counters()
+    return a, _delta(n1, n0), _delta(u1, u0)
+
+
+TIMING_LA = 0x0000_1234_5678_9000
+TIMING_GPA = (100 << 39) + 0x4000_0000      # in an EPT region of its own (the tables: 1..4)
+
+
+def nested_timing(latency: int, **unit) -> dict:
+    """The combined-TLB hit, the cold 2D walk (24 references) and the warm one (2)."""
+    w = NestedWorld(spread=True)
+    for k in range(2):                        # two 4K guest pages in one guest PT, one EPT PT
+        w.ept_map(TIMING_GPA + k * 0x1000)
+        w.guest_map(TIMING_LA + k * 0x1000, TIMING_GPA + k * 0x1000)
+    rig = NestedRig(w, DramConfig(read_latency=latency, row_miss_penalty=0), **unit)
+    cold, cn, cu = _walk(rig, TIMING_LA)
+    warm, wn, wu = _walk(rig, TIMING_LA + 0x1000)
+    hit, hn, _ = _walk(rig, TIMING_LA)
+    if not (cn["ctlb_misses"] == wn["ctlb_misses"] == hn["ctlb_hits"] == 1):
+        raise RuntimeError(f"the timing walks did not miss, miss, hit: {cn}, {wn}, {hn}")
+    if not (wn["gpsc_hits_pde"] == 1 and wu["psc_hits_pde"] == 1):
+        raise RuntimeError(f"the warm walk hit no guest and EPT PDE cache: {wn}, {wu}")
+    cold_refs, warm_refs = cold.reads, warm.reads
+    for name, a, n, u in (("cold", cold, cn, cu), ("warm", warm, wn, wu)):
+        if a.reads != n["guest_mem_reads"] + u["mem_reads"] or n["guest_mem_cas"] or u["mem_cas"]:
+            raise RuntimeError(f"the {name} walk's DRAM reads ({a.reads}) are not the counters' "
+                               f"{n['guest_mem_reads']} guest + {u['mem_reads']} EPT (or it CASed)")
+    goal = {"hit": 1, "cold": 24 * (latency + 1) + 4, "warm": 2 * (latency + 1) + 4}
+    return {
+        "nested_tlb_hit_latency_cycles": hit.cycles,
+        "nested_tlb_hit_latency_goal_cycles": goal["hit"],
+        "nested_tlb_hit_latency_met": hit.cycles <= goal["hit"],
+        "nested_cold_walk_cycles": cold.cycles,
+        "nested_cold_walk_goal_cycles": goal["cold"],
+        "nested_cold_walk_met": cold.cycles <= goal["cold"],
+        "nested_cold_walk_mem_refs": cold_refs,
+        "nested_cold_walk_detail": {"guest_mem_reads": cn["guest_mem_reads"], "ept_mem_reads": cu["mem_reads"],
+                                    "ept_lookups": cn["ept_lookups"], "ept_walks": cn["ept_walks"],
+                                    "ept_psc_hits": cu["psc_hits_pml4e"] + cu["psc_hits_pdpte"]
+                                    + cu["psc_hits_pde"]},
+        "nested_warm_walk_cycles": warm.cycles,
+        "nested_warm_walk_goal_cycles": goal["warm"],
+        "nested_warm_walk_met": warm.cycles <= goal["warm"],
+        "nested_warm_walk_mem_refs": warm_refs,
+        "nested_warm_walk_detail": {"guest_mem_reads": wn["guest_mem_reads"], "ept_mem_reads": wu["mem_reads"],
+                                    "ept_lookups": wn["ept_lookups"], "ept_walks": wn["ept_walks"],
+                                    "gpsc_hits_pde": wn["gpsc_hits_pde"], "ept_psc_hits_pde": wu["psc_hits_pde"]},
+    }
