@@ -18,6 +18,7 @@ from model.formats import Access, Level
 from model.physmem import PhysicalMemory
 
 from sim.cosim.dram import DramConfig
+from sim.flows.bench_nested import CTLB_SIZES, ctlb_sweep, guest_os_refs, nested_timing
 from sim.backends.pysim import PysimHarness
 from sim.cosim.tables import HandTables
 from sim.files import write_json
@@ -106,17 +107,19 @@ def miss_throughput(n: int = 64) -> dict:
     }
 
 
-def _pattern(name: str, n: int, rng: random.Random) -> list[tuple[int, Access]]:
+def _pattern(name: str, n: int, rng: random.Random, base: int = REGION) -> list[tuple[int, Access]]:
+    """``n`` reads from ``base`` (GPAs here, guest LAs for the combined TLB): 1024 4K
+    pages from ``base``, 32 2M pages from ``base`` + 1G."""
     pages = 1024
     if name == "sequential":          # 8 accesses per page, page after page
-        return [(REGION + ((i // 8) % pages) * 0x1000 + (i % 8) * 512, Access.READ) for i in range(n)]
+        return [(base + ((i // 8) % pages) * 0x1000 + (i % 8) * 512, Access.READ) for i in range(n)]
     if name == "random":
-        return [(REGION + rng.randrange(pages // 2) * 0x1000 + rng.randrange(512) * 8, Access.READ)
+        return [(base + rng.randrange(pages // 2) * 0x1000 + rng.randrange(512) * 8, Access.READ)
                 for _ in range(n)]
     if name == "strided":             # 64K stride over 16 pages: they crowd into few TLB sets
-        return [(REGION + ((i * 16) % 256) * 0x1000, Access.READ) for i in range(n)]
+        return [(base + ((i * 16) % 256) * 0x1000, Access.READ) for i in range(n)]
     if name == "huge":                # random over 32 2M pages
-        return [(REGION + (1 << 30) + rng.randrange(32 << 21) // 8 * 8, Access.READ) for _ in range(n)]
+        return [(base + (1 << 30) + rng.randrange(32 << 21) // 8 * 8, Access.READ) for _ in range(n)]
     raise ValueError(name)
 
 
@@ -331,6 +334,20 @@ def plot(results: dict, outdir: Path) -> list[str]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(str(path))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in results["combined_tlb_patterns"].items():
+        ax.plot([r["combined_tlb_entries"] for r in rows], [r["hit_rate"] for r in rows], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("combined-TLB entries (fully associative)")
+    ax.set_ylabel("combined-TLB hit rate (ctlb_hits / linear_lookups)")
+    ax.set_title(f"nested unit: combined-TLB hit rate vs size (DRAM latency {L})")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    path = outdir / "combined_tlb_hit_rate_vs_size.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(str(path))
     fig, ax = plt.subplots(figsize=(5, 4))
     by = results["miss_cycles_by_walkers"]
     ax.bar(list(by), [results["independent_misses"] * 1000 / v for v in by.values()])
@@ -358,6 +375,14 @@ def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=
     results["patterns"] = pattern_sweep(100 if quick else 800)
     progress("pageable-guest workload vs TLB size")
     results["workload"] = workload_sweep(100 if quick else 1000)
+    # the nested unit (sim/flows/bench_nested.py)
+    progress("nested unit: combined-TLB hit, cold and warm 2D walks")
+    results |= nested_timing(L)
+    progress("nested unit: combined-TLB hit rate vs size on the access patterns")
+    results["combined_tlb_patterns"] = ctlb_sweep(40 if quick else 400, L,
+                                                  sizes=(4, 16) if quick else CTLB_SIZES)
+    progress("guest-os workload on the rtl nested unit: references per combined-TLB miss")
+    results |= guest_os_refs(100 if quick else 2000)
     if not quick:
         # the default `make sim` workload, whole, on pysim and on Verilator in one run
         from sim.backends.base import BackendUnavailable
@@ -384,7 +409,9 @@ def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=
 ABOUT = dict(help="speed figures measured on the RTL: JSON and PNG plots",
              description="Hit latency and throughput, cold and cached walk cycles, miss "
                          "throughput with 1/2/4 walkers, hit rate vs TLB size on standard access "
-                         "patterns, and the default workload's speed on pysim and Verilator; "
+                         "patterns, the nested unit's combined-TLB hit, cold and warm 2D walks, "
+                         "combined-TLB hit rate vs size and references per miss, "
+                         "and the default workload's speed on pysim and Verilator; "
                          "written to OUT/results.json with plots beside it.",
              epilog=("examples:\n"
                      "  python -m sim bench\n"
@@ -402,9 +429,14 @@ def main(args) -> int:
     keys = ("tlb_hit_latency_cycles", "tlb_hit_throughput_per_cycle", "cold_walk_cycles",
             "psc_pde_hit_walk_cycles", "miss_throughput_speedup_4_walkers", "pysim_cycles_per_second",
             "verilator_cycles_per_second", "verilator_speedup_vs_pysim", "verilator_bare_cycles_per_second",
-            "cosim_loop_vs_bare", "cosim_process_vs_bare", "verilator_cold_build_seconds")
+            "cosim_loop_vs_bare", "cosim_process_vs_bare", "verilator_cold_build_seconds",
+            "nested_tlb_hit_latency_cycles", "nested_cold_walk_cycles", "nested_warm_walk_cycles",
+            "nested_refs_per_walk_guest_os")
     for k in keys:
         if k in r:
-            print(f"{k:40s} {r[k]}")
+            goal = next((r[g] for g in (f"{k[:-len('_cycles')]}_goal_cycles", f"{k}_goal") if g in r), None)
+            met = r.get(f"{k[:-len('_cycles')]}_met", r.get(f"{k}_met"))
+            tail = "" if goal is None else f"   (goal <= {goal}: {'met' if met else 'not met' if met is False else 'n/a'})"
+            print(f"{k:40s} {r[k]}{tail}")
     print(f"results written to {Path(args.out) / 'results.json'}")
     return 0

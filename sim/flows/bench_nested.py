@@ -29,8 +29,7 @@ from model.physmem import PhysicalMemory
 
 from sim.cosim.dram import Dram, DramConfig, DramRequest
 
-__all__ = ["NestedWorld", "NestedRig", "nested_timing", "ctlb_sweep", "guest_os_refs",
-           "CTLB_SIZES", "NESTED_PATTERNS"]
+__all__ = ["NestedWorld", "NestedRig", "nested_timing", "ctlb_sweep", "guest_os_refs", "CTLB_SIZES"]
 
 MAXPHYADDR = 46
 LEVELS = (Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE)
@@ -148,6 +147,7 @@ class NestedRig:
         self.ready_for_requests = False
         self.nested: dict[str, int] = {}
         self.unit: dict[str, int] = {}
+        self._want_counters = False
         self.sim = Simulator(self.dut)
         self.sim.add_clock(1e-8)
         self.sim.add_testbench(self._world, background=True)
@@ -163,31 +163,40 @@ class NestedRig:
         for name in ("paging", "wp", "nxe"):
             ctx.set(getattr(dut, name), 1)
         ctx.set(dut.linear_resp.ready, 1)
-        ctx.set(dut.mem_resp.valid, 0)
         first = True
         offered = None        # the request on linear_req this cycle
+        last_ready = last_resp = last_offer = None
+        strobed = False
         cas = MemOp.CAS.value
         while True:
             ready, resp = dram.drive()
-            ctx.set(dut.mem_req.ready, ready)
-            ctx.set(dut.mem_resp.valid, resp is not None)
-            if resp is not None:
-                ctx.set(dut.mem_resp.payload, {"data": resp.result, "error": resp.error})
+            if ready is not last_ready:
+                ctx.set(dut.mem_req.ready, ready)
+                last_ready = ready
+            if resp is not last_resp:
+                ctx.set(dut.mem_resp.valid, resp is not None)
+                if resp is not None:
+                    ctx.set(dut.mem_resp.payload, {"data": resp.result, "error": resp.error})
+                last_resp = resp
             strobe = self.strobes.pop(0) if self.strobes and not first else None
-            ctx.set(dut.invvpid.valid, strobe is not None and strobe[0] == "invvpid")
-            ctx.set(dut.counters_clear, strobe is not None and strobe[0] == "clear")
-            if strobe is not None and strobe[0] == "invvpid":
-                ctx.set(dut.invvpid.payload, strobe[1])
+            if strobe is not None or strobed:
+                ctx.set(dut.invvpid.valid, strobe is not None and strobe[0] == "invvpid")
+                ctx.set(dut.counters_clear, strobe is not None and strobe[0] == "clear")
+                if strobe is not None and strobe[0] == "invvpid":
+                    ctx.set(dut.invvpid.payload, strobe[1])
+                strobed = strobe is not None
             a = self.current
             offer = self.ready_for_requests and a is not None and a.taken < 0 and strobe is None
             if offer and offered is not a:
                 ctx.set(dut.linear_req.payload, {"la": a.la, "access": a.access, "user": 0, "tag": 1})
-            ctx.set(dut.linear_req.valid, offer)
+            if offer != last_offer:
+                ctx.set(dut.linear_req.valid, offer)
+                last_offer = offer
             offered = a if offer else None
-            (_, _, mreq_valid, mreq, mresp_ready, lreq_ready, lresp_valid, lresp, nested, unit,
+            (_, _, mreq_valid, mreq, mresp_ready, lreq_ready, lresp_valid, lresp,
              cr3_valid, vpid_valid, eptp_valid) = await ctx.tick().sample(
                 dut.mem_req.valid, dut.mem_req.payload, dut.mem_resp.ready, dut.linear_req.ready,
-                dut.linear_resp.valid, dut.linear_resp.payload, dut.nested_counters, dut.counters,
+                dut.linear_resp.valid, dut.linear_resp.payload,
                 dut.cr3_valid, dut.vpid_valid, dut.eptp_valid)
             self.cycle += 1
             req = None
@@ -211,8 +220,11 @@ class NestedRig:
                 a.answered = self.cycle
                 a.outcome = LinearOutcome(lresp.outcome)
                 a.hpa = lresp.hpa
-            self.nested = {k: getattr(nested, k) for k in NESTED_NAMES}
-            self.unit = {k: getattr(unit, k) for k in UNIT_NAMES}
+            if self._want_counters:
+                nested, unit = ctx.get(dut.nested_counters), ctx.get(dut.counters)
+                self.nested = {k: getattr(nested, k) for k in NESTED_NAMES}
+                self.unit = {k: getattr(unit, k) for k in UNIT_NAMES}
+                self._want_counters = False
 
     def step(self, n: int = 1) -> None:
         target = self.cycle + n
@@ -239,6 +251,8 @@ class NestedRig:
     def counters(self) -> tuple[dict, dict]:
         """The nested and the unit's counters, settled (they show an event two cycles late)."""
         self.step(3)
+        self._want_counters = True
+        self.step()
         return dict(self.nested), dict(self.unit)
 
     def clear_counters(self) -> None:
@@ -306,3 +320,82 @@ def nested_timing(latency: int, **unit) -> dict:
                                     "ept_lookups": wn["ept_lookups"], "ept_walks": wn["ept_walks"],
                                     "gpsc_hits_pde": wn["gpsc_hits_pde"], "ept_psc_hits_pde": wu["psc_hits_pde"]},
     }
+
+
+LA_REGION = 0x7f00_0000_0000       # the guest LAs the patterns touch (bench._pattern's layout)
+GPA_4K = 0x1_0000_0000             # the 1024 4K guest pages' GPAs (4K EPT leaves)
+GPA_2M = 0x2_0000_0000             # the 32 2M guest pages' GPAs (2M EPT leaves)
+HPA_2M = 0x80_0000_0000
+CTLB_SIZES = (4, 8, 16, 32, 64)
+
+
+def pattern_world() -> NestedWorld:
+    """1024 4K guest pages over 4K EPT pages from LA_REGION, 32 2M guest pages over 2M
+    EPT pages from LA_REGION + 1G: the layout of :func:`sim.flows.bench._pattern`."""
+    w = NestedWorld()
+    for i in range(1024):
+        w.ept_map(GPA_4K + i * 0x1000)
+        w.guest_map(LA_REGION + i * 0x1000, GPA_4K + i * 0x1000)
+    for i in range(32):
+        w.ept_map(GPA_2M + (i << 21), HPA_2M + (i << 21), Level.PDE)
+        w.guest_map(LA_REGION + (1 << 30) + (i << 21), GPA_2M + (i << 21), Level.PDE)
+    return w
+
+
+def ctlb_sweep(n: int, latency: int, sizes=CTLB_SIZES, patterns=None, **unit) -> dict:
+    """Per pattern, per combined-TLB size: the hit rate from the RTL's counters
+    (``ctlb_hits / linear_lookups``) and the mean cycles per translation, each
+    pattern from a combined TLB emptied by INVVPID all (one request at a time)."""
+    from sim.flows.bench import PATTERNS, _pattern
+    patterns = patterns or PATTERNS
+    out: dict[str, list] = {name: [] for name in patterns}
+    world = pattern_world()
+    for size in sizes:
+        rig = NestedRig(world, DramConfig(read_latency=latency), combined_tlb=size, **unit)
+        for name in patterns:
+            rig.invvpid_all()
+            rig.clear_counters()
+            answers = [rig.translate(la, HAccess(int(a))) for la, a in _pattern(name, n, random.Random(1),
+                                                                                 LA_REGION)]
+            c, u = rig.counters()
+            if c["linear_lookups"] != n or c["ctlb_hits"] + c["ctlb_misses"] != n:
+                raise RuntimeError(f"{name}, {size} entries: {n} requests but counters {c}")
+            misses = max(c["ctlb_misses"], 1)
+            out[name].append({
+                "combined_tlb_entries": size,
+                "hit_rate": round(c["ctlb_hits"] / c["linear_lookups"], 4),
+                "cycles_per_translation": round(sum(a.cycles for a in answers) / n, 2),
+                "mem_refs_per_miss": round((c["guest_mem_reads"] + u["mem_reads"]) / misses, 3),
+            })
+    return out
+
+
+REFS_GOAL = 3
+
+
+def guest_os_refs(accesses: int) -> dict:
+    """Memory references (guest-entry and EPT-entry reads) per combined-TLB miss of the
+    default guest-OS workload (``accesses`` of it) run on the RTL backend's nested unit,
+    from the unit's counters; null, with the reason, where that backend cannot run it."""
+    from sim.backends.base import BackendUnavailable
+    from sim.cosim.guest_os import GuestOsOptions, run_guest_os
+    key = "nested_refs_per_walk_guest_os"
+    out = {key: None, f"{key}_goal": REFS_GOAL, f"{key}_met": None}
+    try:
+        s = run_guest_os(GuestOsOptions(accesses=accesses), "rtl")
+    except BackendUnavailable as e:
+        return out | {f"{key}_reason": f"not measured: {e}"}
+    c = s.get("unit_counters") or {}
+    if "ctlb_misses" not in c:
+        return out | {f"{key}_reason": "not measured: the rtl backend's guest-os summary has no "
+                                       "nested counters (unit_counters.ctlb_misses)"}
+    if s["mismatches"]:
+        raise RuntimeError(f"the guest-os workload on rtl had {s['mismatches']} mismatches")
+    refs = c["guest_mem_reads"] + c["mem_reads"]
+    value = round(refs / max(c["ctlb_misses"], 1), 3)
+    return out | {key: value, f"{key}_met": value <= REFS_GOAL, f"{key}_detail": {
+        "accesses": accesses, "ctlb_misses": c["ctlb_misses"], "ctlb_hits": c["ctlb_hits"],
+        "guest_mem_reads": c["guest_mem_reads"], "ept_mem_reads": c["mem_reads"],
+        # EPT lookups not asked by the guest walkers (the GPA port): their reads are in
+        # ept_mem_reads too
+        "other_ept_lookups": c["lookups"] - c["ept_lookups"]}}
