@@ -377,10 +377,13 @@ def guest_os_refs(accesses: int) -> dict:
     """Memory references (guest-entry and EPT-entry reads) per combined-TLB miss of the
     default guest-OS workload (``accesses`` of it) run on the RTL backend's nested unit,
     from the unit's counters; null, with the reason, where that backend cannot run it."""
-    from sim.backends.base import BackendUnavailable
+    from sim.backends.base import BackendUnavailable, backend_class
     from sim.cosim.guest_os import GuestOsOptions, run_guest_os
     key = "nested_refs_per_walk_guest_os"
     out = {key: None, f"{key}_goal": REFS_GOAL, f"{key}_met": None}
+    rtl = backend_class("rtl")
+    if not rtl.nested:          # asked before a harness is built for nothing
+        return out | {f"{key}_reason": f"not measured: {rtl.refuse_nested('the guest-os workload')}"}
     try:
         s = run_guest_os(GuestOsOptions(accesses=accesses), "rtl")
     except BackendUnavailable as e:
