@@ -76,6 +76,8 @@ def check_nested_keys(r, outdir):
     assert (cold["guest_mem_reads"], cold["ept_walks"], cold["ept_psc_hits"]) == (4, 5, 0)
     assert r["nested_warm_walk_mem_refs"] == warm["guest_mem_reads"] + warm["ept_mem_reads"] == 2
     assert warm["gpsc_hits_pde"] == warm["ept_psc_hits_pde"] == 1
+    for walk in ("cold", "warm"):            # every cycle of the walk in one guest-walker state
+        assert sum(r[f"nested_{walk}_walk_guest_walker_states"].values()) == r[f"nested_{walk}_walk_cycles"]
     # each reference costs at least a DRAM round trip: a count below that is no measurement
     assert r["nested_cold_walk_cycles"] >= 24 * L and r["nested_warm_walk_cycles"] >= 2 * L
     sweep = r["combined_tlb_patterns"]

@@ -20,6 +20,7 @@ from amaranth.sim import Simulator
 
 from hw.layouts import Access as HAccess
 from hw.layouts import NESTED_EVENTS, PERF_EVENTS, InvvpidKind, LinearOutcome, MemOp
+from hw.guest_walker import GuestWalkerState
 from hw.nested_top import NestedWalkUnit
 from model.formats import (
     Eptp, Level, MemType, gpa_index, make_leaf_entry as ept_leaf, make_table_entry as ept_table,
@@ -125,7 +126,7 @@ class Answer:
     outcome: LinearOutcome | None = None
     hpa: int = 0
     reads: int = 0           # DRAM reads accepted while it was in flight
-    extra: dict = field(default_factory=dict)
+    states: dict = field(default_factory=dict)     # guest walker 0's state -> cycles in flight
 
     @property
     def cycles(self) -> int:
@@ -168,6 +169,7 @@ class NestedRig:
         last_ready = last_resp = last_offer = None
         strobed = False
         cas = MemOp.CAS.value
+        gw0_state = dut.guest_walker_units[0].debug.state
         while True:
             ready, resp = dram.drive()
             if ready is not last_ready:
@@ -194,11 +196,14 @@ class NestedRig:
                 last_offer = offer
             offered = a if offer else None
             (_, _, mreq_valid, mreq, mresp_ready, lreq_ready, lresp_valid, lresp,
-             cr3_valid, vpid_valid, eptp_valid) = await ctx.tick().sample(
+             cr3_valid, vpid_valid, eptp_valid, gw_state) = await ctx.tick().sample(
                 dut.mem_req.valid, dut.mem_req.payload, dut.mem_resp.ready, dut.linear_req.ready,
                 dut.linear_resp.valid, dut.linear_resp.payload,
-                dut.cr3_valid, dut.vpid_valid, dut.eptp_valid)
+                dut.cr3_valid, dut.vpid_valid, dut.eptp_valid, gw0_state)
             self.cycle += 1
+            if a is not None and a.taken >= 0 and a.answered < 0:     # where the guest walker spent it
+                state = GuestWalkerState(gw_state).name
+                a.states[state] = a.states.get(state, 0) + 1
             req = None
             if mreq_valid:
                 req = DramRequest("cas" if mreq.op == cas else "read", mreq.addr,
@@ -312,6 +317,9 @@ def nested_timing(latency: int, **unit) -> dict:
                                     "ept_lookups": cn["ept_lookups"], "ept_walks": cn["ept_walks"],
                                     "ept_psc_hits": cu["psc_hits_pml4e"] + cu["psc_hits_pdpte"]
                                     + cu["psc_hits_pde"]},
+        # guest walker 0's state in each cycle of the walk (the edge taking the request to
+        # the edge taking the answer): where the cycles over the goal go
+        "nested_cold_walk_guest_walker_states": cold.states,
         "nested_warm_walk_cycles": warm.cycles,
         "nested_warm_walk_goal_cycles": goal["warm"],
         "nested_warm_walk_met": warm.cycles <= goal["warm"],
@@ -319,6 +327,7 @@ def nested_timing(latency: int, **unit) -> dict:
         "nested_warm_walk_detail": {"guest_mem_reads": wn["guest_mem_reads"], "ept_mem_reads": wu["mem_reads"],
                                     "ept_lookups": wn["ept_lookups"], "ept_walks": wn["ept_walks"],
                                     "gpsc_hits_pde": wn["gpsc_hits_pde"], "ept_psc_hits_pde": wu["psc_hits_pde"]},
+        "nested_warm_walk_guest_walker_states": warm.states,
     }
 
 
