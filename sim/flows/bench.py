@@ -18,7 +18,7 @@ from model.formats import Access, Level
 from model.physmem import PhysicalMemory
 
 from sim.cosim.dram import DramConfig
-from sim.flows.bench_nested import CTLB_SIZES, ctlb_sweep, guest_os_refs, nested_timing
+from sim.flows.bench_nested import CTLB_SIZES, LA_REGION, ctlb_sweep, guest_os_refs, nested_timing
 from sim.backends.pysim import PysimHarness
 from sim.cosim.tables import HandTables
 from sim.files import write_json
@@ -379,8 +379,10 @@ def run_bench(outdir: str | Path = "build/bench", quick: bool = False, progress=
     progress("nested unit: combined-TLB hit, cold and warm 2D walks")
     results |= nested_timing(L)
     progress("nested unit: combined-TLB hit rate vs size on the access patterns")
-    results["combined_tlb_patterns"] = ctlb_sweep(24 if quick else 256, L,
-                                                  sizes=(4, 16) if quick else CTLB_SIZES)
+    n = 24 if quick else 256
+    results["combined_tlb_patterns"] = ctlb_sweep(
+        {name: _pattern(name, n, random.Random(1), LA_REGION) for name in PATTERNS}, L,
+        sizes=(4, 16) if quick else CTLB_SIZES)
     progress("guest-os workload on the rtl nested unit: references per combined-TLB miss")
     results |= guest_os_refs(100 if quick else 4000)
     if not quick:

@@ -13,7 +13,6 @@ with, so a figure is never that of a wrong translation.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from amaranth.sim import Simulator
@@ -351,21 +350,20 @@ def pattern_world() -> NestedWorld:
     return w
 
 
-def ctlb_sweep(n: int, latency: int, sizes=CTLB_SIZES, patterns=None, **unit) -> dict:
-    """Per pattern, per combined-TLB size: the hit rate from the RTL's counters
-    (``ctlb_hits / linear_lookups``) and the mean cycles per translation, each
-    pattern from a combined TLB emptied by INVVPID all (one request at a time)."""
-    from sim.flows.bench import PATTERNS, _pattern
-    patterns = patterns or PATTERNS
+def ctlb_sweep(patterns: dict[str, list], latency: int, sizes=CTLB_SIZES, **unit) -> dict:
+    """Per pattern (name -> its (la, access) list, over :func:`pattern_world`'s pages),
+    per combined-TLB size: the hit rate from the RTL's counters (``ctlb_hits /
+    linear_lookups``), the mean cycles per translation and the references per miss,
+    each pattern from a combined TLB emptied by INVVPID all (one request at a time)."""
     out: dict[str, list] = {name: [] for name in patterns}
     world = pattern_world()
     for size in sizes:
         rig = NestedRig(world, DramConfig(read_latency=latency), combined_tlb=size, **unit)
-        for name in patterns:
+        for name, requests in patterns.items():
+            n = len(requests)
             rig.invvpid_all()
             rig.clear_counters()
-            answers = [rig.translate(la, HAccess(int(a))) for la, a in _pattern(name, n, random.Random(1),
-                                                                                 LA_REGION)]
+            answers = [rig.translate(la, HAccess(int(a))) for la, a in requests]
             c, u = rig.counters()
             if c["linear_lookups"] != n or c["ctlb_hits"] + c["ctlb_misses"] != n:
                 raise RuntimeError(f"{name}, {size} entries: {n} requests but counters {c}")
