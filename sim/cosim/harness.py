@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from model.formats import Access, Eptp, Outcome
-from model.guest import GuestRegs
+from model.guest import PG_A, PG_D, GuestRegs
 from model.nested import LaOutcome
 from model.physmem import PhysicalMemory
 
@@ -266,6 +266,8 @@ class HarnessCore:
                              f"not {resp_stall_probability}")
         self.memory = memory
         self._dram = Dram(memory, dram)
+        if self.nested:
+            self._dram.ad_bits |= PG_A | PG_D    # the guest walkers' A/D CASes
         self.rng = random.Random(seed ^ 0x5EED)
         self.resp_stall_probability = resp_stall_probability
         self.store_seq = store_seq or (lambda: 0)
@@ -507,6 +509,15 @@ class HarnessCore:
     def _require_nested(self, what: str) -> None:
         if not self.nested:
             raise RuntimeError(f"{what}: the harness was built without the nested unit (nested=False)")
+
+    def linear_floor(self) -> int:
+        """The earliest store a linear request taken now may see (the guest
+        window of any LA in the current context); the store count without caches."""
+        seq = self.store_seq()
+        if not self.linear_caches or self.regs is None:
+            return seq
+        ept = self.cache_floor(self.eptp.tag) if self.eptp and self.eptp_valid else seq
+        return max(self._gfloor_ctx, self._gfloor_vpid.get(self.regs.vpid, 0), self._gfloor_all, ept)
 
     def wait_linear_idle(self, limit: int = 100_000) -> None:
         """Run until no linear request is queued or in flight and ``guest_idle``."""
