@@ -312,7 +312,7 @@ def test_every_outcome_is_reachable_by_the_generator():
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@settings(max_examples=25, **_SETTINGS)
+@settings(max_examples=40, **_SETTINGS)
 @given(worlds())
 def test_cosim_random_worlds(p):
     run_example(p)
