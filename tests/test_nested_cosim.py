@@ -333,3 +333,49 @@ def test_guest_os_workload_on_rtl_is_checked_by_the_nested_scoreboard():
     assert c["guest_walks"] > 0 and c["guest_page_faults"] > 0 and c["context_switches"] >= 3
     assert s["nested_scoreboard"]["checked"] == c["guest_walks"]
     assert s["unit_counters"]["lookups"] > 0
+
+
+def test_rtl_with_the_host_racing_guest_and_ept_entries():
+    """Guest PTEs and EPT leaves change between cycles while 2D walks are in flight
+    (no invalidation): every answer must still be one the windows allow."""
+    import random
+    from sim.backends.pysim import PysimBackend
+    w = World(ad=True)
+    las = [LA + k * 0x1000 for k in range(4)]
+    gpas = [OLD_GPA + k * 0x1000 for k in range(8)]
+    for k, la in enumerate(las):
+        w.guest_map(la, gpas[k])
+    for g in gpas:
+        w.ept_map(g)
+    ptes = [w.hpa_of(w.guest_entry_gpa(la, Level.PTE)) for la in las]
+    leaves = [w.ept_leaf_addr(g) for g in gpas]
+    rng = random.Random(5)
+    b = PysimBackend(w.mem, w.config, nested=True)
+    changes = [0]
+
+    def host(cycle):
+        if rng.random() < 0.08:
+            k = rng.randrange(len(ptes))
+            b.write(ptes[k], make_leaf_entry(rng.choice(gpas), Level.PTE, rw=rng.random() < 0.7))
+            changes[0] += 1
+        if rng.random() < 0.04:
+            a = rng.choice(leaves)
+            e = w.mem.peek(a)
+            b.write(a, e ^ EPT_W if rng.random() < 0.5 else e & ~0x300)
+            changes[0] += 1
+    try:
+        b.load_eptp(w.eptp.encode())
+        b.load_guest(w.regs)
+        b.add_hook(host)
+        outcomes = set()
+        for n in range(60):
+            t, _ = b.translate_la(rng.choice(las) + 8 * rng.randrange(512), rng.choice(ACCESSES[:2]),
+                                  rng.random() < 0.5)
+            outcomes.add(t.outcome)
+            if n % 20 == 19:
+                b.invvpid("single")
+        assert b.failures == 0, b.mismatches[:3]
+        assert changes[0] > 20 and LaOutcome.OK in outcomes and len(outcomes) >= 2
+        assert b.la_scoreboard.alternatives_used > 0          # answers of older states were needed
+    finally:
+        b.close()
