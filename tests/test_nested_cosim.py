@@ -327,7 +327,7 @@ def test_cosim_random_worlds_many(p):
 
 def test_guest_os_workload_on_rtl_is_checked_by_the_nested_scoreboard():
     from sim.cosim.guest_os import GuestOsOptions, run_guest_os
-    s = run_guest_os(GuestOsOptions(accesses=400, host_frames=300, timeslice=100), "rtl")
+    s = run_guest_os(GuestOsOptions(accesses=160, host_frames=300, timeslice=40), "rtl")
     assert s["mismatches"] == 0, s["mismatch_details"]
     c = s["counters"]
     assert c["guest_walks"] > 0 and c["guest_page_faults"] > 0 and c["context_switches"] >= 3
