@@ -347,12 +347,16 @@ class HarnessCore:
     # -- the nested unit's edges -------------------------------------------------------
     def _next_linear(self) -> LinearTicket | None:
         """The linear request to offer this cycle (its tag assigned), or None.
-        None while a guest-context or INVVPID strobe is queued or an INVEPT is
-        (so no linear request is taken at the edge an invalidation is)."""
-        if not self.linear_pending or not self.linear_free_tags or self._guest_loads \
-                or self._invvpids or self._invepts:
+        No new request is offered while a guest-context or INVVPID strobe is
+        queued or an INVEPT is (so none is taken at the edge an invalidation
+        is); one offered and not yet taken stays offered (a stream's valid is
+        held until ready), and if an invalidation is then taken at the same
+        edge, the request counts as taken after it."""
+        if not self.linear_pending or not self.linear_free_tags:
             return None
         lt = self.linear_pending[0]
+        if lt.tag is None and (self._guest_loads or self._invvpids or self._invepts):
+            return None
         lt.tag = self.linear_free_tags[0]
         return lt
 
