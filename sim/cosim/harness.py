@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from model.formats import Access, Eptp, Outcome
@@ -198,7 +198,7 @@ class LinearTicket:
     seq_end: int = 0
     seq_cache: int = 0                # EPT entries' window opens here
     seq_guest: int = 0                # guest entries' window opens here
-    inv_addr: dict = None             # page size -> seq of the last covering INVVPID address
+    inv_addr: dict = field(default_factory=dict)   # page size -> seq of the last covering INVVPID address
     tag: int | None = None
     outcome: LaOutcome | None = None
     bus_error: bool = False
