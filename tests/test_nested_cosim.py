@@ -388,3 +388,17 @@ def test_rtl_with_the_host_racing_guest_and_ept_entries():
         assert b.la_scoreboard.alternatives_used > 0          # answers of older states were needed
     finally:
         b.close()
+
+
+def test_harness_numbers_of_the_nested_ports_are_the_layouts():
+    from hw import layouts
+    from sim.cosim import harness
+    for fields, layout in ((harness.LINEAR_REQUEST, layouts.LinearRequest),
+                           (harness.LINEAR_RESPONSE, layouts.LinearResponse),
+                           (harness.INVVPID_REQUEST, layouts.InvvpidRequest),
+                           (harness.NESTED_COUNTERS, layouts.NestedCounters)):
+        for name, f in layout:
+            assert fields.field(name) == (f.offset, (1 << f.width) - 1), name
+    assert harness.NESTED_EVENTS == list(layouts.NESTED_EVENTS)
+    assert harness.INVVPID_KINDS == {k.name.lower(): k.value for k in layouts.InvvpidKind}
+    assert not set(harness.NESTED_EVENTS) & set(harness.PERF_EVENTS)       # one flat counters() dict
