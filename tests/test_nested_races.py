@@ -21,13 +21,13 @@ import random
 import pytest
 from conftest import send
 from nested_util import (
-    HOST_OFFSET, LEVELS, NestedBench, World, clone_memory, compare_la, la_req, model_la,
+    LEVELS, NestedBench, World, clone_memory, compare_la, la_req, model_la,
 )
 
 from hw.layouts import Access as HAccess
 from hw.layouts import InveptKind, LinearOutcome, MemOp
 from hw.nested_top import guest_tag
-from model.formats import EPT_A, EPT_R, Access, Level, make_leaf_entry as ept_leaf
+from model.formats import EPT_R, Access, Level, make_leaf_entry as ept_leaf
 from model.guest import PG_A, PG_D, PG_P, PG_RW, la_index, make_leaf_entry, make_table_entry
 from model.walk import translate
 
@@ -259,7 +259,7 @@ def test_bus_error_at_every_memory_reference(ad):
     assert kinds.count("guest CAS") == 4
     assert (kinds.count("EPT CAS") > 0) == bool(ad)
     bad = []
-    for n, (first, issued, after_error, again, w) in out["cases"].items():
+    for n, (first, issued, after_error, again, _) in out["cases"].items():
         why = []
         if first.outcome != LinearOutcome.BUS_ERROR or first.tag != 2:
             why.append(f"answered {first.outcome.name}")
@@ -402,3 +402,124 @@ def test_backpressure_and_random_latency(walkers, seed):
 
 def guest_tag_set(walkers):
     return {guest_tag(k) for k in range(walkers)}
+
+
+# -- an invalidation during a 2D walk --------------------------------------------------------------
+# change(world) edits the tables the way a host would before its INVEPT
+
+NEW_HPA = 0x7_0000_0000
+
+
+def _move_data_page(w):
+    """The host moves the data page: its EPT leaf to another frame."""
+    w.set_ept(DATA_GPA, Level.PTE, ept_leaf(NEW_HPA))
+
+
+def _move_guest_pt(w):
+    """The host moves the guest's page-table page to another frame (EPT leaf), and the
+    copy there maps LA to NEW_GPA (as if the guest had changed it meanwhile)."""
+    pt = w.guest_entry_gpa(LA, Level.PTE) & ~0xFFF
+    old_hpa = w.hpa_of(pt)
+    for off in range(0, 0x1000, 8):
+        w.mem.write(NEW_HPA + 0x1000 + off, w.mem.peek(old_hpa + off))
+    w.mem.write(NEW_HPA + 0x1000 + la_index(LA, Level.PTE) * 8, make_leaf_entry(NEW_GPA, Level.PTE))
+    w.set_ept(pt, Level.PTE, ept_leaf(NEW_HPA + 0x1000))
+    w.ept_pages[pt] = NEW_HPA + 0x1000
+
+
+INVEPT_CHANGES = {"data_page": _move_data_page, "guest_pt_page": _move_guest_pt}
+
+
+def run_invalidations(change, ad, kinds, access=Access.WRITE):
+    """For every N: a cold walk; as its Nth memory reference is performed the tables change
+    (``change``) and an INVEPT follows (``kinds`` taken in turn); then the same access again."""
+    clean = mapped_world(ad)
+    bench = NestedBench(clean, latency=LATENCY)
+    out = {"cases": {}}
+    pending = []
+    state = {"done": False}
+
+    async def invalidator(ctx):
+        while not state["done"]:
+            await ctx.tick()
+            if pending:
+                kind = pending.pop()
+                await bench.invept(ctx, kind, clean.eptp.pml4_pa >> 12)
+                out["taken"].append(bench.cycle)
+
+    async def tb(ctx):
+        await bench.fresh(ctx, clean)
+        base = bench.dram.count
+        await bench.linear(ctx, LA, access, tag=2)
+        await bench.idle(ctx)
+        total = bench.dram.count - base
+        out["total"] = total
+        for n in range(1, total + 1):
+            w = mapped_world(ad)
+            await bench.fresh(ctx, w)
+            base = bench.dram.count
+            out["taken"] = []
+
+            def hook(k, op, addr, compare, data, old, n=n, base=base, w=w):
+                if k == base + n:
+                    change(w)
+                    pending.append(kinds[n % len(kinds)])
+            bench.dram.hooks = [hook]
+            first, _ = await bench.linear(ctx, LA, access, tag=2)
+            await bench.idle(ctx)
+            bench.dram.hooks = []
+            after_first = clone_memory(w.mem)
+            again, _ = await bench.linear(ctx, LA, access, tag=3)
+            await bench.idle(ctx)
+            out["cases"][n] = (first, after_first, again, w, list(out["taken"]))
+        state["done"] = True
+
+    bench.run(tb, invalidator, deadline_cycles=200_000)
+    return out
+
+
+def _world_on(ad, mem):
+    w = mapped_world(ad)
+    w.mem = mem
+    return w
+
+
+def _check_invalidations(change_name, ad, kinds):
+    change = INVEPT_CHANGES[change_name]
+    out = run_invalidations(change, ad, kinds)
+    ref_old = model_la(mapped_world(ad), LA, Access.WRITE)
+    w_new = mapped_world(ad)
+    change(w_new)
+    ref_new = model_la(w_new, LA, Access.WRITE)
+    assert not same_arch(ref_old, ref_new)
+    bad, saw = [], {"old": 0, "new": 0}
+    for n, (first, after_first, again, w, taken) in out["cases"].items():
+        if len(taken) != 1:
+            bad.append(f"{n}: INVEPT taken {len(taken)} times")
+        if same(first, ref_old):
+            saw["old"] += 1
+        elif same(first, ref_new):
+            saw["new"] += 1
+        else:
+            bad.append(f"{n}: the walk in flight answered {first.outcome.name} gpa {first.gpa:#x} "
+                       f"hpa {first.hpa:#x}: neither the old tables' nor the new ones'")
+        w_after = _world_on(ad, after_first)
+        ref_again = model_la(w_after, LA, Access.WRITE)
+        if not same(again, ref_again) or not same(again, ref_new):
+            bad.append(f"{n}: after the INVEPT the same access answered hpa {again.hpa:#x} "
+                       f"({again.outcome.name}), the new tables say {ref_new.hpa:#x}: stale")
+        elif dict(w.mem.nonzero_words()) != dict(w_after.mem.nonzero_words()):
+            bad.append(f"{n}: memory after the second access differs from the model's")
+    assert not bad, "\n".join(bad)
+    # the sweep covered changes the walk saw and changes it had already passed
+    assert saw["old"] and saw["new"], saw
+
+
+def same_arch(a, b):
+    return a.architectural() == b.architectural()
+
+
+@pytest.mark.parametrize("change", ["data_page", "guest_pt_page"])
+@pytest.mark.parametrize("ad", [0, pytest.param(1, marks=pytest.mark.slow)], ids=["eptp6=0", "eptp6=1"])
+def test_invept_during_a_2d_walk_installs_nothing(change, ad):
+    _check_invalidations(change, ad, [InveptKind.GLOBAL, InveptKind.SINGLE])
