@@ -301,14 +301,15 @@ class NestedBench:
         self.dram.phys = world.mem
 
     async def load_context(self, ctx, *, eptp=None, cr3=None, vpid=None):
-        """Load the EPTP, CR3 (and the VPID if the unit has one) of ``world``; set
-        CR0.PG, WP and EFER.NXE.  Two cycles."""
+        """Load the EPTP, CR3 (and the VPID if the unit has one: ``vpid``, else the
+        bench's; ``vpid=False`` loads none) of ``world``; set CR0.PG, WP and EFER.NXE.
+        Two cycles."""
         w, dut = self.world, self.dut
         ctx.set(dut.eptp_value, (w.eptp.encode() if eptp is None else eptp))
         ctx.set(dut.eptp_load, 1)
         ctx.set(dut.cr3_value, (w.regs.cr3 if cr3 is None else cr3) >> 12 & ((1 << 40) - 1))
         ctx.set(dut.cr3_load, 1)
-        if self.has_vpid:
+        if self.has_vpid and vpid is not False:
             ctx.set(dut.vpid_value, self.vpid if vpid is None else vpid)
             ctx.set(dut.vpid_load, 1)
         ctx.set(dut.paging, w.regs.paging)
@@ -328,6 +329,51 @@ class NestedBench:
         ctx.set(self.dut.invept.valid, 1)
         await ctx.tick()
         ctx.set(self.dut.invept.valid, 0)
+
+    async def invvpid(self, ctx, kind, vpid, la=0):
+        """One INVVPID (always taken), one cycle; ``kind``: an InvvpidKind."""
+        ctx.set(self.dut.invvpid.payload, {"kind": kind, "vpid": vpid, "la": la & ((1 << 64) - 1)})
+        ctx.set(self.dut.invvpid.valid, 1)
+        await ctx.tick()
+        ctx.set(self.dut.invvpid.valid, 0)
+
+    async def mov_cr3(self, ctx, cr3=None):
+        """MOV to CR3 (the world's CR3 again by default), one cycle."""
+        cr3 = self.world.regs.cr3 if cr3 is None else cr3
+        ctx.set(self.dut.cr3_value, cr3 >> 12 & ((1 << 40) - 1))
+        ctx.set(self.dut.cr3_load, 1)
+        await ctx.tick()
+        ctx.set(self.dut.cr3_load, 0)
+
+    async def set_vpid(self, ctx, vpid):
+        """Load a VPID; returns (vpid_valid, vpid_error) after it."""
+        ctx.set(self.dut.vpid_value, vpid)
+        ctx.set(self.dut.vpid_load, 1)
+        await ctx.tick()
+        ctx.set(self.dut.vpid_load, 0)
+        return ctx.get(self.dut.vpid_valid), ctx.get(self.dut.vpid_error)
+
+    async def set_eptp(self, ctx, eptp):
+        """Load an EPTP (an Eptp); returns eptp_valid after it."""
+        ctx.set(self.dut.eptp_value, eptp.encode())
+        ctx.set(self.dut.eptp_load, 1)
+        await ctx.tick()
+        ctx.set(self.dut.eptp_load, 0)
+        await ctx.tick()
+        return ctx.get(self.dut.eptp_valid)
+
+    async def counters(self, ctx):
+        """The nested counters (and the unit's, prefixed ``unit.``), three cycles on (they
+        show an event two cycles after it)."""
+        for _ in range(3):
+            await ctx.tick()
+        out = {}
+        if "nested_counters" in self.dut.signature.members:
+            nc = self.dut.nested_counters
+            out.update({name: ctx.get(getattr(nc, name)) for name in nc.shape().members})
+        uc = self.dut.counters
+        out.update({f"unit.{name}": ctx.get(getattr(uc, name)) for name in uc.shape().members})
+        return out
 
     async def idle(self, ctx, timeout=3000):
         for _ in range(timeout):

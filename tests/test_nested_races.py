@@ -26,7 +26,7 @@ from nested_util import (
 
 from hw.layouts import Access as HAccess
 from hw.layouts import InveptKind, LinearOutcome, MemOp
-from hw.nested_top import guest_tag
+from hw.nested_top import NestedWalkUnit, guest_tag
 from model.formats import EPT_R, Access, Level, make_leaf_entry as ept_leaf
 from model.guest import PG_A, PG_D, PG_P, PG_RW, la_index, make_leaf_entry, make_table_entry
 from model.walk import translate
@@ -427,12 +427,37 @@ def _move_guest_pt(w):
     w.ept_pages[pt] = NEW_HPA + 0x1000
 
 
-INVEPT_CHANGES = {"data_page": _move_data_page, "guest_pt_page": _move_guest_pt}
+def _repoint_guest_pte(w):
+    """The guest OS points LA's PTE at NEW_GPA (an INVLPG / INVVPID / MOV CR3 matter)."""
+    w.gwrite(w.guest_entry_gpa(LA, Level.PTE), make_leaf_entry(NEW_GPA, Level.PTE))
 
 
-def run_invalidations(change, ad, kinds, access=Access.WRITE):
+CHANGES = {"data_page": _move_data_page, "guest_pt_page": _move_guest_pt,
+           "guest_pte": _repoint_guest_pte}
+
+
+def _invept(kind):
+    async def op(bench, ctx):
+        await bench.invept(ctx, kind, bench.world.eptp.pml4_pa >> 12)
+    op.__name__ = f"invept_{kind.name.lower()}"
+    return op
+
+
+def _invvpid(kind):
+    async def op(bench, ctx):
+        await bench.invvpid(ctx, kind, bench.vpid, LA)
+    op.__name__ = f"invvpid_{kind.name.lower()}"
+    return op
+
+
+async def _mov_cr3(bench, ctx):
+    await bench.mov_cr3(ctx)
+
+
+def run_invalidations(change, ad, ops, access=Access.WRITE):
     """For every N: a cold walk; as its Nth memory reference is performed the tables change
-    (``change``) and an INVEPT follows (``kinds`` taken in turn); then the same access again."""
+    (``change``) and an invalidation follows (``ops`` taken in turn: async (bench, ctx));
+    then the same access again."""
     clean = mapped_world(ad)
     bench = NestedBench(clean, latency=LATENCY)
     out = {"cases": {}}
@@ -443,8 +468,8 @@ def run_invalidations(change, ad, kinds, access=Access.WRITE):
         while not state["done"]:
             await ctx.tick()
             if pending:
-                kind = pending.pop()
-                await bench.invept(ctx, kind, clean.eptp.pml4_pa >> 12)
+                op = pending.pop()
+                await op(bench, ctx)
                 out["taken"].append(bench.cycle)
 
     async def tb(ctx):
@@ -463,7 +488,7 @@ def run_invalidations(change, ad, kinds, access=Access.WRITE):
             def hook(k, op, addr, compare, data, old, n=n, base=base, w=w):
                 if k == base + n:
                     change(w)
-                    pending.append(kinds[n % len(kinds)])
+                    pending.append(ops[n % len(ops)])
             bench.dram.hooks = [hook]
             first, _ = await bench.linear(ctx, LA, access, tag=2)
             await bench.idle(ctx)
@@ -484,9 +509,9 @@ def _world_on(ad, mem):
     return w
 
 
-def _check_invalidations(change_name, ad, kinds):
-    change = INVEPT_CHANGES[change_name]
-    out = run_invalidations(change, ad, kinds)
+def _check_invalidations(change_name, ad, ops):
+    change = CHANGES[change_name]
+    out = run_invalidations(change, ad, ops)
     ref_old = model_la(mapped_world(ad), LA, Access.WRITE)
     w_new = mapped_world(ad)
     change(w_new)
@@ -494,22 +519,23 @@ def _check_invalidations(change_name, ad, kinds):
     assert not same_arch(ref_old, ref_new)
     bad, saw = [], {"old": 0, "new": 0}
     for n, (first, after_first, again, w, taken) in out["cases"].items():
+        op = ops[n % len(ops)].__name__
         if len(taken) != 1:
-            bad.append(f"{n}: INVEPT taken {len(taken)} times")
+            bad.append(f"{n}: {op} taken {len(taken)} times")
         if same(first, ref_old):
             saw["old"] += 1
         elif same(first, ref_new):
             saw["new"] += 1
         else:
-            bad.append(f"{n}: the walk in flight answered {first.outcome.name} gpa {first.gpa:#x} "
+            bad.append(f"{n} ({op}): the walk in flight answered {first.outcome.name} gpa {first.gpa:#x} "
                        f"hpa {first.hpa:#x}: neither the old tables' nor the new ones'")
         w_after = _world_on(ad, after_first)
         ref_again = model_la(w_after, LA, Access.WRITE)
         if not same(again, ref_again) or not same(again, ref_new):
-            bad.append(f"{n}: after the INVEPT the same access answered hpa {again.hpa:#x} "
+            bad.append(f"{n} ({op}): after it the same access answered hpa {again.hpa:#x} "
                        f"({again.outcome.name}), the new tables say {ref_new.hpa:#x}: stale")
         elif dict(w.mem.nonzero_words()) != dict(w_after.mem.nonzero_words()):
-            bad.append(f"{n}: memory after the second access differs from the model's")
+            bad.append(f"{n} ({op}): memory after the second access differs from the model's")
     assert not bad, "\n".join(bad)
     # the sweep covered changes the walk saw and changes it had already passed
     assert saw["old"] and saw["new"], saw
@@ -522,4 +548,15 @@ def same_arch(a, b):
 @pytest.mark.parametrize("change", ["data_page", "guest_pt_page"])
 @pytest.mark.parametrize("ad", [0, pytest.param(1, marks=pytest.mark.slow)], ids=["eptp6=0", "eptp6=1"])
 def test_invept_during_a_2d_walk_installs_nothing(change, ad):
-    _check_invalidations(change, ad, [InveptKind.GLOBAL, InveptKind.SINGLE])
+    _check_invalidations(change, ad, [_invept(InveptKind.GLOBAL), _invept(InveptKind.SINGLE)])
+
+
+HAS_INVVPID = "invvpid" in NestedWalkUnit().signature.members
+
+
+@pytest.mark.skipif(not HAS_INVVPID, reason="the unit has no INVVPID yet")
+@pytest.mark.parametrize("ad", [0, pytest.param(1, marks=pytest.mark.slow)], ids=["eptp6=0", "eptp6=1"])
+def test_invvpid_or_mov_cr3_during_a_2d_walk_installs_nothing(ad):
+    from hw.layouts import InvvpidKind
+    _check_invalidations("guest_pte", ad, [_invvpid(InvvpidKind.ADDRESS), _invvpid(InvvpidKind.SINGLE),
+                                           _invvpid(InvvpidKind.ALL), _mov_cr3])

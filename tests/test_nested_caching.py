@@ -1,0 +1,395 @@
+"""hw.nested_top.NestedWalkUnit's caches in pysim: the combined TLB (LA -> HPA, tagged
+by VPID and EPT context), the guest paging-structure caches, VPID, INVVPID, MOV to
+CR3 and INVEPT, against the reference's §10 and the golden model.
+
+The pattern of each invalidation test: fill mappings, change the tables *without*
+invalidating -- the old translation is still served, from the combined TLB (one
+cycle, ``ctlb_hits`` up), and it is legal (the model's answer on the old tables);
+then the covering invalidation -- the new translation (the model's on the new
+tables).  Mappings an operation is not required to drop are checked to be still
+served where this implementation keeps them (over-invalidation would be legal too;
+where the RTL drops more than required, the test says so)."""
+
+import pytest
+from nested_util import NestedBench, World, clone_memory, compare_la, model_la
+
+from hw.layouts import InveptKind, LinearOutcome
+from hw.nested_top import NestedWalkUnit
+from model.formats import EPT_D, Access, Eptp, Level, MemType, make_leaf_entry as ept_leaf
+from model.guest import PG_D, la_index, make_leaf_entry
+
+HAS_CACHES = "invvpid" in NestedWalkUnit().signature.members
+pytestmark = pytest.mark.skipif(not HAS_CACHES, reason="the unit has no combined TLB / VPID / INVVPID yet")
+if HAS_CACHES:
+    from hw.layouts import InvvpidKind
+
+LA_A = 0x0000_1234_5678_9000
+LA_B = LA_A + 0x1000                    # the same guest PT
+LA_C = LA_A + (1 << 21)                 # the same PD, another PT
+LA_D = LA_A + (1 << 30)                 # the same PDPT, another PD
+LA_E = LA_A + (1 << 39)                 # another PDPT
+GPA = {LA_A: 0x4000_0000, LA_B: 0x4000_1000, LA_C: 0x4000_2000, LA_D: 0x4000_3000, LA_E: 0x4000_4000}
+NEW_GPA = 0x5000_0000                   # where a changed guest PTE points
+NEW_HPA = 0x7_0000_0000
+LATENCY = 2
+
+
+def cache_world(ad=False):
+    w = World(ad=ad)
+    for la, gpa in GPA.items():
+        w.guest_map(la, gpa)
+    for k in range(len(GPA)):
+        w.ept_map(NEW_GPA + k * 0x1000)
+    return w
+
+
+def repoint(w, la, k=0):
+    """The guest OS changes LA's PTE to NEW_GPA + k pages (no invalidation)."""
+    w.gwrite(w.guest_entry_gpa(la, Level.PTE), make_leaf_entry(NEW_GPA + k * 0x1000, Level.PTE))
+
+
+class Probe:
+    """Runs accesses on a bench, each checked against the model on a shadow world kept in
+    step with the RTL's (``shadow``), and says whether it was a combined-TLB hit."""
+
+    def __init__(self, bench, world):
+        self.bench, self.world = bench, world
+        self.log = []
+
+    async def access(self, ctx, la, access=Access.READ, user=False, tag=1):
+        before = await self.bench.counters(ctx)
+        n = self.bench.dram.count
+        resp, cycles = await self.bench.linear(ctx, la, access, user, tag=tag)
+        await self.bench.idle(ctx)
+        after = await self.bench.counters(ctx)
+        delta = {k: after[k] - before[k] for k in after}
+        hit = delta["ctlb_hits"] == 1
+        if hit:        # a hit: one cycle, no memory traffic, no walk
+            assert cycles == 1, cycles
+            assert self.bench.dram.count == n and delta["guest_walks"] == 0
+        else:
+            assert delta["ctlb_misses"] == 1 and delta["guest_walks"] == 1, delta
+        self.log.append((la, access, user, resp, hit, delta))
+        return resp, hit, delta
+
+
+def model_on(world, la, access=Access.READ, user=False):
+    """The model's answer on a copy of ``world``'s memory now (the world untouched)."""
+    w = cache_world(world.eptp.ad_enabled)
+    w.mem = clone_memory(world.mem)
+    w.eptp = world.eptp
+    return model_la(w, la, access, user)
+
+
+def run_script(world, script, **bench_args):
+    bench = NestedBench(world, latency=LATENCY, **bench_args)
+    probe = Probe(bench, world)
+
+    async def tb(ctx):
+        assert await bench.load_context(ctx) == (1, 0, 1)
+        assert ctx.get(bench.dut.vpid_valid) == 1
+        await script(ctx, bench, probe)
+
+    bench.run(tb, deadline_cycles=100_000)
+    return bench, probe
+
+
+async def expect(ctx, probe, la, *, hit, access=Access.READ, user=False, old=None, tag=1):
+    """An access that must hit (and answer ``old``, the model's answer before the change) or
+    walk (and answer as the model on the tables now)."""
+    w = probe.world
+    ref_now = model_on(w, la, access, user)
+    resp, was_hit, delta = await probe.access(ctx, la, access, user, tag)
+    assert was_hit == hit, (hex(la), "hit" if was_hit else "walk", delta)
+    compare_la(resp, old if hit and old is not None else ref_now, tag)
+    if not hit:
+        model_la(w, la, access, user)           # the model's A/D land too (nothing differs)
+    return resp, delta
+
+
+# -- hits, fills, the guest paging-structure caches --------------------------------------------
+
+def test_a_combined_tlb_hit_answers_in_one_cycle():
+    w = cache_world()
+
+    async def script(ctx, bench, probe):
+        first, d0 = await expect(ctx, probe, LA_A, hit=False)
+        assert first.outcome == LinearOutcome.OK
+        second, d1 = await expect(ctx, probe, LA_A, hit=True)
+        assert (second.gpa, second.hpa, second.page_size) == (first.gpa, first.hpa, first.page_size)
+        assert d1["linear_lookups"] == 1 and d1["guest_mem_reads"] == 0 and d1["ept_lookups"] == 0
+        # another offset in the page hits too
+        resp, _, _ = await probe.access(ctx, LA_A + 0x888)
+        assert probe.log[-1][4] and resp.hpa == first.hpa - (LA_A & 0xFFF) + 0x888
+
+    run_script(w, script)
+
+
+@pytest.mark.parametrize("ad", [False, True], ids=["eptp6=0", "eptp6=1"])
+def test_fills_allow_only_what_the_walk_proved(ad):
+    """A read fill reads only: a write walks (and sets guest D, EPT D with EPTP[6] = 1), then
+    hits; a fetch fill fetches only; a CPL-0 fill does not serve CPL 3, a CPL-3 fill serves
+    CPL 0."""
+    w = cache_world(ad)
+
+    async def script(ctx, bench, probe):
+        pte = w.guest_entry_gpa(LA_A, Level.PTE)
+        await expect(ctx, probe, LA_A, hit=False)                         # a read fill
+        await expect(ctx, probe, LA_A, hit=True)
+        assert not w.gread(pte) & PG_D
+        _, d = await expect(ctx, probe, LA_A, access=Access.WRITE, hit=False)    # needs D: walks
+        assert d["guest_mem_cas"] >= 1 and w.gread(pte) & PG_D
+        if ad:
+            assert w.mem.peek(w.ept_leaf_addr(GPA[LA_A])) & EPT_D
+        await expect(ctx, probe, LA_A, access=Access.WRITE, hit=True)     # a write fill: both
+        await expect(ctx, probe, LA_A, hit=True)
+        await expect(ctx, probe, LA_A, access=Access.FETCH, hit=False)    # fetch never proved
+        await expect(ctx, probe, LA_A, access=Access.FETCH, hit=True)
+        # CPL
+        await expect(ctx, probe, LA_B, hit=False)                         # CPL 0 fill
+        await expect(ctx, probe, LA_B, user=True, hit=False)              # CPL 3 walks
+        await expect(ctx, probe, LA_C, user=True, hit=False)              # CPL 3 fill
+        await expect(ctx, probe, LA_C, user=True, hit=True)
+        await expect(ctx, probe, LA_C, user=False, hit=True)              # serves CPL 0
+
+    run_script(w, script)
+
+
+def test_guest_psc_hits_are_counted_per_level():
+    w = cache_world()
+
+    async def script(ctx, bench, probe):
+        _, d = await expect(ctx, probe, LA_A, hit=False)
+        # EPT translations: each entry read, the final GPA, and (EPTP[6] = 0) the write check of
+        # each entry's A update
+        assert d["guest_mem_reads"] == 4 and d["ept_lookups"] == 4 + 1 + 4
+        assert d["gpsc_hits_pml4e"] + d["gpsc_hits_pdpte"] + d["gpsc_hits_pde"] == 0
+        for la, level, reads in ((LA_B, "pde", 1), (LA_C, "pdpte", 2), (LA_D, "pml4e", 3)):
+            _, d = await expect(ctx, probe, la, hit=False)
+            hits = {lv: d[f"gpsc_hits_{lv}"] for lv in ("pml4e", "pdpte", "pde")}
+            assert hits == {lv: int(lv == level) for lv in hits}, (hex(la), hits)
+            # the cached entry gives the HPA of the first table read: one EPT translation fewer
+            assert d["guest_mem_reads"] == reads and d["ept_lookups"] == 2 * reads, (hex(la), d)
+        _, d = await expect(ctx, probe, LA_E, hit=False)     # another PDPT: from the PML4E
+        assert d["guest_mem_reads"] == 4
+
+    bench, _ = run_script(w, script)
+    w_ref = cache_world()
+    for la in (LA_A, LA_B, LA_C, LA_D, LA_E):
+        model_la(w_ref, la)
+    assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+def test_no_vpid_and_vpid_0_are_refused():
+    w = cache_world()
+    bench = NestedBench(w, latency=LATENCY)
+    out = {}
+
+    async def tb(ctx):
+        assert await bench.load_context(ctx, vpid=False) == (1, 0, 1)     # CR3 and EPTP, no VPID
+        assert (ctx.get(bench.dut.vpid_valid), ctx.get(bench.dut.vpid_error)) == (0, 0)
+        out["none"] = (await bench.linear(ctx, LA_A, tag=4))[0]
+        out["vpid0"] = await bench.set_vpid(ctx, 0)
+        out["after0"] = (await bench.linear(ctx, LA_A, tag=5))[0]
+        out["vpid7"] = await bench.set_vpid(ctx, 7)
+        out["after7"] = (await bench.linear(ctx, LA_A, tag=6))[0]
+        out["vpid0_again"] = await bench.set_vpid(ctx, 0)       # refused: no VPID any more
+        out["after0_again"] = (await bench.linear(ctx, LA_A, tag=7))[0]
+
+    bench.run(tb)
+    assert out["none"].outcome == LinearOutcome.REFUSED and out["none"].tag == 4
+    assert out["vpid0"] == (0, 1)
+    assert out["after0"].outcome == LinearOutcome.REFUSED
+    assert out["vpid7"] == (1, 0)
+    compare_la(out["after7"], model_la(cache_world(), LA_A), tag=6)
+    assert out["vpid0_again"] == (0, 1)
+    assert out["after0_again"].outcome == LinearOutcome.REFUSED
+    # the refused requests walked nothing: the only memory traffic is the one walk's
+    w_ref = cache_world()
+    model_la(w_ref, LA_A)
+    assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
+
+
+def test_refused_invvpids_drop_nothing():
+    """INVVPID with VPID 0 (ADDRESS, SINGLE, SINGLE_KEEP_GLOBAL) or a non-canonical LA
+    (ADDRESS): invvpid_error, until the next INVVPID taken; the mappings still hit.  ALL
+    with VPID 0 is legal and drops everything."""
+    w = cache_world()
+    errors = []
+
+    async def script(ctx, bench, probe):
+        await expect(ctx, probe, LA_A, hit=False)
+        old = model_on(w, LA_A)
+        repoint(w, LA_A)
+        refused = [(InvvpidKind.ADDRESS, 0, LA_A), (InvvpidKind.SINGLE, 0, 0),
+                   (InvvpidKind.SINGLE_KEEP_GLOBAL, 0, 0),
+                   (InvvpidKind.ADDRESS, 1, 0x0000_8000_0000_0000),     # bit 47 set, 63:48 clear
+                   (InvvpidKind.ADDRESS, 1, 0xFFFF_0000_0000_0000 | LA_A)]   # 63:48 set, 47 clear
+        for kind, vpid, la in refused:
+            await bench.invvpid(ctx, kind, vpid, la)
+            errors.append(ctx.get(bench.dut.invvpid_error))
+            await expect(ctx, probe, LA_A, hit=True, old=old)
+            errors.append(ctx.get(bench.dut.invvpid_error))          # stays up
+        # a canonical high LA is accepted (nothing of ours there), and clears the error
+        await bench.invvpid(ctx, InvvpidKind.ADDRESS, 1, 0xFFFF_8000_0000_0000)
+        errors.append(ctx.get(bench.dut.invvpid_error))
+        await expect(ctx, probe, LA_A, hit=True, old=old)
+        await bench.invvpid(ctx, InvvpidKind.ALL, 0, 0)
+        errors.append(ctx.get(bench.dut.invvpid_error))
+        await expect(ctx, probe, LA_A, hit=False)
+
+    run_script(w, script)
+    assert errors == [1] * 10 + [0, 0], errors
+
+
+# -- what each invalidation drops (§10) ----------------------------------------------------------
+# Filled: VPID 1 LA_A, LA_B (reads) and VPID 2 LA_A, all under one EPTP; then LA_A's and
+# LA_B's PTEs change.  After ``op`` (issued under VPID 1), which of (VPID 1 LA_A, VPID 1
+# LA_B, VPID 2 LA_A) must show the new tables (True), and which this implementation still
+# serves from the combined TLB (False: not required to drop).
+
+OPS = {
+    "invvpid_address": ((True, False, False), "INVVPID type 0: that VPID and LA only"),
+    "invvpid_single": ((True, True, False), "INVVPID type 1: that VPID"),
+    "invvpid_single_keep_global": ((True, True, False), "INVVPID type 3: as type 1 (no global pages)"),
+    "invvpid_all": ((True, True, True), "INVVPID type 2: every VPID"),
+    "mov_cr3": ((True, True, False), "MOV to CR3: the current VPID, all EP4TAs"),
+    "invept_single": ((True, True, True), "INVEPT type 1: that EP4TA, all VPIDs"),
+    "invept_all": ((True, True, True), "INVEPT type 2: everything"),
+}
+
+
+async def _do(ctx, bench, op, w):
+    if op == "invvpid_address":
+        await bench.invvpid(ctx, InvvpidKind.ADDRESS, 1, LA_A)
+    elif op == "invvpid_single":
+        await bench.invvpid(ctx, InvvpidKind.SINGLE, 1)
+    elif op == "invvpid_single_keep_global":
+        await bench.invvpid(ctx, InvvpidKind.SINGLE_KEEP_GLOBAL, 1)
+    elif op == "invvpid_all":
+        await bench.invvpid(ctx, InvvpidKind.ALL, 0)
+    elif op == "mov_cr3":
+        await bench.mov_cr3(ctx)
+    elif op == "invept_single":
+        await bench.invept(ctx, InveptKind.SINGLE, w.eptp.pml4_pa >> 12)
+    else:
+        await bench.invept(ctx, InveptKind.GLOBAL)
+    await ctx.tick()
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_each_invalidation_drops_its_mappings(op):
+    drops, _ = OPS[op]
+    w = cache_world()
+
+    async def script(ctx, bench, probe):
+        await expect(ctx, probe, LA_A, hit=False, tag=1)
+        await expect(ctx, probe, LA_B, hit=False, tag=2)
+        assert await bench.set_vpid(ctx, 2) == (1, 0)
+        await expect(ctx, probe, LA_A, hit=False, tag=3)
+        assert await bench.set_vpid(ctx, 1) == (1, 0)              # loading a VPID flushes nothing
+        olds = {la: model_on(w, la) for la in (LA_A, LA_B)}
+        repoint(w, LA_A, 0)
+        repoint(w, LA_B, 1)
+        # no invalidation yet: the old translations, from the combined TLB, both VPIDs
+        await expect(ctx, probe, LA_A, hit=True, old=olds[LA_A])
+        await expect(ctx, probe, LA_B, hit=True, old=olds[LA_B])
+        assert await bench.set_vpid(ctx, 2) == (1, 0)
+        await expect(ctx, probe, LA_A, hit=True, old=olds[LA_A])
+        assert await bench.set_vpid(ctx, 1) == (1, 0)
+
+        await _do(ctx, bench, op, w)
+        for (vpid, la), drop in zip([(1, LA_A), (1, LA_B), (2, LA_A)], drops, strict=True):
+            assert await bench.set_vpid(ctx, vpid) == (1, 0)
+            resp, _ = await expect(ctx, probe, la, hit=not drop, old=olds[la])
+            assert (resp.gpa & ~0xFFF != GPA[la]) == drop, (op, vpid, hex(la))
+        # and then every one of them hits: the new translation where it walked, else the old
+        for (vpid, la), drop in zip([(1, LA_A), (1, LA_B), (2, LA_A)], drops, strict=True):
+            assert await bench.set_vpid(ctx, vpid) == (1, 0)
+            await expect(ctx, probe, la, hit=True, old=model_on(w, la) if drop else olds[la])
+
+    run_script(w, script)
+
+
+def _second_eptp(w):
+    """A second EPT hierarchy over the same tables: a copy of the PML4 page elsewhere."""
+    pml4 = 0x00F0_0000
+    for off in range(0, 0x1000, 8):
+        w.mem.write(pml4 + off, w.mem.peek(w.ept_pml4 + off))
+    return Eptp(pml4_pa=pml4, memtype=MemType.WB, ad_enabled=w.eptp.ad_enabled)
+
+
+@pytest.mark.parametrize("kind", ["single", "all"])
+def test_invept_drops_combined_mappings_of_its_ep4ta(kind):
+    """Combined mappings are tagged by EP4TA: INVEPT single drops those of its EP4TA, for
+    every VPID, and (here) keeps another EP4TA's; INVEPT all drops both."""
+    w = cache_world()
+    eptp_a = w.eptp
+    eptp_b = _second_eptp(w)
+
+    async def script(ctx, bench, probe):
+        await expect(ctx, probe, LA_A, hit=False)                         # EPTP A, VPID 1
+        assert await bench.set_eptp(ctx, eptp_b) == 1
+        await expect(ctx, probe, LA_A, hit=False)                         # EPTP B: its own entry
+        old = model_on(w, LA_A)
+        repoint(w, LA_A)
+        await expect(ctx, probe, LA_A, hit=True, old=old)
+        assert await bench.set_eptp(ctx, eptp_a) == 1
+        await expect(ctx, probe, LA_A, hit=True, old=old)
+        if kind == "single":
+            await bench.invept(ctx, InveptKind.SINGLE, eptp_a.pml4_pa >> 12)
+        else:
+            await bench.invept(ctx, InveptKind.GLOBAL)
+        await ctx.tick()
+        await expect(ctx, probe, LA_A, hit=False)                         # A: new
+        assert await bench.set_eptp(ctx, eptp_b) == 1
+        await expect(ctx, probe, LA_A, hit=kind == "single", old=old)     # B: kept / dropped
+
+    run_script(w, script)
+
+
+# -- INVVPID does not drop guest-physical mappings --------------------------------------------
+
+def _move_data_page(w, la):
+    w.set_ept(GPA[la], Level.PTE, ept_leaf(NEW_HPA))
+
+
+def _move_guest_pt(w, la):
+    """The guest PT page moves (its EPT leaf), and the copy maps LA to NEW_GPA."""
+    pt = w.guest_entry_gpa(la, Level.PTE) & ~0xFFF
+    old_hpa = w.hpa_of(pt)
+    for off in range(0, 0x1000, 8):
+        w.mem.write(NEW_HPA + 0x1000 + off, w.mem.peek(old_hpa + off))
+    w.mem.write(NEW_HPA + 0x1000 + la_index(la, Level.PTE) * 8, make_leaf_entry(NEW_GPA, Level.PTE))
+    w.set_ept(pt, Level.PTE, ept_leaf(NEW_HPA + 0x1000))
+    w.ept_pages[pt] = NEW_HPA + 0x1000
+
+
+@pytest.mark.parametrize("change", ["data_page", "guest_pt_page"])
+def test_invvpid_keeps_guest_physical_mappings(change):
+    """An EPT change (the data page, or the page holding a guest table, moved): INVVPID
+    drops the combined mapping and the guest PSC entries, but the EPT TLB still maps the
+    old frame (INVVPID is not required to drop guest-physical mappings, and here does not):
+    the walk answers the old translation without one EPT walk.  INVEPT: the new one."""
+    w = cache_world()
+    move = {"data_page": _move_data_page, "guest_pt_page": _move_guest_pt}[change]
+
+    async def script(ctx, bench, probe):
+        await expect(ctx, probe, LA_A, hit=False)
+        old = model_on(w, LA_A)
+        move(w, LA_A)
+        new = model_on(w, LA_A)
+        assert new.hpa != old.hpa
+        await expect(ctx, probe, LA_A, hit=True, old=old)
+        await bench.invvpid(ctx, InvvpidKind.SINGLE, 1)
+        resp, _, d = await probe.access(ctx, LA_A)
+        assert not probe.log[-1][4], "INVVPID kept the combined mapping"
+        compare_la(resp, old, 1)                      # the stale EPT TLB entry, legal
+        assert d["ept_lookups"] >= 1 and d["ept_walks"] == 0, d
+        await bench.invept(ctx, InveptKind.SINGLE, w.eptp.pml4_pa >> 12)
+        await ctx.tick()
+        await expect(ctx, probe, LA_A, hit=False)     # the new tables
+
+    run_script(w, script)
