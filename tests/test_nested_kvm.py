@@ -380,3 +380,58 @@ def test_eptad_stages_0_3_4(ad):
     assert r4.gpa == pd_gpa
     compare_la(r4, ref4, 5)
     assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
+
+
+# -- guest and EPT A/D in DRAM after reads and writes ----------------------------------------------
+
+AD_LAS = {"4k": 0x0000_0000_4000_0000, "2m": 0x0000_0000_8020_0000, "1g": 0x0000_0080_4000_0000}
+AD_GPAS = {"4k": 0x1_0000_0000, "2m": 0x1_0020_0000, "1g": 0x1_4000_0000}     # LA offset 0 in each
+
+
+def ad_world(ad):
+    w = World(ad=ad)
+    w.guest_map(AD_LAS["4k"], AD_GPAS["4k"])
+    w.guest_map(AD_LAS["2m"], AD_GPAS["2m"], Level.PDE)
+    w.guest_map(AD_LAS["1g"], AD_GPAS["1g"], Level.PDPTE)
+    return w
+
+
+AD_SEQUENCE = [("4k", Access.READ), ("2m", Access.READ), ("4k", Access.WRITE), ("1g", Access.FETCH),
+               ("1g", Access.WRITE), ("2m", Access.WRITE), ("4k", Access.READ)]
+
+
+@pytest.mark.parametrize("ad", [False, True], ids=["eptp6=0", "eptp6=1"])
+def test_guest_and_ept_a_d_after_each_read_and_write(ad):
+    """After every access of a read/write/fetch sequence over 4K, 2M and 1G guest pages, the
+    whole memory equals the model's: guest A top down and D on written leaves; with
+    EPTP[6] = 1 EPT A on every entry used, D on the leaves of the guest table pages and of
+    the written data pages, none with EPTP[6] = 0."""
+    w, w_ref = ad_world(ad), ad_world(ad)
+    bench = NestedBench(w, latency=LATENCY)
+    snaps = []
+
+    async def tb(ctx):
+        assert await bench.load_context(ctx) == (1, 0, 1)
+        for k, (page, access) in enumerate(AD_SEQUENCE):
+            resp, _ = await bench.linear(ctx, AD_LAS[page], access, False, tag=k)
+            await bench.idle(ctx)
+            snaps.append((resp, clone_memory(w.mem)))
+
+    bench.run(tb)
+    written = set()
+    for k, ((page, access), (resp, mem)) in enumerate(zip(AD_SEQUENCE, snaps, strict=True)):
+        ref = model_la(w_ref, AD_LAS[page], access)
+        assert resp.outcome == LinearOutcome.OK
+        compare_la(resp, ref, k)
+        assert dict(mem.nonzero_words()) == dict(w_ref.mem.nonzero_words()), (k, page, access)
+        if access is Access.WRITE:
+            written.add(page)
+        for p, la in AD_LAS.items():
+            leaf_level = {"4k": Level.PTE, "2m": Level.PDE, "1g": Level.PDPTE}[p]
+            leaf = mem.peek(w.hpa_of(w.guest_entry_gpa(la, leaf_level)))
+            touched = p in {q for q, _ in AD_SEQUENCE[:k + 1]}
+            assert bool(leaf & PG_A) == touched and bool(leaf & PG_D) == (p in written), (k, p)
+            if touched:
+                data = mem.peek(w.ept_leaf_addr(AD_GPAS[p]))      # the data page's EPT leaf
+                want = (EPT_A | (EPT_D if p in written else 0)) if ad else 0
+                assert data & (EPT_A | EPT_D) == want, (k, p, hex(data))
