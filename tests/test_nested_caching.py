@@ -11,7 +11,7 @@ served where this implementation keeps them (over-invalidation would be legal to
 where the RTL drops more than required, the test says so)."""
 
 import pytest
-from nested_util import NestedBench, World, clone_memory, compare_la, model_la
+from nested_util import HOST_OFFSET, NestedBench, World, clone_memory, compare_la, model_la
 
 from hw.layouts import InveptKind, LinearOutcome
 from hw.nested_top import NestedWalkUnit
@@ -28,6 +28,7 @@ LA_B = LA_A + 0x1000                    # the same guest PT
 LA_C = LA_A + (1 << 21)                 # the same PD, another PT
 LA_D = LA_A + (1 << 30)                 # the same PDPT, another PD
 LA_E = LA_A + (1 << 39)                 # another PDPT
+LA_2M = LA_A & ~((1 << 21) - 1)         # 2M-aligned (in LA_A's PD)
 GPA = {LA_A: 0x4000_0000, LA_B: 0x4000_1000, LA_C: 0x4000_2000, LA_D: 0x4000_3000, LA_E: 0x4000_4000}
 NEW_GPA = 0x5000_0000                   # where a changed guest PTE points
 NEW_HPA = 0x7_0000_0000
@@ -77,7 +78,7 @@ def model_on(world, la, access=Access.READ, user=False):
     """The model's answer on a copy of ``world``'s memory now (the world untouched)."""
     w = cache_world(world.eptp.ad_enabled)
     w.mem = clone_memory(world.mem)
-    w.eptp = world.eptp
+    w.eptp, w.regs = world.eptp, world.regs
     return model_la(w, la, access, user)
 
 
@@ -391,5 +392,155 @@ def test_invvpid_keeps_guest_physical_mappings(change):
         await bench.invept(ctx, InveptKind.SINGLE, w.eptp.pml4_pa >> 12)
         await ctx.tick()
         await expect(ctx, probe, LA_A, hit=False)     # the new tables
+
+    run_script(w, script)
+
+
+# -- sizes, context changes, cached permissions ----------------------------------------------------
+
+def _fork_ept(w, gpa, new_hpa, at=0x00E0_0000):
+    """A second EPT hierarchy: copies of the tables on ``gpa``'s path (from ``at`` up), the
+    rest shared, and ``gpa``'s 4K leaf pointing at ``new_hpa``.  Returns its Eptp."""
+    src = w.ept_pml4
+    copies = []
+    for k, lv in enumerate((Level.PML4E, Level.PDPTE, Level.PDE, Level.PTE)):
+        dst = at + k * 0x1000
+        for off in range(0, 0x1000, 8):
+            w.mem.write(dst + off, w.mem.peek(src + off))
+        copies.append(dst)
+        idx = (gpa >> (12 + 9 * (3 - k))) & 0x1FF
+        if k:
+            parent = copies[k - 1] + ((gpa >> (12 + 9 * (4 - k))) & 0x1FF) * 8
+            w.mem.write(parent, (w.mem.peek(parent) & ~0x000F_FFFF_FFFF_F000) | dst)
+        e = w.mem.peek(src + idx * 8)
+        if lv == Level.PTE:
+            w.mem.write(dst + idx * 8, ept_leaf(new_hpa))
+        src = e & 0x000F_FFFF_FFFF_F000
+    return Eptp(pml4_pa=copies[0], memtype=MemType.WB, ad_enabled=w.eptp.ad_enabled)
+
+
+def test_a_reused_ept_context_id_drops_its_combined_mappings():
+    """One EPT context (contexts=1): loading another EPTP reuses the context id, so the old
+    EPTP's combined mappings must go (else the new EPTP would see the old HPA)."""
+    w = cache_world()
+    eptp_a = w.eptp
+    eptp_b = _fork_ept(w, GPA[LA_A], NEW_HPA)
+
+    async def script(ctx, bench, probe):
+        resp_a, _ = await expect(ctx, probe, LA_A, hit=False)
+        await expect(ctx, probe, LA_A, hit=True)
+        assert await bench.set_eptp(ctx, eptp_b) == 1
+        w.eptp = eptp_b
+        resp_b, _ = await expect(ctx, probe, LA_A, hit=False)
+        assert resp_b.hpa == NEW_HPA | (LA_A & 0xFFF) != resp_a.hpa
+        assert await bench.set_eptp(ctx, eptp_a) == 1
+        w.eptp = eptp_a
+        resp, _ = await expect(ctx, probe, LA_A, hit=False)
+        assert resp.hpa == resp_a.hpa
+
+    run_script(w, script, contexts=1)
+
+
+def test_a_guest_large_page_over_smaller_ept_pages_is_cached_at_the_ept_size():
+    """A 2M guest page whose 4K EPT leaves are scattered: a hit may serve only the 4K page
+    the walk translated; another 4K page of the 2M page walks (its own HPA).  A 2M guest page
+    over a 2M EPT leaf: one entry serves the whole 2M page."""
+    la_2m, la_big = LA_2M + (3 << 30), LA_2M + (4 << 30)
+    w = cache_world()
+    w.guest_map(la_2m, 0x6000_0000, Level.PDE)
+    w.ept_map(0x6000_5000, hpa=NEW_HPA + 0x9000)               # far from 0x6000_0000's frame
+    w.guest_map(la_big, 0x6020_0000, Level.PDE, ept=False)
+    w.ept_map(0x6020_0000, level=Level.PDE)
+
+    async def script(ctx, bench, probe):
+        first, _ = await expect(ctx, probe, la_2m, hit=False)
+        other, _ = await expect(ctx, probe, la_2m + 0x5000, hit=False)
+        assert other.hpa == NEW_HPA + 0x9000
+        assert first.page_size == other.page_size      # the guest's 2M, as the walk said
+        await expect(ctx, probe, la_2m + 0x5000, hit=True)
+        await expect(ctx, probe, la_big, hit=False)
+        for off in (0x1000, 0x7_3000, 0x1F_F000):
+            resp, _ = await expect(ctx, probe, la_big + off, hit=True)
+            assert resp.hpa == 0x6020_0000 + HOST_OFFSET + off
+
+    run_script(w, script)
+
+
+def test_invvpid_address_drops_the_large_entry_covering_the_la():
+    """INVVPID type 0 at any LA inside a 2M combined mapping drops that mapping."""
+    la_big = LA_2M + (4 << 30)
+    w = cache_world()
+    w.guest_map(la_big, 0x6020_0000, Level.PDE, ept=False)
+    w.ept_map(0x6020_0000, level=Level.PDE)
+    w.ept_map(0x6040_0000, level=Level.PDE)
+
+    async def script(ctx, bench, probe):
+        await expect(ctx, probe, la_big, hit=False)
+        old = model_on(w, la_big + 0x3000)
+        w.gwrite(w.guest_entry_gpa(la_big, Level.PDE), make_leaf_entry(0x6040_0000, Level.PDE))
+        await expect(ctx, probe, la_big + 0x3000, hit=True, old=old)
+        await bench.invvpid(ctx, InvvpidKind.ADDRESS, 1, la_big + 0x12_3456)
+        resp, _ = await expect(ctx, probe, la_big + 0x3000, hit=False)
+        assert resp.gpa == 0x6040_3000
+
+    run_script(w, script)
+
+
+def test_context_changes_drop_or_refuse():
+    """CR0.WP, CR0.PG changes drop the combined mappings (a fill under WP = 0 proved a
+    supervisor write to a read-only page; under WP = 1 it must #PF); an invalid CR3
+    load refuses even a request that would hit."""
+    la_ro = LA_A + (5 << 30)
+    w = cache_world()
+    w.regs = type(w.regs)(cr3=w.regs.cr3, paging=True, wp=False, nxe=True)
+    w.guest_map(la_ro, 0x6000_0000, rw=False)
+
+    async def script(ctx, bench, probe):
+        resp, _ = await expect(ctx, probe, la_ro, access=Access.WRITE, hit=False)
+        assert resp.outcome == LinearOutcome.OK
+        await expect(ctx, probe, la_ro, access=Access.WRITE, hit=True)
+        ctx.set(bench.dut.wp, 1)
+        w.regs = type(w.regs)(cr3=w.regs.cr3, paging=True, wp=True, nxe=True)
+        await ctx.tick()
+        resp, _ = await expect(ctx, probe, la_ro, access=Access.WRITE, hit=False)
+        assert resp.outcome == LinearOutcome.PAGE_FAULT
+        # CR0.PG = 0: the LA is a GPA; nothing cached under paging may answer it
+        await expect(ctx, probe, LA_A, hit=False)
+        ctx.set(bench.dut.paging, 0)
+        w.regs = type(w.regs)(cr3=w.regs.cr3, paging=False, wp=True, nxe=True)
+        await ctx.tick()
+        w.ept_map(LA_A)                                       # LA_A as a GPA, mapped
+        resp, _ = await expect(ctx, probe, LA_A, hit=False)
+        assert resp.gpa == LA_A and resp.hpa == LA_A + HOST_OFFSET
+        ctx.set(bench.dut.paging, 1)
+        w.regs = type(w.regs)(cr3=w.regs.cr3, paging=True, wp=True, nxe=True)
+        await ctx.tick()
+        await expect(ctx, probe, LA_A, hit=False)
+        await expect(ctx, probe, LA_A, hit=True)
+        await bench.mov_cr3(ctx, 1 << 50)                     # CR3[51:46] set: refused
+        assert (ctx.get(bench.dut.cr3_valid), ctx.get(bench.dut.cr3_error)) == (0, 1)
+        resp, _ = await bench.linear(ctx, LA_A, tag=9)
+        assert resp.outcome == LinearOutcome.REFUSED and resp.tag == 9
+
+    run_script(w, script)
+
+
+@pytest.mark.parametrize("bit", ["us", "rw", "xd"])
+def test_a_guest_psc_hit_keeps_the_upper_levels_permissions(bit):
+    """The PML4E denies (U/S = 0, R/W = 0, or XD = 1); a PDE-cache hit for another page of
+    the same PT must still deny: the cached entry carries the ANDed U/S, R/W and ORed XD."""
+    from model.guest import PG_RW, PG_US, PG_XD
+    w = cache_world()
+    pml4e = w.guest_entry_gpa(LA_A, Level.PML4E)
+    w.gwrite(pml4e, w.gread(pml4e) & ~{"us": PG_US, "rw": PG_RW, "xd": 0}[bit]
+             | {"us": 0, "rw": 0, "xd": PG_XD}[bit])
+    denied = {"us": (Access.READ, True), "rw": (Access.WRITE, False), "xd": (Access.FETCH, False)}[bit]
+
+    async def script(ctx, bench, probe):
+        resp, _ = await expect(ctx, probe, LA_A, hit=False)            # a supervisor read fill
+        assert resp.outcome == LinearOutcome.OK
+        resp, d = await expect(ctx, probe, LA_B, access=denied[0], user=denied[1], hit=False)
+        assert d["gpsc_hits_pde"] == 1
+        assert resp.outcome == LinearOutcome.PAGE_FAULT, resp
 
     run_script(w, script)
