@@ -544,3 +544,116 @@ def test_a_guest_psc_hit_keeps_the_upper_levels_permissions(bit):
         assert resp.outcome == LinearOutcome.PAGE_FAULT, resp
 
     run_script(w, script)
+
+
+# -- a random guest OS and host: every change followed by its covering invalidation ----------------
+
+def os_world(ad):
+    w = World(ad=ad)
+    las = []
+    for pd in range(2):
+        for pt in range(2):
+            for k in range(4):
+                la = LA_2M + pd * (1 << 30) + pt * (1 << 21) + k * 0x1000
+                w.guest_map(la, 0x4000_0000 + len(las) * 0x1000)
+                las.append(la)
+    big = LA_2M + (2 << 30)
+    w.guest_map(big, 0x6000_0000, Level.PDE, ept=False)
+    w.ept_map(0x6000_0000, level=Level.PDE)
+    las += [big, big + 0x7_3000]
+    for k in range(8):
+        w.ept_map(0x5000_0000 + k * 0x1000)
+    return w, las
+
+
+def _random_ops(rng, las, n):
+    ops = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.75:       # mostly a hot set, so that the combined TLB hits
+            la = rng.choice(las[::3] if rng.random() < 0.7 else las)
+            ops.append(("access", la, rng.choice([Access.READ] * 3 + [Access.WRITE, Access.FETCH]),
+                        rng.random() < 0.2))
+        elif r < 0.8:
+            ops.append(("vpid", rng.choice([1, 2])))
+        elif r < 0.87:
+            ops.append(("repoint", rng.choice(las[:16]), rng.randrange(8)))
+        elif r < 0.92:
+            ops.append(("clear_ad", rng.choice(las[:16])))
+        elif r < 0.97:
+            ops.append(("move_data", rng.choice(las[:16]), rng.randrange(8)))
+        else:
+            ops.append(("clear_pde_a", rng.choice(las[:16])))
+    return ops
+
+
+def _apply(w, op):
+    """A table change on ``w``; returns what covers it: ('address', la), ('single',) or ('invept',)."""
+    from model.guest import PG_A
+    kind, la = op[0], op[1]
+    if kind == "repoint":
+        w.gwrite(w.guest_entry_gpa(la, Level.PTE), make_leaf_entry(0x5000_0000 + op[2] * 0x1000, Level.PTE))
+        return ("address", la)
+    if kind == "clear_ad":
+        a = w.guest_entry_gpa(la, Level.PTE)
+        w.gwrite(a, w.gread(a) & ~(PG_A | PG_D))
+        return ("address", la)
+    if kind == "clear_pde_a":
+        a = w.guest_entry_gpa(la, Level.PDE)
+        w.gwrite(a, w.gread(a) & ~PG_A)
+        return ("single",)
+    gpa = w.gread(w.guest_entry_gpa(la, Level.PTE)) & 0x000F_FFFF_FFFF_F000
+    w.set_ept(gpa, Level.PTE, ept_leaf(NEW_HPA + op[2] * 0x1000))
+    return ("invept",)
+
+
+@pytest.mark.parametrize("ad,seed", [(0, 1), (1, 2), pytest.param(0, 3, marks=pytest.mark.slow),
+                                     pytest.param(1, 4, marks=pytest.mark.slow)])
+def test_random_os_with_invalidations_matches_the_model(ad, seed):
+    import random
+    rng = random.Random(seed)
+    w, las = os_world(ad)
+    w_ref, _ = os_world(ad)
+    ops = _random_ops(rng, las, 90)
+    answers = []
+
+    async def script(ctx, bench, probe):
+        vpid = 1
+        for k, op in enumerate(ops):
+            if op[0] == "access":
+                resp, _ = await bench.linear(ctx, op[1], op[2], op[3], tag=k % 16)
+                answers.append((k, op, resp))
+            elif op[0] == "vpid":
+                vpid = op[1]
+                assert await bench.set_vpid(ctx, vpid) == (1, 0)
+            else:
+                await bench.idle(ctx)
+                cover = _apply(w, op)
+                if cover[0] == "address":
+                    for v in (1, 2):
+                        await bench.invvpid(ctx, InvvpidKind.ADDRESS, v, cover[1])
+                elif cover[0] == "single":
+                    await bench.mov_cr3(ctx)                  # the current VPID's
+                    await bench.invvpid(ctx, InvvpidKind.SINGLE, 3 - vpid)
+                else:
+                    await bench.invept(ctx, InveptKind.SINGLE, w.eptp.pml4_pa >> 12)
+                answers.append((k, op, None))
+        counters.update(await bench.counters(ctx))
+
+    counters = {}
+    bench, _ = run_script(w, script)
+    # the caches took part: hits, guest PSC hits, and walks
+    assert counters["ctlb_hits"] >= 5 and counters["ctlb_misses"] >= 5, counters
+    assert counters["gpsc_hits_pde"] + counters["gpsc_hits_pdpte"] + counters["gpsc_hits_pml4e"] >= 3
+    for k, op, resp in answers:
+        if resp is None:
+            _apply(w_ref, op)
+            continue
+        ref = model_la(w_ref, op[1], op[2], op[3])
+        try:
+            compare_la(resp, ref, k % 16)
+        except AssertionError as e:
+            raise AssertionError(f"op {k} {op}: {e}") from None
+    assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
+    outcomes = {r.outcome for _, _, r in answers if r is not None}
+    assert LinearOutcome.OK in outcomes
