@@ -435,3 +435,48 @@ def test_guest_and_ept_a_d_after_each_read_and_write(ad):
                 data = mem.peek(w.ept_leaf_addr(AD_GPAS[p]))      # the data page's EPT leaf
                 want = (EPT_A | (EPT_D if p in written else 0)) if ad else 0
                 assert data & (EPT_A | EPT_D) == want, (k, p, hex(data))
+
+
+# -- CR0.PG = 0: the LA is the GPA (§4.3's last row; §11.5 stages 5-6: EPT not present) -----------
+
+PG0_CASES = [  # (GPA, EPT perms or None = not mapped, op, expected qual without bits 9-11, or None)
+    (0x1234_5000, None, "READ", RD | LADDR_VLD | PADDR),
+    (0x1234_5008, None, "WRITE", WR | LADDR_VLD | PADDR),
+    (0x1234_5010, None, "EXEC", FETCH | LADDR_VLD | PADDR),
+    (0x2000_0100, "R--", "WRITE", WR | PERM_RD | LADDR_VLD | PADDR),
+    (0x2000_0100, "R--", "READ", None),
+    (0x3000_0200, "--X", "EXEC_USER", None),
+    (0x3000_0200, "--X", "READ", RD | PERM_EX | LADDR_VLD | PADDR),
+]
+
+
+@pytest.mark.parametrize("ad", [False, True], ids=["eptp6=0", "eptp6=1"])
+def test_paging_off_accesses(ad):
+    def world():
+        w = World(ad=ad, paging=False)
+        for gpa, perms, _, _ in PG0_CASES:
+            if perms is not None:
+                w.ept_map(gpa, perms=PERMS[perms])
+        return w
+    w, w_ref = world(), world()
+    bench = NestedBench(w, latency=LATENCY)
+    got = []
+
+    async def tb(ctx):
+        assert await bench.load_context(ctx) == (1, 0, 1)
+        for k, (gpa, _, op, _) in enumerate(PG0_CASES):
+            access, user = OPS[op]
+            got.append((await bench.linear(ctx, gpa, access, user, tag=k))[0])
+
+    bench.run(tb)
+    for k, ((gpa, _, op, expected), resp) in enumerate(zip(PG0_CASES, got, strict=True)):
+        access, user = OPS[op]
+        ref = model_la(w_ref, gpa, access, user)
+        if expected is None:
+            assert resp.outcome == LinearOutcome.OK and resp.gpa == gpa
+        else:
+            assert resp.outcome == LinearOutcome.VIOLATION and resp.gpa == gpa
+            assert resp.qual & ~GUEST_MASK == expected, (k, hex(resp.qual))
+            assert resp.qual & GUEST_MASK == 0x600          # CR0.PG = 0: user, writable, executable
+        compare_la(resp, ref, k)
+    assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())

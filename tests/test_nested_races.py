@@ -25,8 +25,9 @@ from nested_util import (
 )
 
 from hw.layouts import Access as HAccess
+from hw import layouts
 from hw.layouts import InveptKind, LinearOutcome, MemOp
-from hw.nested_top import NestedWalkUnit, guest_tag
+from hw.nested_top import guest_tag
 from model.formats import EPT_R, Access, Level, make_leaf_entry as ept_leaf
 from model.guest import PG_A, PG_D, PG_P, PG_RW, la_index, make_leaf_entry, make_table_entry
 from model.walk import translate
@@ -35,7 +36,7 @@ LA = 0x0000_1234_5678_9ABC
 DATA_GPA = 0x4000_0000
 NEW_GPA = 0x4020_0000            # what a racer or a table change maps LA to instead
 LATENCY = 2
-HAS_INVVPID = "invvpid" in NestedWalkUnit().signature.members     # the caching unit (hits pass walks)
+HAS_INVVPID = hasattr(layouts, "InvvpidRequest")     # the caching unit: VPID, INVVPID, hits pass walks
 
 
 def mapped_world(ad, **kw):
@@ -140,7 +141,11 @@ def race_group(fast):
             bench.dram.hooks = []
             cases_after = [e for e in bench.dram.log if fired and e[1] > fired[0]
                            and e[2] == MemOp.CAS and e[3] == target]
-            out[case] = (resp, bench.lost_races - lost, fired, cases_after, w)
+            mem_then = clone_memory(w.mem)
+            # the same access again: whatever the walk after the race cached is the new tables'
+            again, _ = await bench.linear(ctx, LA, case[2], False, tag=8)
+            await bench.idle(ctx)
+            out[case] = (resp, bench.lost_races - lost, fired, cases_after, mem_then, again, w)
 
     bench.run(tb)
     _race_results[fast] = out
@@ -148,7 +153,7 @@ def race_group(fast):
 
 
 def _race_check(level, racer, access, ad, fast):
-    resp, lost, fired, cases_after, rtl_world = race_group(fast)[(level, racer, access, ad)]
+    resp, lost, fired, cases_after, mem_then, again, rtl_world = race_group(fast)[(level, racer, access, ad)]
     w, gpa, value = race_world(level, racer, access, ad)
     old = w.gread(gpa)
     assert old != value and not old & PG_A        # the walk must CAS it, and the racer changed it
@@ -181,6 +186,11 @@ def _race_check(level, racer, access, ad, fast):
     assert compares[:1] == [old], [hex(c) for c in compares]
     assert all(c == value for c in compares[1:]), [hex(c) for c in compares]
     assert len(compares) == 1 + (want != value)
+    assert dict(mem_then.nonzero_words()) == dict(w_race.mem.nonzero_words())
+    # and the same access again: the new tables (a fill from the re-walk, or a walk)
+    ref_again = model_la(w_race, LA, access)
+    compare_la(again, ref_again, tag=8)
+    assert again.retries == 0
     assert dict(rtl_world.mem.nonzero_words()) == dict(w_race.mem.nonzero_words())
 
 
@@ -559,3 +569,35 @@ def test_invvpid_or_mov_cr3_during_a_2d_walk_installs_nothing(ad):
     from hw.layouts import InvvpidKind
     _check_invalidations("guest_pte", ad, [_invvpid(InvvpidKind.ADDRESS), _invvpid(InvvpidKind.SINGLE),
                                            _invvpid(InvvpidKind.ALL), _mov_cr3])
+
+
+def test_a_racer_winning_twenty_times_saturates_retries():
+    """The guest PTE changes between every one of the walker's first 20 reads of it and its
+    CAS (A toggled in a software bit): 20 lost races, ``retries`` saturates at 15, and the
+    answer is the model's on the final tables."""
+    w = mapped_world(0)
+    pte_gpa = w.guest_entry_gpa(LA, Level.PTE)
+    target = w.hpa_of(pte_gpa)
+    bench = NestedBench(w, latency=LATENCY)
+    fired = []
+
+    def hook(n, op, addr, compare, data, old):
+        if op == MemOp.READ and addr == target and len(fired) < 20:
+            fired.append(n)
+            w.mem.write(addr, old ^ (1 << 9), source="host")      # bit 9: ignored by hardware
+    out = {}
+
+    async def tb(ctx):
+        assert await bench.load_context(ctx) == (1, 0, 1)
+        bench.dram.hooks = [hook]
+        out["resp"], _ = await bench.linear(ctx, LA, Access.WRITE, tag=4, timeout=20_000)
+
+    bench.run(tb, deadline_cycles=40_000)
+    resp = out["resp"]
+    assert len(fired) == 20 and bench.lost_races == 20
+    assert resp.retries == 15
+    w_ref = mapped_world(0)
+    w_ref.gwrite(pte_gpa, w_ref.gread(pte_gpa) ^ (0 if len(fired) % 2 == 0 else 1 << 9))
+    compare_la(resp, model_la(w_ref, LA, Access.WRITE), tag=4)
+    assert w.gread(pte_gpa) == w_ref.gread(pte_gpa)
+    assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
