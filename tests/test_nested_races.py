@@ -292,12 +292,14 @@ def _with_memory(ad, mem):
 
 # -- backpressure, random latency, GPA requests among the linear ones ----------------------------
 
-def busy_world(ad):
-    """4K, 2M and 1G guest pages, a guest #PF, an EPT violation on a guest table and on a
-    final GPA, and some GPA-only pages for the external port."""
-    w = World(ad=ad)
+def busy_world(ad, maxphyaddr=46):
+    """4K, 2M and 1G guest pages (one in the upper half), a guest #PF, an EPT violation on a
+    guest table and on a final GPA, and some GPA-only pages for the external port."""
+    w = World(ad=ad, maxphyaddr=maxphyaddr)
     las = {"4k": LA, "2m": LA + (1 << 30), "1g": LA + (2 << 39), "ro": LA + 0x1000,
-           "pf": LA + (3 << 39), "ept_table": LA + (4 << 39), "ept_final": LA + 0x2000}
+           "pf": LA + (3 << 39), "ept_table": LA + (4 << 39), "ept_final": LA + 0x2000,
+           "high": 0xFFFF_8000_1234_5678}
+    w.guest_map(las["high"], DATA_GPA + 0x4000)
     w.guest_map(las["4k"], DATA_GPA)
     w.guest_map(las["2m"], DATA_GPA + 0x20_0000, Level.PDE)
     w.guest_map(las["1g"], 0x8000_0000, Level.PDPTE)
@@ -313,7 +315,9 @@ def busy_world(ad):
 
 def _stream(rng, las, n_linear, n_gpa, gpa_tags):
     accesses = [(Access.READ, False), (Access.WRITE, False), (Access.FETCH, True), (Access.WRITE, True)]
-    linear = [(rng.choice(list(las.values())), *rng.choice(accesses)) for _ in range(n_linear)]
+    pages = list(las.values()) + [rng.choice(list(las.values())) for _ in range(n_linear - len(las))]
+    rng.shuffle(pages)                                    # every page at least once
+    linear = [(la, *rng.choice(accesses)) for la in pages]
     gpas = [0x10_0000_0000 + rng.randrange(4) * 0x1000 + 8 * rng.randrange(512) for _ in range(n_gpa - 1)]
     gpas.append(0x20_0000_0000)                           # unmapped: a violation
     gpa = [(g, rng.choice([Access.READ, Access.WRITE, Access.FETCH]), gpa_tags[k % len(gpa_tags)])
@@ -343,12 +347,13 @@ async def _sender(ctx, stream, payloads, outstanding, rng, gap):
 
 
 @pytest.mark.parametrize("walkers", [1, 2])
-@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
-def test_backpressure_and_random_latency(walkers, seed):
+@pytest.mark.parametrize("seed,maxphyaddr", [(1, 46), pytest.param(2, 39, marks=pytest.mark.slow),
+                                             pytest.param(3, 52, marks=pytest.mark.slow)])
+def test_backpressure_and_random_latency(walkers, seed, maxphyaddr):
     rng = random.Random(seed * 10 + walkers)
     ad = seed % 2
-    w, las = busy_world(ad)
-    w_ref, _ = busy_world(ad)
+    w, las = busy_world(ad, maxphyaddr)
+    w_ref, _ = busy_world(ad, maxphyaddr)
     ext_tags = list(range(16 - walkers))
     linear, gpa = _stream(rng, las, 14, 8, ext_tags[:6])
     bench = NestedBench(w, latency=lambda: rng.randrange(1, 7), guest_walkers=walkers)
