@@ -95,6 +95,45 @@ def run_script(world, script, **bench_args):
     return bench, probe
 
 
+_groups = {}
+
+
+def run_grouped(key, cases, make_world, scenario, **bench_args):
+    """Run ``scenario(ctx, bench, probe, world, case)`` for every case in one simulation
+    (cached by ``key``), each on a fresh world with every cache emptied (INVEPT all and
+    INVVPID all); returns {case: the AssertionError it raised, or None}."""
+    if key in _groups:
+        return _groups[key]
+    worlds = {case: make_world(case) for case in cases}
+    bench = NestedBench(worlds[cases[0]], latency=LATENCY, **bench_args)
+    errors = {}
+
+    async def tb(ctx):
+        for case in cases:
+            w = worlds[case]
+            await bench.fresh(ctx, w)
+            await bench.invvpid(ctx, InvvpidKind.ALL, 0)
+            assert ctx.get(bench.dut.vpid_valid) == 1
+            try:
+                await scenario(ctx, bench, Probe(bench, w), w, case)
+                errors[case] = None
+            except AssertionError as e:
+                errors[case] = e
+                for _ in range(500):                 # let whatever was in flight drain
+                    ctx.set(bench.dut.linear_resp.ready, 1)
+                    await ctx.tick()
+                ctx.set(bench.dut.linear_resp.ready, 0)
+
+    bench.run(tb, deadline_cycles=100_000 * len(cases))
+    _groups[key] = errors
+    return errors
+
+
+def check_grouped(errors, case):
+    if errors[case] is not None:
+        raise errors[case]
+
+
 async def expect(ctx, probe, la, *, hit, access=Access.READ, user=False, old=None, tag=1):
     """An access that must hit (and answer ``old``, the model's answer before the change) or
     walk (and answer as the model on the tables now)."""
@@ -280,38 +319,38 @@ async def _do(ctx, bench, op, w):
     await ctx.tick()
 
 
+async def _invalidation_scenario(ctx, bench, probe, w, op):
+    drops, _ = OPS[op]
+    await expect(ctx, probe, LA_A, hit=False, tag=1)
+    await expect(ctx, probe, LA_B, hit=False, tag=2)
+    assert await bench.set_vpid(ctx, 2) == (1, 0)
+    await expect(ctx, probe, LA_A, hit=False, tag=3)
+    assert await bench.set_vpid(ctx, 1) == (1, 0)              # loading a VPID flushes nothing
+    olds = {la: model_on(w, la) for la in (LA_A, LA_B)}
+    repoint(w, LA_A, 0)
+    repoint(w, LA_B, 1)
+    # no invalidation yet: the old translations, from the combined TLB, both VPIDs
+    await expect(ctx, probe, LA_A, hit=True, old=olds[LA_A])
+    await expect(ctx, probe, LA_B, hit=True, old=olds[LA_B])
+    assert await bench.set_vpid(ctx, 2) == (1, 0)
+    await expect(ctx, probe, LA_A, hit=True, old=olds[LA_A])
+    assert await bench.set_vpid(ctx, 1) == (1, 0)
+
+    await _do(ctx, bench, op, w)
+    for (vpid, la), drop in zip([(1, LA_A), (1, LA_B), (2, LA_A)], drops, strict=True):
+        assert await bench.set_vpid(ctx, vpid) == (1, 0)
+        resp, _ = await expect(ctx, probe, la, hit=not drop, old=olds[la])
+        assert (resp.gpa & ~0xFFF != GPA[la]) == drop, (op, vpid, hex(la))
+    # and then every one of them hits: the new translation where it walked, else the old
+    for (vpid, la), drop in zip([(1, LA_A), (1, LA_B), (2, LA_A)], drops, strict=True):
+        assert await bench.set_vpid(ctx, vpid) == (1, 0)
+        await expect(ctx, probe, la, hit=True, old=model_on(w, la) if drop else olds[la])
+
+
 @pytest.mark.parametrize("op", list(OPS))
 def test_each_invalidation_drops_its_mappings(op):
-    drops, _ = OPS[op]
-    w = cache_world()
-
-    async def script(ctx, bench, probe):
-        await expect(ctx, probe, LA_A, hit=False, tag=1)
-        await expect(ctx, probe, LA_B, hit=False, tag=2)
-        assert await bench.set_vpid(ctx, 2) == (1, 0)
-        await expect(ctx, probe, LA_A, hit=False, tag=3)
-        assert await bench.set_vpid(ctx, 1) == (1, 0)              # loading a VPID flushes nothing
-        olds = {la: model_on(w, la) for la in (LA_A, LA_B)}
-        repoint(w, LA_A, 0)
-        repoint(w, LA_B, 1)
-        # no invalidation yet: the old translations, from the combined TLB, both VPIDs
-        await expect(ctx, probe, LA_A, hit=True, old=olds[LA_A])
-        await expect(ctx, probe, LA_B, hit=True, old=olds[LA_B])
-        assert await bench.set_vpid(ctx, 2) == (1, 0)
-        await expect(ctx, probe, LA_A, hit=True, old=olds[LA_A])
-        assert await bench.set_vpid(ctx, 1) == (1, 0)
-
-        await _do(ctx, bench, op, w)
-        for (vpid, la), drop in zip([(1, LA_A), (1, LA_B), (2, LA_A)], drops, strict=True):
-            assert await bench.set_vpid(ctx, vpid) == (1, 0)
-            resp, _ = await expect(ctx, probe, la, hit=not drop, old=olds[la])
-            assert (resp.gpa & ~0xFFF != GPA[la]) == drop, (op, vpid, hex(la))
-        # and then every one of them hits: the new translation where it walked, else the old
-        for (vpid, la), drop in zip([(1, LA_A), (1, LA_B), (2, LA_A)], drops, strict=True):
-            assert await bench.set_vpid(ctx, vpid) == (1, 0)
-            await expect(ctx, probe, la, hit=True, old=model_on(w, la) if drop else olds[la])
-
-    run_script(w, script)
+    check_grouped(run_grouped("invalidations", list(OPS), lambda op: cache_world(),
+                              _invalidation_scenario), op)
 
 
 def _second_eptp(w):
@@ -525,25 +564,29 @@ def test_context_changes_drop_or_refuse():
     run_script(w, script)
 
 
-@pytest.mark.parametrize("bit", ["us", "rw", "xd"])
-def test_a_guest_psc_hit_keeps_the_upper_levels_permissions(bit):
-    """The PML4E denies (U/S = 0, R/W = 0, or XD = 1); a PDE-cache hit for another page of
-    the same PT must still deny: the cached entry carries the ANDed U/S, R/W and ORed XD."""
+def _psc_perm_world(bit):
     from model.guest import PG_RW, PG_US, PG_XD
     w = cache_world()
     pml4e = w.guest_entry_gpa(LA_A, Level.PML4E)
     w.gwrite(pml4e, w.gread(pml4e) & ~{"us": PG_US, "rw": PG_RW, "xd": 0}[bit]
              | {"us": 0, "rw": 0, "xd": PG_XD}[bit])
+    return w
+
+
+async def _psc_perm_scenario(ctx, bench, probe, w, bit):
     denied = {"us": (Access.READ, True), "rw": (Access.WRITE, False), "xd": (Access.FETCH, False)}[bit]
+    resp, _ = await expect(ctx, probe, LA_A, hit=False)            # a supervisor read fill
+    assert resp.outcome == LinearOutcome.OK
+    resp, d = await expect(ctx, probe, LA_B, access=denied[0], user=denied[1], hit=False)
+    assert d["gpsc_hits_pde"] == 1
+    assert resp.outcome == LinearOutcome.PAGE_FAULT, resp
 
-    async def script(ctx, bench, probe):
-        resp, _ = await expect(ctx, probe, LA_A, hit=False)            # a supervisor read fill
-        assert resp.outcome == LinearOutcome.OK
-        resp, d = await expect(ctx, probe, LA_B, access=denied[0], user=denied[1], hit=False)
-        assert d["gpsc_hits_pde"] == 1
-        assert resp.outcome == LinearOutcome.PAGE_FAULT, resp
 
-    run_script(w, script)
+@pytest.mark.parametrize("bit", ["us", "rw", "xd"])
+def test_a_guest_psc_hit_keeps_the_upper_levels_permissions(bit):
+    """The PML4E denies (U/S = 0, R/W = 0, or XD = 1); a PDE-cache hit for another page of
+    the same PT must still deny: the cached entry carries the ANDed U/S, R/W and ORed XD."""
+    check_grouped(run_grouped("psc_perms", ["us", "rw", "xd"], _psc_perm_world, _psc_perm_scenario), bit)
 
 
 # -- a random guest OS and host: every change followed by its covering invalidation ----------------
@@ -607,7 +650,8 @@ def _apply(w, op):
     return ("invept",)
 
 
-@pytest.mark.parametrize("ad,seed", [(0, 1), (1, 2), pytest.param(0, 3, marks=pytest.mark.slow),
+@pytest.mark.parametrize("ad,seed", [(0, 1), pytest.param(1, 2, marks=pytest.mark.slow),
+                                     pytest.param(0, 3, marks=pytest.mark.slow),
                                      pytest.param(1, 4, marks=pytest.mark.slow)])
 def test_random_os_with_invalidations_matches_the_model(ad, seed):
     import random
