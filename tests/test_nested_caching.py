@@ -10,6 +10,8 @@ tables).  Mappings an operation is not required to drop are checked to be still
 served where this implementation keeps them (over-invalidation would be legal too;
 where the RTL drops more than required, the test says so)."""
 
+from functools import partial
+
 import pytest
 from nested_util import HOST_OFFSET, NestedBench, World, clone_memory, compare_la, model_la
 
@@ -95,43 +97,53 @@ def run_script(world, script, **bench_args):
     return bench, probe
 
 
-_groups = {}
+# Most cases share one simulation (building the unit costs about a second): each case is a
+# builder returning (world, script); the group runs every script on its fresh world with
+# every cache emptied (INVEPT all, INVVPID all), and each test reports its own case.
+
+CASES = {}           # name -> builder() -> (world, async script(ctx, bench, probe))
+_group = {}
 
 
-def run_grouped(key, cases, make_world, scenario, **bench_args):
-    """Run ``scenario(ctx, bench, probe, world, case)`` for every case in one simulation
-    (cached by ``key``), each on a fresh world with every cache emptied (INVEPT all and
-    INVVPID all); returns {case: the AssertionError it raised, or None}."""
-    if key in _groups:
-        return _groups[key]
-    worlds = {case: make_world(case) for case in cases}
-    bench = NestedBench(worlds[cases[0]], latency=LATENCY, **bench_args)
-    errors = {}
+def case(name):
+    def register(builder):
+        CASES[name] = builder
+        return builder
+    return register
+
+
+def run_cases():
+    """Run every registered case in one simulation (cached): {name: AssertionError or None}."""
+    if _group:
+        return _group
+    built = {name: builder() for name, builder in CASES.items()}
+    first = next(iter(built.values()))[0]
+    bench = NestedBench(first, latency=LATENCY)
 
     async def tb(ctx):
-        for case in cases:
-            w = worlds[case]
+        for name, (w, script) in built.items():
             await bench.fresh(ctx, w)
             await bench.invvpid(ctx, InvvpidKind.ALL, 0)
             assert ctx.get(bench.dut.vpid_valid) == 1
             try:
-                await scenario(ctx, bench, Probe(bench, w), w, case)
-                errors[case] = None
+                await script(ctx, bench, Probe(bench, w))
+                _group[name] = None
             except AssertionError as e:
-                errors[case] = e
+                _group[name] = e
                 for _ in range(500):                 # let whatever was in flight drain
                     ctx.set(bench.dut.linear_resp.ready, 1)
                     await ctx.tick()
                 ctx.set(bench.dut.linear_resp.ready, 0)
+            ctx.set(bench.dut.invvpid.payload.vpid, 0)
 
-    bench.run(tb, deadline_cycles=100_000 * len(cases))
-    _groups[key] = errors
-    return errors
+    bench.run(tb, deadline_cycles=100_000 * len(built))
+    return _group
 
 
-def check_grouped(errors, case):
-    if errors[case] is not None:
-        raise errors[case]
+def check_case(name):
+    error = run_cases()[name]
+    if error is not None:
+        raise error
 
 
 async def expect(ctx, probe, la, *, hit, access=Access.READ, user=False, old=None, tag=1):
@@ -149,7 +161,8 @@ async def expect(ctx, probe, la, *, hit, access=Access.READ, user=False, old=Non
 
 # -- hits, fills, the guest paging-structure caches --------------------------------------------
 
-def test_a_combined_tlb_hit_answers_in_one_cycle():
+@case("a_combined_tlb_hit_answers_in_one_cycle")
+def _a_combined_tlb_hit_answers_in_one_cycle():
     w = cache_world()
 
     async def script(ctx, bench, probe):
@@ -162,11 +175,14 @@ def test_a_combined_tlb_hit_answers_in_one_cycle():
         resp, _, _ = await probe.access(ctx, LA_A + 0x888)
         assert probe.log[-1][4] and resp.hpa == first.hpa - (LA_A & 0xFFF) + 0x888
 
-    run_script(w, script)
+    return w, script
 
 
-@pytest.mark.parametrize("ad", [False, True], ids=["eptp6=0", "eptp6=1"])
-def test_fills_allow_only_what_the_walk_proved(ad):
+def test_a_combined_tlb_hit_answers_in_one_cycle():
+    check_case("a_combined_tlb_hit_answers_in_one_cycle")
+
+
+def _fills_allow_only_what_the_walk_proved(ad):
     """A read fill reads only: a write walks (and sets guest D, EPT D with EPTP[6] = 1), then
     hits; a fetch fill fetches only; a CPL-0 fill does not serve CPL 3, a CPL-3 fill serves
     CPL 0."""
@@ -192,10 +208,21 @@ def test_fills_allow_only_what_the_walk_proved(ad):
         await expect(ctx, probe, LA_C, user=True, hit=True)
         await expect(ctx, probe, LA_C, user=False, hit=True)              # serves CPL 0
 
-    run_script(w, script)
+    return w, script
 
 
-def test_guest_psc_hits_are_counted_per_level():
+for _ad in (False, True):
+    case(f"fills_allow_only_what_the_walk_proved[{_ad!r}]")(
+        partial(_fills_allow_only_what_the_walk_proved, _ad))
+
+
+@pytest.mark.parametrize("ad", [False, True], ids=["eptp6=0", "eptp6=1"])
+def test_fills_allow_only_what_the_walk_proved(ad):
+    check_case(f"fills_allow_only_what_the_walk_proved[{ad!r}]")
+
+
+@case("guest_psc_hits_are_counted_per_level")
+def _guest_psc_hits():
     w = cache_world()
 
     async def script(ctx, bench, probe):
@@ -212,12 +239,16 @@ def test_guest_psc_hits_are_counted_per_level():
             assert d["guest_mem_reads"] == reads and d["ept_lookups"] == 2 * reads, (hex(la), d)
         _, d = await expect(ctx, probe, LA_E, hit=False)     # another PDPT: from the PML4E
         assert d["guest_mem_reads"] == 4
+        w_ref = cache_world()
+        for la in (LA_A, LA_B, LA_C, LA_D, LA_E):
+            model_la(w_ref, la)
+        assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
 
-    bench, _ = run_script(w, script)
-    w_ref = cache_world()
-    for la in (LA_A, LA_B, LA_C, LA_D, LA_E):
-        model_la(w_ref, la)
-    assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
+    return w, script
+
+
+def test_guest_psc_hits_are_counted_per_level():
+    check_case("guest_psc_hits_are_counted_per_level")
 
 
 # -- refusals -----------------------------------------------------------------------------------
@@ -252,10 +283,8 @@ def test_no_vpid_and_vpid_0_are_refused():
     assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
 
 
-def test_refused_invvpids_drop_nothing():
-    """INVVPID with VPID 0 (ADDRESS, SINGLE, SINGLE_KEEP_GLOBAL) or a non-canonical LA
-    (ADDRESS): invvpid_error, until the next INVVPID taken; the mappings still hit.  ALL
-    with VPID 0 is legal and drops everything."""
+@case("refused_invvpids_drop_nothing")
+def _refused_invvpids():
     w = cache_world()
     errors = []
 
@@ -280,8 +309,14 @@ def test_refused_invvpids_drop_nothing():
         errors.append(ctx.get(bench.dut.invvpid_error))
         await expect(ctx, probe, LA_A, hit=False)
 
-    run_script(w, script)
-    assert errors == [1] * 10 + [0, 0], errors
+    return w, script
+
+
+def test_refused_invvpids_drop_nothing():
+    """INVVPID with VPID 0 (ADDRESS, SINGLE, SINGLE_KEEP_GLOBAL) or a non-canonical LA
+    (ADDRESS): invvpid_error, until the next INVVPID taken; the mappings still hit.  ALL
+    with VPID 0 is legal and drops everything."""
+    check_case("refused_invvpids_drop_nothing")
 
 
 # -- what each invalidation drops (§10) ----------------------------------------------------------
@@ -347,10 +382,21 @@ async def _invalidation_scenario(ctx, bench, probe, w, op):
         await expect(ctx, probe, la, hit=True, old=model_on(w, la) if drop else olds[la])
 
 
+def _invalidation_case(op):
+    w = cache_world()
+
+    async def script(ctx, bench, probe):
+        await _invalidation_scenario(ctx, bench, probe, w, op)
+    return w, script
+
+
+for _op in OPS:
+    case(f"invalidation[{_op}]")(partial(_invalidation_case, _op))
+
+
 @pytest.mark.parametrize("op", list(OPS))
 def test_each_invalidation_drops_its_mappings(op):
-    check_grouped(run_grouped("invalidations", list(OPS), lambda op: cache_world(),
-                              _invalidation_scenario), op)
+    check_case(f"invalidation[{op}]")
 
 
 def _second_eptp(w):
@@ -361,8 +407,7 @@ def _second_eptp(w):
     return Eptp(pml4_pa=pml4, memtype=MemType.WB, ad_enabled=w.eptp.ad_enabled)
 
 
-@pytest.mark.parametrize("kind", ["single", "all"])
-def test_invept_drops_combined_mappings_of_its_ep4ta(kind):
+def _invept_drops_combined_mappings_of_its_ep4ta(kind):
     """Combined mappings are tagged by EP4TA: INVEPT single drops those of its EP4TA, for
     every VPID, and (here) keeps another EP4TA's; INVEPT all drops both."""
     w = cache_world()
@@ -387,7 +432,17 @@ def test_invept_drops_combined_mappings_of_its_ep4ta(kind):
         assert await bench.set_eptp(ctx, eptp_b) == 1
         await expect(ctx, probe, LA_A, hit=kind == "single", old=old)     # B: kept / dropped
 
-    run_script(w, script)
+    return w, script
+
+
+for _kind in ("single", "all"):
+    case(f"invept_drops_combined_mappings_of_its_ep4ta[{_kind!r}]")(
+        partial(_invept_drops_combined_mappings_of_its_ep4ta, _kind))
+
+
+@pytest.mark.parametrize("kind", ["single", "all"])
+def test_invept_drops_combined_mappings_of_its_ep4ta(kind):
+    check_case(f"invept_drops_combined_mappings_of_its_ep4ta[{kind!r}]")
 
 
 # -- INVVPID does not drop guest-physical mappings --------------------------------------------
@@ -407,8 +462,7 @@ def _move_guest_pt(w, la):
     w.ept_pages[pt] = NEW_HPA + 0x1000
 
 
-@pytest.mark.parametrize("change", ["data_page", "guest_pt_page"])
-def test_invvpid_keeps_guest_physical_mappings(change):
+def _invvpid_keeps_guest_physical_mappings(change):
     """An EPT change (the data page, or the page holding a guest table, moved): INVVPID
     drops the combined mapping and the guest PSC entries, but the EPT TLB still maps the
     old frame (INVVPID is not required to drop guest-physical mappings, and here does not):
@@ -432,7 +486,17 @@ def test_invvpid_keeps_guest_physical_mappings(change):
         await ctx.tick()
         await expect(ctx, probe, LA_A, hit=False)     # the new tables
 
-    run_script(w, script)
+    return w, script
+
+
+for _change in ("data_page", "guest_pt_page"):
+    case(f"invvpid_keeps_guest_physical_mappings[{_change!r}]")(
+        partial(_invvpid_keeps_guest_physical_mappings, _change))
+
+
+@pytest.mark.parametrize("change", ["data_page", "guest_pt_page"])
+def test_invvpid_keeps_guest_physical_mappings(change):
+    check_case(f"invvpid_keeps_guest_physical_mappings[{change!r}]")
 
 
 # -- sizes, context changes, cached permissions ----------------------------------------------------
@@ -480,7 +544,8 @@ def test_a_reused_ept_context_id_drops_its_combined_mappings():
     run_script(w, script, contexts=1)
 
 
-def test_a_guest_large_page_over_smaller_ept_pages_is_cached_at_the_ept_size():
+@case("a_guest_large_page_over_smaller_ept_pages_is_cached_at_the_ept_size")
+def _a_guest_large_page_over_smaller_ept_pages_is_cached_at_the_ept_size():
     """A 2M guest page whose 4K EPT leaves are scattered: a hit may serve only the 4K page
     the walk translated; another 4K page of the 2M page walks (its own HPA).  A 2M guest page
     over a 2M EPT leaf: one entry serves the whole 2M page."""
@@ -502,10 +567,15 @@ def test_a_guest_large_page_over_smaller_ept_pages_is_cached_at_the_ept_size():
             resp, _ = await expect(ctx, probe, la_big + off, hit=True)
             assert resp.hpa == 0x6020_0000 + HOST_OFFSET + off
 
-    run_script(w, script)
+    return w, script
 
 
-def test_invvpid_address_drops_the_large_entry_covering_the_la():
+def test_a_guest_large_page_over_smaller_ept_pages_is_cached_at_the_ept_size():
+    check_case("a_guest_large_page_over_smaller_ept_pages_is_cached_at_the_ept_size")
+
+
+@case("invvpid_address_drops_the_large_entry_covering_the_la")
+def _invvpid_address_drops_the_large_entry_covering_the_la():
     """INVVPID type 0 at any LA inside a 2M combined mapping drops that mapping."""
     la_big = LA_2M + (4 << 30)
     w = cache_world()
@@ -522,10 +592,15 @@ def test_invvpid_address_drops_the_large_entry_covering_the_la():
         resp, _ = await expect(ctx, probe, la_big + 0x3000, hit=False)
         assert resp.gpa == 0x6040_3000
 
-    run_script(w, script)
+    return w, script
 
 
-def test_context_changes_drop_or_refuse():
+def test_invvpid_address_drops_the_large_entry_covering_the_la():
+    check_case("invvpid_address_drops_the_large_entry_covering_the_la")
+
+
+@case("context_changes_drop_or_refuse")
+def _context_changes_drop_or_refuse():
     """CR0.WP, CR0.PG changes drop the combined mappings (a fill under WP = 0 proved a
     supervisor write to a read-only page; under WP = 1 it must #PF); an invalid CR3
     load refuses even a request that would hit."""
@@ -561,7 +636,11 @@ def test_context_changes_drop_or_refuse():
         resp, _ = await bench.linear(ctx, LA_A, tag=9)
         assert resp.outcome == LinearOutcome.REFUSED and resp.tag == 9
 
-    run_script(w, script)
+    return w, script
+
+
+def test_context_changes_drop_or_refuse():
+    check_case("context_changes_drop_or_refuse")
 
 
 def _psc_perm_world(bit):
@@ -582,11 +661,23 @@ async def _psc_perm_scenario(ctx, bench, probe, w, bit):
     assert resp.outcome == LinearOutcome.PAGE_FAULT, resp
 
 
+def _psc_perm_case(bit):
+    w = _psc_perm_world(bit)
+
+    async def script(ctx, bench, probe):
+        await _psc_perm_scenario(ctx, bench, probe, w, bit)
+    return w, script
+
+
+for _bit in ("us", "rw", "xd"):
+    case(f"psc_perms[{_bit}]")(partial(_psc_perm_case, _bit))
+
+
 @pytest.mark.parametrize("bit", ["us", "rw", "xd"])
 def test_a_guest_psc_hit_keeps_the_upper_levels_permissions(bit):
     """The PML4E denies (U/S = 0, R/W = 0, or XD = 1); a PDE-cache hit for another page of
     the same PT must still deny: the cached entry carries the ANDed U/S, R/W and ORed XD."""
-    check_grouped(run_grouped("psc_perms", ["us", "rw", "xd"], _psc_perm_world, _psc_perm_scenario), bit)
+    check_case(f"psc_perms[{bit}]")
 
 
 # -- a random guest OS and host: every change followed by its covering invalidation ----------------

@@ -562,9 +562,9 @@ def same_arch(a, b):
     return a.architectural() == b.architectural()
 
 
-@pytest.mark.parametrize("change,ad", [("guest_pt_page", 0), pytest.param("data_page", 0, marks=pytest.mark.slow),
-                                       pytest.param("guest_pt_page", 1, marks=pytest.mark.slow),
-                                       pytest.param("data_page", 1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("change,ad", [
+    ("guest_pt_page", 0), pytest.param("data_page", 0, marks=pytest.mark.slow),
+    pytest.param("guest_pt_page", 1, marks=pytest.mark.slow), pytest.param("data_page", 1, marks=pytest.mark.slow)])
 def test_invept_during_a_2d_walk_installs_nothing(change, ad):
     _check_invalidations(change, ad, [_invept(InveptKind.GLOBAL), _invept(InveptKind.SINGLE)])
 
