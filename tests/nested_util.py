@@ -267,8 +267,9 @@ class NestedBench:
         The world the DRAM starts on (:meth:`use` swaps it).
     latency : int or callable
         The DRAM's.
-    vpid : int
-        Loaded with the guest context if the unit has a VPID port.
+    vpid : int or None
+        Loaded with the guest context if the unit has a VPID port (None: the world's
+        ``regs.vpid``).
     **params
         To the NestedWalkUnit (``checks=True`` by default).
 
@@ -280,12 +281,12 @@ class NestedBench:
         Cycles simulated so far.
     """
 
-    def __init__(self, world, *, latency=4, vpid=1, **params):
+    def __init__(self, world, *, latency=4, vpid=None, **params):
         params.setdefault("checks", True)
         params.setdefault("maxphyaddr", world.config.maxphyaddr)
         self.dut = NestedWalkUnit(**params)
         self.world = world
-        self.vpid = vpid
+        self.vpid = getattr(world.regs, "vpid", 1) if vpid is None else vpid
         self.dram = Dram(self.dut.mem_req, self.dut.mem_resp, world.mem, latency)
         self.lost_races = 0
         self.cycle = 0

@@ -13,7 +13,9 @@ where the RTL drops more than required, the test says so)."""
 from functools import partial
 
 import pytest
-from nested_util import HOST_OFFSET, NestedBench, World, clone_memory, compare_la, model_la
+from nested_util import (
+    HOST_OFFSET, NestedBench, World, clone_memory, compare_la, la_req, model_la,
+)
 
 from hw import layouts
 from hw.layouts import InveptKind, LinearOutcome
@@ -122,19 +124,20 @@ def run_cases():
 
     async def tb(ctx):
         for name, (w, script) in built.items():
-            await bench.fresh(ctx, w)
-            await bench.invvpid(ctx, InvvpidKind.ALL, 0)
-            assert ctx.get(bench.dut.vpid_valid) == 1
             try:
+                await bench.fresh(ctx, w)
+                await bench.invvpid(ctx, InvvpidKind.ALL, 0)
+                assert ctx.get(bench.dut.vpid_valid) == 1
                 await script(ctx, bench, Probe(bench, w))
                 _group[name] = None
             except AssertionError as e:
                 _group[name] = e
-                for _ in range(500):                 # let whatever was in flight drain
-                    ctx.set(bench.dut.linear_resp.ready, 1)
+                ctx.set(bench.dut.linear_req.valid, 0)      # withdraw, and drain what is in flight
+                ctx.set(bench.dut.translate_req.valid, 0)
+                ctx.set(bench.dut.linear_resp.ready, 1)
+                for _ in range(2000):
                     await ctx.tick()
                 ctx.set(bench.dut.linear_resp.ready, 0)
-            ctx.set(bench.dut.invvpid.payload.vpid, 0)
 
     bench.run(tb, deadline_cycles=100_000 * len(built))
     return _group
@@ -462,11 +465,11 @@ def _move_guest_pt(w, la):
     w.ept_pages[pt] = NEW_HPA + 0x1000
 
 
-def _invvpid_keeps_guest_physical_mappings(change):
-    """An EPT change (the data page, or the page holding a guest table, moved): INVVPID
-    drops the combined mapping and the guest PSC entries, but the EPT TLB still maps the
-    old frame (INVVPID is not required to drop guest-physical mappings, and here does not):
-    the walk answers the old translation without one EPT walk.  INVEPT: the new one."""
+def _vpid_ops_keep_guest_physical_mappings(change, op):
+    """An EPT change (the data page, or the page holding a guest table, moved): INVVPID or
+    MOV CR3 drop the combined mapping and the guest PSC entries, but the EPT TLB still maps
+    the old frame (neither is required to drop guest-physical mappings, and here neither
+    does): the walk answers the old translation without one EPT walk.  INVEPT: the new one."""
     w = cache_world()
     move = {"data_page": _move_data_page, "guest_pt_page": _move_guest_pt}[change]
 
@@ -477,11 +480,15 @@ def _invvpid_keeps_guest_physical_mappings(change):
         new = model_on(w, LA_A)
         assert new.hpa != old.hpa
         await expect(ctx, probe, LA_A, hit=True, old=old)
-        await bench.invvpid(ctx, InvvpidKind.SINGLE, 1)
+        if op == "invvpid":
+            await bench.invvpid(ctx, InvvpidKind.SINGLE, 1)
+        else:
+            await bench.mov_cr3(ctx)
         resp, _, d = await probe.access(ctx, LA_A)
-        assert not probe.log[-1][4], "INVVPID kept the combined mapping"
+        assert not probe.log[-1][4], f"{op} kept the combined mapping"
         compare_la(resp, old, 1)                      # the stale EPT TLB entry, legal
         assert d["ept_lookups"] >= 1 and d["ept_walks"] == 0, d
+        assert d["guest_mem_reads"] == 4, d           # the guest PSC entries went too
         await bench.invept(ctx, InveptKind.SINGLE, w.eptp.pml4_pa >> 12)
         await ctx.tick()
         await expect(ctx, probe, LA_A, hit=False)     # the new tables
@@ -489,14 +496,85 @@ def _invvpid_keeps_guest_physical_mappings(change):
     return w, script
 
 
-for _change in ("data_page", "guest_pt_page"):
-    case(f"invvpid_keeps_guest_physical_mappings[{_change!r}]")(
-        partial(_invvpid_keeps_guest_physical_mappings, _change))
+VPID_OPS = [(change, op) for change in ("data_page", "guest_pt_page") for op in ("invvpid", "mov_cr3")]
+for _change, _op in VPID_OPS:
+    case(f"keeps_guest_physical[{_change}-{_op}]")(partial(_vpid_ops_keep_guest_physical_mappings, _change, _op))
 
 
-@pytest.mark.parametrize("change", ["data_page", "guest_pt_page"])
-def test_invvpid_keeps_guest_physical_mappings(change):
-    check_case(f"invvpid_keeps_guest_physical_mappings[{change!r}]")
+@pytest.mark.parametrize("change,op", VPID_OPS)
+def test_invvpid_and_mov_cr3_keep_guest_physical_mappings(change, op):
+    check_case(f"keeps_guest_physical[{change}-{op}]")
+
+
+@case("invvpid_address_drops_all_of_its_vpids_guest_psc_entries")
+def _invvpid_address_psc():
+    """Over-invalidation, documented: INVVPID type 0 drops every guest paging-structure
+    cache entry of its VPID (they are not per page), not only those covering the LA; the
+    combined mappings of other LAs stay."""
+    w = cache_world()
+
+    async def script(ctx, bench, probe):
+        await expect(ctx, probe, LA_A, hit=False)
+        _, d = await expect(ctx, probe, LA_B, hit=False)
+        assert d["gpsc_hits_pde"] == 1
+        await bench.invvpid(ctx, InvvpidKind.ADDRESS, 1, LA_E)       # an LA in another PDPT
+        await expect(ctx, probe, LA_A, hit=True)                     # LA_A's combined entry stays
+        _, d = await expect(ctx, probe, LA_C, hit=False)             # LA_C: a cold 2D walk
+        assert d["gpsc_hits_pml4e"] + d["gpsc_hits_pdpte"] + d["gpsc_hits_pde"] == 0
+        assert d["guest_mem_reads"] == 4
+
+    return w, script
+
+
+def test_invvpid_address_drops_all_of_its_vpids_guest_psc_entries():
+    check_case("invvpid_address_drops_all_of_its_vpids_guest_psc_entries")
+
+
+@case("hits_pass_a_walk_and_a_miss_waits_for_its_pages_walk")
+def _hits_pass_walks():
+    """Out of order: a hit taken while a 2D walk is in flight answers first (one cycle); a
+    second miss on the page being walked waits for that walk and is then a hit."""
+    w = cache_world()
+
+    async def script(ctx, bench, probe):
+        dut = bench.dut
+        await expect(ctx, probe, LA_A, hit=False)
+        before = await bench.counters(ctx)
+        # offer the three requests in turn while taking every response as it comes
+        offers = [la_req(LA_C, tag=4), la_req(LA_A, tag=5), la_req(LA_C + 0x10, tag=6)]
+        taken, got = {}, []
+        ctx.set(dut.linear_resp.ready, 1)
+        for cycle in range(3000):
+            ctx.set(dut.linear_req.valid, bool(offers))
+            if offers:
+                ctx.set(dut.linear_req.payload, offers[0])
+            _, _, ready, valid, payload = await ctx.tick().sample(
+                dut.linear_req.ready, dut.linear_resp.valid, dut.linear_resp.payload)
+            if offers and ready:
+                taken[offers.pop(0)["tag"]] = cycle
+            if valid:
+                got.append((payload, cycle))
+            if len(got) == 3:
+                break
+        ctx.set(dut.linear_req.valid, 0)
+        ctx.set(dut.linear_resp.ready, 0)
+        assert [p.tag for p, _ in got] == [5, 4, 6], [p.tag for p, _ in got]
+        (r5, c5), (r4, c4), (r6, c6) = got
+        assert c5 == taken[5] + 1 and c4 > c5          # the hit: one cycle, before the walk's answer
+        assert taken[6] >= c4 and c6 == taken[6] + 1   # LA_C's page: taken once walked, then a hit
+        compare_la(r5, model_on(w, LA_A), 5)
+        compare_la(r4, model_on(w, LA_C), 4)
+        compare_la(r6, model_on(w, LA_C + 0x10), 6)
+        after = await bench.counters(ctx)
+        assert after["ctlb_hits"] - before["ctlb_hits"] == 2
+        assert after["guest_walks"] - before["guest_walks"] == 1
+        model_la(w, LA_C)
+
+    return w, script
+
+
+def test_hits_pass_a_walk_and_a_miss_waits_for_its_pages_walk():
+    check_case("hits_pass_a_walk_and_a_miss_waits_for_its_pages_walk")
 
 
 # -- sizes, context changes, cached permissions ----------------------------------------------------
