@@ -412,7 +412,8 @@ def _second_eptp(w):
 
 def _invept_drops_combined_mappings_of_its_ep4ta(kind):
     """Combined mappings are tagged by EP4TA: INVEPT single drops those of its EP4TA, for
-    every VPID, and (here) keeps another EP4TA's; INVEPT all drops both."""
+    every VPID, and (here) keeps another EP4TA's, whether its EP4TA is the current one
+    (``single``) or not (``other``: INVEPT of B while A is loaded); INVEPT all drops both."""
     w = cache_world()
     eptp_a = w.eptp
     eptp_b = _second_eptp(w)
@@ -428,22 +429,24 @@ def _invept_drops_combined_mappings_of_its_ep4ta(kind):
         await expect(ctx, probe, LA_A, hit=True, old=old)
         if kind == "single":
             await bench.invept(ctx, InveptKind.SINGLE, eptp_a.pml4_pa >> 12)
+        elif kind == "other":
+            await bench.invept(ctx, InveptKind.SINGLE, eptp_b.pml4_pa >> 12)
         else:
             await bench.invept(ctx, InveptKind.GLOBAL)
         await ctx.tick()
-        await expect(ctx, probe, LA_A, hit=False)                         # A: new
+        await expect(ctx, probe, LA_A, hit=kind == "other", old=old)     # A: new, or kept
         assert await bench.set_eptp(ctx, eptp_b) == 1
-        await expect(ctx, probe, LA_A, hit=kind == "single", old=old)     # B: kept / dropped
+        await expect(ctx, probe, LA_A, hit=kind == "single", old=old)     # B: kept, or new
 
     return w, script
 
 
-for _kind in ("single", "all"):
+for _kind in ("single", "other", "all"):
     case(f"invept_drops_combined_mappings_of_its_ep4ta[{_kind!r}]")(
         partial(_invept_drops_combined_mappings_of_its_ep4ta, _kind))
 
 
-@pytest.mark.parametrize("kind", ["single", "all"])
+@pytest.mark.parametrize("kind", ["single", "other", "all"])
 def test_invept_drops_combined_mappings_of_its_ep4ta(kind):
     check_case(f"invept_drops_combined_mappings_of_its_ep4ta[{kind!r}]")
 
