@@ -608,3 +608,51 @@ def test_a_racer_winning_twenty_times_saturates_retries():
     compare_la(resp, model_la(w_ref, LA, Access.WRITE), tag=4)
     assert w.gread(pte_gpa) == w_ref.gread(pte_gpa)
     assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
+
+
+@pytest.mark.parametrize("ad", [0, 1], ids=["eptp6=0", "eptp6=1"])
+def test_cas_race_on_a_walk_started_from_the_guest_psc(ad):
+    """A neighbour page of the same guest PT walked first, so the racing walk starts at the
+    PTE from a guest PDE-cache hit; the PTE changes between its read and its CAS: the walk
+    restarts (from the top) and answers the new PTE's translation, and a second access is
+    served the new translation."""
+    neighbour = LA + 0x1000
+    w = mapped_world(ad)
+    w.guest_map(neighbour, DATA_GPA + 0x1000)
+    pte_gpa = w.guest_entry_gpa(LA, Level.PTE)
+    target = w.hpa_of(pte_gpa)
+    value = make_leaf_entry(NEW_GPA, Level.PTE)
+    bench = NestedBench(w, latency=LATENCY)
+    fired, out = [], {}
+
+    def hook(n, op, addr, compare, data, old):
+        if op == MemOp.READ and addr == target and not fired:
+            fired.append(n)
+            w.mem.write(addr, value, source="host")
+
+    async def tb(ctx):
+        assert await bench.load_context(ctx) == (1, 0, 1)
+        out["neighbour"], _ = await bench.linear(ctx, neighbour, Access.READ, tag=1)
+        await bench.idle(ctx)
+        before = await bench.counters(ctx)
+        bench.dram.hooks = [hook]
+        out["raced"], _ = await bench.linear(ctx, LA, Access.WRITE, tag=2)
+        await bench.idle(ctx)
+        bench.dram.hooks = []
+        out["delta"] = {k: v - before[k] for k, v in (await bench.counters(ctx)).items()}
+        out["again"], _ = await bench.linear(ctx, LA, Access.WRITE, tag=3)
+
+    bench.run(tb)
+    w_ref = mapped_world(ad)
+    w_ref.guest_map(neighbour, DATA_GPA + 0x1000)
+    compare_la(out["neighbour"], model_la(w_ref, neighbour), tag=1)
+    _racing_reads(w_ref.mem, w_ref.hpa_of(pte_gpa), value)
+    ref = model_la(w_ref, LA, Access.WRITE)
+    assert ref.retries == 1 and ref.gpa & ~0xFFF == NEW_GPA
+    compare_la(out["raced"], ref, tag=2)
+    assert out["raced"].retries == 1 and bench.lost_races == 1 and fired
+    if HAS_INVVPID:
+        assert out["delta"]["gpsc_hits_pde"] == 1 and out["delta"]["guest_cas_retries"] == 1
+    compare_la(out["again"], model_la(w_ref, LA, Access.WRITE), tag=3)
+    assert w.gread(pte_gpa) == value | PG_A | PG_D
+    assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
