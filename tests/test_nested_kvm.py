@@ -132,7 +132,7 @@ def paddr_group(kvm_rows):
                 restore_pt_page(w, pte_gpa)
                 await bench.invept(ctx, InveptKind.SINGLE, w.eptp.pml4_pa >> 12)
                 retry, _ = await bench.linear(ctx, KVM_LA, access, user, tag=case_tag(case[2:]))
-            out[case] = (first, before_retry, retry)
+            out[case] = (first, before_retry, retry, w)
 
     bench.run(tb)
     _paddr_results[kvm_rows] = out
@@ -148,7 +148,7 @@ def case_tag(case):
                  marks=() if v[2] else pytest.mark.slow) for k, v in PADDR_CASES.items()])
 def test_paddr(ad, perms, preset, op):
     kvm_test, expected, kvm_row = PADDR_CASES[(ad, perms, preset, op)]
-    first, before_retry, retry = paddr_group(kvm_row)[(ad, perms, preset, op)]
+    first, before_retry, retry, w_rtl = paddr_group(kvm_row)[(ad, perms, preset, op)]
     access, user = OPS[op]
     tag = case_tag((preset, op))
     w_ref, pte_gpa = paddr_world(ad, PERMS[perms], AD_PRESETS[preset])
@@ -168,23 +168,24 @@ def test_paddr(ad, perms, preset, op):
     assert dict(before_retry.nonzero_words()) == dict(w_ref.mem.nonzero_words())
 
     # the guest PTE's A/D after the op (K1: A always, D if preset or a write), and with
-    # EPTP[6] = 1 the EPT entries mapping the guest PT page: A at every level, D on the leaf only
-    w = w_ref
+    # EPTP[6] = 1 the EPT entries mapping the guest PT page: A at every level, D on the leaf
+    # only; read from the RTL's memory (equal to the model's throughout)
+    pte_hpa = w_ref.hpa_of(pte_gpa)
     if expected is not None:
-        pte = w.gread(pte_gpa)
-        assert pte & (PG_A | PG_D) == AD_PRESETS[preset], "a faulting op set guest A/D"
-        restore_pt_page(w, pte_gpa)
-        ref2 = model_la(w, KVM_LA, access, user)
+        assert before_retry.peek(pte_hpa) & (PG_A | PG_D) == AD_PRESETS[preset], "a faulting op set A/D"
+        restore_pt_page(w_ref, pte_gpa)
+        ref2 = model_la(w_ref, KVM_LA, access, user)
         assert retry is not None and retry.outcome == LinearOutcome.OK
         compare_la(retry, ref2, tag)
     else:
         assert retry is None
-    pte = w.gread(pte_gpa)
+    assert dict(w_rtl.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
+    pte = w_rtl.mem.peek(pte_hpa)
     want_d = bool(AD_PRESETS[preset] & PG_D) or access is Access.WRITE
     assert pte & PG_A and bool(pte & PG_D) == want_d, hex(pte)
     if ad and expected is None:
         for lv in LEVELS:
-            e = w.mem.peek(w.ept_entry_addr(pte_gpa, lv, create=False))
+            e = w_rtl.mem.peek(w_ref.ept_entry_addr(pte_gpa, lv, create=False))
             assert e & EPT_A, lv
             assert bool(e & EPT_D) == (lv == Level.PTE), lv
 
