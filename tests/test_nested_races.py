@@ -610,7 +610,7 @@ def test_a_racer_winning_twenty_times_saturates_retries():
     assert dict(w.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
 
 
-@pytest.mark.parametrize("ad", [0, 1], ids=["eptp6=0", "eptp6=1"])
+@pytest.mark.parametrize("ad", [pytest.param(0, marks=pytest.mark.slow), 1], ids=["eptp6=0", "eptp6=1"])
 def test_cas_race_on_a_walk_started_from_the_guest_psc(ad):
     """A neighbour page of the same guest PT walked first, so the racing walk starts at the
     PTE from a guest PDE-cache hit; the PTE changes between its read and its CAS: the walk
