@@ -68,6 +68,12 @@ def check_nested_keys(r, outdir):
             assert r[f"{key}_reason"].startswith("not measured: ")
         else:
             assert r[met] == (r[key] <= r[goal]), key
+    gos = r.get("nested_refs_per_walk_guest_os_detail")
+    if gos is not None:                          # measured: the figure is its counters' ratio
+        refs = gos["guest_mem_reads"] + gos["guest_mem_cas"] + gos["ept_mem_reads"] + gos["ept_mem_cas"]
+        assert r["nested_refs_per_walk_guest_os"] == round(refs / gos["ctlb_misses"], 3)
+        assert gos["ctlb_hits"] + gos["ctlb_misses"] == gos["linear_lookups"] >= gos["accesses"]
+        assert gos["guest_walks"] == gos["ctlb_misses"]
     assert r["nested_tlb_hit_latency_goal_cycles"] == 1
     assert r["nested_cold_walk_goal_cycles"] == 24 * (L + 1) + 4
     assert r["nested_warm_walk_goal_cycles"] == 2 * (L + 1) + 4
