@@ -42,3 +42,13 @@ def test_every_stop_code_is_returned_by_sim_run():
 
 def test_driver_is_beside_the_harness():
     assert DRIVER == Path(__file__).resolve().parents[1] / "sim" / "backends" / "verilator" / "driver.cpp"
+
+
+def test_port_word_counts_match():
+    from sim.backends.verilator import harness
+    cpp = dict(re.findall(r"constexpr int (\w+_WORDS) = (\d+);", DRIVER.read_text()))
+    for name in ("COUNTER_WORDS", "NESTED_COUNTER_WORDS", "LRESP_WORDS", "INVVPID_WORDS"):
+        assert int(cpp[name]) == getattr(harness, name), name
+    assert int(cpp["TRESP_WORDS"]) == Status.tresp.size
+    assert int(cpp["LRESP_WORDS"]) == Status.lresp.size
+    assert int(cpp["INVVPID_WORDS"]) == Status.in_invvpid_payload.size

@@ -62,6 +62,16 @@ class Flag(IntEnum):
     RESP_TAKEN = 5
     RESP_ERROR_TAKEN = 6
     EPTP_VALID_BEFORE = 7   # eptp_valid sampled at the edge before
+    # the nested top's (0 in a native build)
+    LREQ_READY = 8
+    LRESP_VALID = 9
+    CR3_VALID = 10
+    CR3_ERROR = 11
+    VPID_VALID = 12
+    VPID_ERROR = 13
+    INVVPID_ERROR = 14
+    GUEST_IDLE = 15
+    LOST_RACE = 16
 
 
 # the hot paths compare plain ints (an IntEnum member costs a lookup and a call)
@@ -85,6 +95,10 @@ _pack_request = _request_packer()
 
 
 
+# driver.cpp's word counts of the wide ports
+COUNTER_WORDS, NESTED_COUNTER_WORDS, LRESP_WORDS, INVVPID_WORDS = 26, 23, 5, 3
+
+
 class Status(ctypes.Structure):
     """driver.cpp's Status, shared: reading it, and setting the inputs in it,
     costs no call into C."""
@@ -101,7 +115,20 @@ class Status(ctypes.Structure):
                 ("staged_from", ctypes.c_uint64), ("staged_payload", ctypes.c_uint64),
                 ("accept_cycle", ctypes.c_uint64), ("accept_pending", ctypes.c_uint8),
                 ("accept_eptp_valid", ctypes.c_uint8), ("accept_stop", ctypes.c_uint8),
-                ("responded", ctypes.c_uint8)]
+                ("responded", ctypes.c_uint8),
+                # the nested top's
+                ("in_lreq_payload", ctypes.c_uint64), ("in_cr3_value", ctypes.c_uint64),
+                ("in_invvpid_payload", ctypes.c_uint32 * INVVPID_WORDS), ("in_vpid_value", ctypes.c_uint16),
+                ("in_lreq_valid", ctypes.c_uint8), ("in_lresp_ready", ctypes.c_uint8),
+                ("in_cr3_load", ctypes.c_uint8), ("in_paging", ctypes.c_uint8), ("in_wp", ctypes.c_uint8),
+                ("in_nxe", ctypes.c_uint8), ("in_vpid_load", ctypes.c_uint8),
+                ("in_invvpid_valid", ctypes.c_uint8),
+                ("lstaged", ctypes.c_uint8), ("lstaged_from", ctypes.c_uint64),
+                ("lstaged_payload", ctypes.c_uint64),
+                ("lresp", ctypes.c_uint32 * LRESP_WORDS),
+                ("laccept_cycle", ctypes.c_uint64), ("laccept_pending", ctypes.c_uint8),
+                ("laccept_stop", ctypes.c_uint8), ("lresponded", ctypes.c_uint8),
+                ("laccept_flags", ctypes.c_uint8 * len(Flag))]
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -124,6 +151,9 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_perform": ([P, U64, INT], None),
             "sim_edge": ([P], None),
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
+            "sim_nested_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
+            "sim_top": ([], INT),
+            "sim_status_layout": ([ctypes.POINTER(U64)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64, U64], INT),
             "sim_set_callbacks": ([P, PERFORM_FN, HOOKS_FN], None),
@@ -137,6 +167,13 @@ def _load(path: Path) -> ctypes.CDLL:
         for name, (args, res) in sig.items():
             f = getattr(lib, name)
             f.argtypes, f.restype = args, res
+        layout = (U64 * 4)()
+        lib.sim_status_layout(layout)
+        want = (ctypes.sizeof(Status), Status.in_lreq_payload.offset, Status.lresp.offset,
+                Status.laccept_flags.offset)
+        if tuple(layout) != want:       # driver.cpp and this file disagree: a silent misreading
+            raise RuntimeError(f"{path}: driver.cpp's Status layout {tuple(layout)} is not "
+                               f"harness.py's {want}")
         _LIBS[str(path)] = lib
     return lib
 
@@ -373,7 +410,7 @@ class VerilatorHarness(HarnessCore):
             self._complete(t[0] | t[1] << 32 | t[2] << 64)
             event = True
         if self._want_counters:
-            w = (ctypes.c_uint32 * 26)()
+            w = (ctypes.c_uint32 * COUNTER_WORDS)()
             lib.sim_counters(h, w)
             self._counters_raw = sum(v << (32 * i) for i, v in enumerate(w))
             self._want_counters = False
