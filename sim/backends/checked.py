@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from model.formats import Access, EptConfig, Eptp, EptpError
 from model.guest import GuestRegs
-from model.nested import NestedTranslation
+from model.nested import QUAL_FINAL, LaOutcome, NestedTranslation, Stage
 from model.physmem import PhysicalMemory
 from model.walk import Translation
 
@@ -51,13 +51,18 @@ class LaBusError:
 
 
 def ticket_la_translation(t: LinearTicket) -> NestedTranslation | LaBusError:
-    """A linear ticket's answer as the model's result type (without the walk's steps)."""
+    """A linear ticket's answer as the model's result type (without the walk's steps; a
+    violation's ``stage`` read from its qualification, a misconfiguration's left None)."""
     if t.refused:
         raise RuntimeError(f"LA {t.la:#x}: the unit refused the translation (no valid EPTP, VPID or CR3)")
     if t.bus_error:
         return LaBusError(t)
+    stage = None
+    if t.outcome is LaOutcome.VIOLATION:      # from the qualification (docs/nested.md's table)
+        stage = (Stage.FINAL if t.qual & QUAL_FINAL else
+                 Stage.AD if t.qual & 2 and not t.eptp.ad_enabled else Stage.WALK)
     return NestedTranslation(t.la, t.access, t.user, t.outcome, gpa=t.gpa, hpa=t.hpa, page_size=t.page_size,
-                             memtype=t.memtype, pf_error=t.pf_error, qual=t.qual, retries=t.retries)
+                             memtype=t.memtype, pf_error=t.pf_error, qual=t.qual, stage=stage, retries=t.retries)
 
 
 SCOREBOARD_ENV = "EPT_WALKER_SCOREBOARD"

@@ -35,7 +35,7 @@ from model.pmap import (
     native_mmu_access,
 )
 
-from sim.backends.base import make_backend
+from sim.backends.base import backend_class, make_backend
 from sim.cosim.workload import Host
 from sim.cosim.tabulate import format_rows
 
@@ -270,6 +270,8 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
     opts.validate()
     memory = PhysicalMemory()
     config = EptConfig(memory.maxphyaddr)
+    if backend_class(backend_name).timed and backend_class(backend_name).nested:
+        backend_kw = dict(backend_kw, nested=True)      # an RTL backend: the nested unit
     backend = make_backend(backend_name, memory, config, **backend_kw)
     if not backend.nested:
         backend.close()

@@ -334,7 +334,8 @@ def main(args) -> int:
     auto = args.backend == "auto" and not args.wave
     if args.backend == "auto":
         args.backend = "verilator" if args.wave and Path(args.wave).suffix == ".fst" else "rtl"
-    workload = args.workload or ("guest-os" if backend_class(args.backend).nested else "stress")
+    # guest-os is the default on the model only (an RTL backend runs stress unless asked)
+    workload = args.workload or ("stress" if backend_class(args.backend).timed else "guest-os")
     if workload == "guest-os":
         return main_guest_os(args)
     d = WorkloadOptions()
