@@ -613,23 +613,6 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         if (s->ctx->gotError()) return STOP_ASSERTION;
         PUT(t->invept___05Fvalid, 0);   // an INVEPT Python drove is a one-cycle strobe
         bool stop = false;
-#if EPT_NESTED
-#if EPT_VPID
-        PUT(t->invvpid___05Fvalid, 0);  // so is an INVVPID
-#endif
-        if (laccept) {
-            s->st.laccept_pending = 1;
-            s->st.laccept_cycle = s->st.cycle - 1;
-            PUT(t->linear_req___05Fvalid, 0);
-            stop = s->st.laccept_stop;
-        }
-        if (lrespond) {
-            s->st.lresponded = 1;
-            stop = true;
-        }
-        // guest_idle rose: what a wait for the linear port to drain looks at
-        if (!was_idle && s->st.flags[FLAG_GUEST_IDLE]) stop = true;
-#endif
         if (accept) {           // Python's bookkeeping follows when it next runs
             s->st.accept_pending = 1;
             s->st.accept_cycle = s->st.cycle - 1;
@@ -641,6 +624,23 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
             s->st.responded = 1;
             stop = true;
         }
+#if EPT_NESTED
+#if EPT_VPID
+        PUT(t->invvpid___05Fvalid, 0);  // an INVVPID is a one-cycle strobe too
+#endif
+        if (laccept) {          // as a translate request
+            s->st.laccept_pending = 1;
+            s->st.laccept_cycle = s->st.cycle - 1;
+            PUT(t->linear_req___05Fvalid, 0);
+            stop = stop || s->st.laccept_stop;
+        }
+        if (lrespond) {
+            s->st.lresponded = 1;
+            stop = true;
+        }
+        // guest_idle rose: what a wait for the linear port to drain looks at
+        if (!was_idle && s->st.flags[FLAG_GUEST_IDLE]) stop = true;
+#endif
         if (stop) return STOP_HANDSHAKE;
     }
     return STOP_UNTIL;
