@@ -27,6 +27,7 @@ import pytest
 from model.formats import EPT_A, EPT_D, Access, EptConfig, Level
 from model.guest import PG_A, PG_D, GuestRegs
 from sim.backends.pysim import PysimHarness
+from sim.cosim.dram import DramConfig
 from sim.cosim.nested_scoreboard import NestedScoreboard
 from sim.cosim.scenario import parse_scenario
 from sim.cosim.scoreboard import MemoryHistory, Scoreboard
@@ -79,12 +80,14 @@ def world(seed: int):
     return w, las, (pml4_a, w.guest_pml4)
 
 
-def random_session(harness_cls, seed: int, ops: int = 40, **unit):
+def random_session(harness_cls, seed: int, ops: int = 60, dram: DramConfig | None = None,
+                   resp_stall: float = 0.0, **unit):
     w, las, roots = world(seed)
     memory = w.mem
     history = MemoryHistory(memory)
     gpa_board = Scoreboard(history, w.config)
-    h = harness_cls(memory, None, seed=seed, store_seq=lambda: history.seq, nested=True, **unit)
+    h = harness_cls(memory, dram, seed=seed, store_seq=lambda: history.seq, nested=True,
+                    resp_stall_probability=resp_stall, **unit)
     la_board = NestedScoreboard(history, w.config, needs_vpid=h.has_vpid)
     rng = random.Random(seed)
     entries = sorted(a for a, _ in memory.nonzero_words())
@@ -100,12 +103,14 @@ def random_session(harness_cls, seed: int, ops: int = 40, **unit):
     h.hooks.append(hook)
 
     log = [("eptp", h.load_eptp(w.eptp.encode(), w.eptp), h.cycle)]
-    vpid = 3
+    vpid, paging = 3, True
     log.append(("guest", h.load_guest(GuestRegs(cr3=roots[0], vpid=vpid)), h.cycle))
     for _ in range(ops):
         r = rng.random()
         if r < 0.5:
-            batch = [h.submit_la(rng.choice(las) | rng.getrandbits(12), rng.choice(list(Access)),
+            # with CR0.PG = 0 the LA is the GPA: 48 bits
+            mask = (1 << 64) - 1 if paging else (1 << 48) - 1
+            batch = [h.submit_la((rng.choice(las) | rng.getrandbits(12)) & mask, rng.choice(list(Access)),
                                  rng.random() < 0.5) for _ in range(rng.randrange(1, 5))]
             if rng.random() < 0.4:      # the GPA port alongside (a guest table page)
                 batch.append(h.submit(roots[rng.randrange(2)] | rng.getrandbits(12) & ~7,
@@ -124,8 +129,8 @@ def random_session(harness_cls, seed: int, ops: int = 40, **unit):
         elif r < 0.8:
             vpid = rng.choice([3, 4, 0]) if h.has_vpid else 3
             cr3 = rng.choice(list(roots) + [1 << 50])      # bits 51:46 set: refused
-            log.append(("guest", h.load_guest(GuestRegs(cr3=cr3, vpid=vpid, paging=rng.random() < 0.9)),
-                        h.cycle))
+            paging = rng.random() < 0.9
+            log.append(("guest", h.load_guest(GuestRegs(cr3=cr3, vpid=vpid, paging=paging)), h.cycle))
         elif r < 0.9:
             h.step(rng.randrange(1, 50))
         else:
@@ -139,7 +144,8 @@ def random_session(harness_cls, seed: int, ops: int = 40, **unit):
             assert gpa_board.check(t), gpa_board.mismatches[-1]
     d = h.dram
     result = {"tickets": [row(t) for t in tickets], "log": log, "cycle": h.cycle,
-              "dram": (d.reads, d.cases, d.cas_failures, d.row_hits, d.row_misses, d.corruptions),
+              "dram": (d.reads, d.cases, d.cas_failures, d.row_hits, d.row_misses, d.errors, d.stall_cycles,
+                       d.error_log, d.corruptions),
               "counters": h.counters(), "invvpids": h.invvpids_sent, "invepts": h.invepts_sent,
               "memory": sorted(memory.nonzero_words())}
     h.close()
@@ -156,6 +162,25 @@ def test_random_nested_sessions_equal_pysim(seed):
     for a, b in zip(py["tickets"], vl["tickets"]):
         assert a == b
     assert py == vl
+
+
+def test_slow_path_nested_equals_pysim_with_per_cycle_draws():
+    """DRAM stalls and bus errors and response stalls: Python runs every
+    cycle, with the same draws in the same order (linear_resp.ready is
+    translate_resp.ready)."""
+    dram = lambda: DramConfig(stall_probability=0.2, error_probability=0.02, seed=9, read_latency=5,
+                              max_outstanding=2)
+    py = random_session(PysimHarness, 3, ops=25, dram=dram(), resp_stall=0.3)
+    vl = random_session(vb.VerilatorHarness, 3, ops=25, dram=dram(), resp_stall=0.3)
+    assert py == vl
+    assert vl["dram"][5] > 0 and vl["dram"][6] > 0          # errors and stalls did happen
+    assert any(t[0] == "la" and t[8] for t in vl["tickets"])   # a linear answer was a bus error
+
+
+@pytest.mark.slow
+def test_random_nested_sessions_equal_pysim_without_caches():
+    """The unit without TLB and caches (another build): the scoreboards' strict windows."""
+    assert random_session(PysimHarness, 4, caches=False) == random_session(vb.VerilatorHarness, 4, caches=False)
 
 
 def _nested_scenarios():
