@@ -229,3 +229,14 @@ def test_native_and_nested_builds_are_apart():
     with pytest.raises(ValueError, match="unknown top"):
         vb.build_model(params, top="axi")
     assert EptConfig().maxphyaddr == params["maxphyaddr"]
+
+
+def test_guest_os_workload_equals_pysim():
+    """The guest-OS workload (context switches, the host's faults and INVEPTs) on the nested
+    unit, short: the same summary on both backends."""
+    from sim.cosim.guest_os import GuestOsOptions, run_guest_os
+    opts = lambda: GuestOsOptions(accesses=200, seed=3)
+    py, vl = run_guest_os(opts(), "rtl"), run_guest_os(opts(), "verilator")
+    drop = ("backend", "elapsed_seconds", "cycles_per_second", "created")
+    assert {k: v for k, v in py.items() if k not in drop} == {k: v for k, v in vl.items() if k not in drop}
+    assert vl["backend"] == "verilator" and vl["mismatches"] == 0
