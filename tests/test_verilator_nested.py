@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from model.formats import EPT_A, EPT_D, Access, EptConfig, Level
+from model.formats import EPT_A, EPT_D, Access, Level
 from model.guest import PG_A, PG_D, GuestRegs
 from sim.backends.pysim import PysimHarness
 from sim.cosim.dram import DramConfig
@@ -228,7 +228,9 @@ def test_native_and_nested_builds_are_apart():
     assert lib.sim_top() in (1, 2) and vb.harness._load(native.library).sim_top() == 0
     with pytest.raises(ValueError, match="unknown top"):
         vb.build_model(params, top="axi")
-    assert EptConfig().maxphyaddr == params["maxphyaddr"]
+    # the top's own parameters are in the key (the random sessions' build)
+    two = vb.build_model(dict(params, guest_walkers=2), top="nested")
+    assert two.key not in (native.key, nested.key)
 
 
 def test_guest_os_workload_equals_pysim():
