@@ -125,6 +125,8 @@ def random_session(harness_cls, seed: int, ops: int = 60, dram: DramConfig | Non
         elif r < 0.67:
             h.invept(rng.choice(["single", "global"]), w.eptp.tag)
         elif r < 0.75:
+            if rng.random() < 0.5:      # an INVVPID whose edge is the MOV CR3's
+                h.invvpid(rng.choice(["single", "all"]), vpid)
             log.append(("cr3", h.set_cr3(rng.choice(roots)), h.cycle))
         elif r < 0.8:
             vpid = rng.choice([3, 4, 0]) if h.has_vpid else 3

@@ -323,6 +323,7 @@ class VerilatorHarness(HarnessCore):
     # -- one cycle in Python: the two halves of PysimHarness._world's loop ------------------
     def _first_half(self) -> None:
         lib, h = self._lib, self._h
+        self._ivp_taken = False
         if self._hooks_ran != self.cycle:
             run_hooks(self.hooks, self._hook_wake, self.cycle)
         d = self._dram
@@ -511,7 +512,6 @@ class VerilatorHarness(HarnessCore):
             self._guest_taken(g)
         if ivp is not None and not self._ivp_taken:
             self._invvpid_taken(ivp)
-        self._ivp_taken = False
         if inv is not None:
             self._invept_taken(inv)
         if (inv is not None or ivp is not None) and self._inputs is not None:
