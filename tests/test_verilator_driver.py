@@ -53,3 +53,17 @@ def test_port_word_counts_match():
     assert int(cpp["TRESP_WORDS"]) * 4 == Status.tresp.size
     assert int(cpp["LRESP_WORDS"]) * 4 == Status.lresp.size
     assert int(cpp["INVVPID_WORDS"]) * 4 == Status.in_invvpid_payload.size
+
+
+def test_port_word_counts_fit_the_layouts():
+    from amaranth.hdl import Shape
+
+    import hw.layouts as hl
+    from sim.backends.verilator import harness
+    words = lambda layout: -(-Shape.cast(layout).width // 32)
+    assert words(hl.PerfCounters) == harness.COUNTER_WORDS
+    assert words(hl.NestedCounters) == harness.NESTED_COUNTER_WORDS
+    assert words(hl.LinearResponse) == harness.LRESP_WORDS
+    assert words(hl.InvvpidRequest) == harness.INVVPID_WORDS
+    assert words(hl.TranslateResponse) * 4 == Status.tresp.size
+    assert Shape.cast(hl.LinearRequest).width <= 64 >= Shape.cast(hl.TranslateRequest).width  # one word each
