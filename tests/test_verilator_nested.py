@@ -232,7 +232,7 @@ def test_native_and_nested_builds_are_apart():
     native, nested = vb.build_model(params), vb.build_model(params, top="nested")
     assert native.key != nested.key and native.library != nested.library
     lib = vb.harness._load(nested.library)
-    assert lib.sim_top() in (1, 2) and vb.harness._load(native.library).sim_top() == 0
+    assert lib.sim_top() == 1 and vb.harness._load(native.library).sim_top() == 0
     with pytest.raises(ValueError, match="unknown top"):
         vb.build_model(params, top="axi")
     # the top's own parameters are in the key (the random sessions' build)

@@ -31,7 +31,6 @@ import ast
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -63,12 +62,6 @@ TRACE_LIBS = ["-lz", "-llz4"]
 # --top -> (module in hw/, class, the driver's define)
 TOPS = {"native": ("top", "PageWalkUnit", "-DEPT_NESTED=0"),
         "nested": ("nested_top", "NestedWalkUnit", "-DEPT_NESTED=1")}
-
-
-def _driver_defines(text: str, top: str) -> list[str]:
-    """driver.cpp's defines for this top's Verilog: the top, and whether it has the VPID ports."""
-    vpid = re.search(r"^\s*input vpid_load;", text, re.M) is not None
-    return [TOPS[top][2], f"-DEPT_VPID={int(vpid)}"]
 
 
 def _check_top(top: str) -> None:
@@ -365,7 +358,7 @@ def build_model(params: dict, build_dir: Path | None = None, trace: bool = False
                 slow = src.stem.endswith("__Slow")
                 flags = _opt(cxxflags, SLOW_OPT) if slow else cxxflags
                 if src == DRIVER:
-                    flags = [*flags, *_driver_defines(text, top)]
+                    flags = [*flags, TOPS[top][2]]
                 # the cost guess orders the queue: optimised code costs ~4x per byte
                 sched.add(_cxx(cxx, flags, inc, src, obj), work, src.name,
                           src.stat().st_size * (1 if slow else 4) + 100_000)

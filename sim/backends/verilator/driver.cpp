@@ -26,10 +26,6 @@
 #ifndef EPT_NESTED
 #define EPT_NESTED 0
 #endif
-// the nested top's vpid, invvpid and nested_counters ports (build.py: whether its Verilog has them)
-#ifndef EPT_VPID
-#define EPT_VPID 0
-#endif
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -275,13 +271,11 @@ void settle(Sim* s) {
         PUT(t->paging, st.in_paging);
         PUT(t->wp, st.in_wp);
         PUT(t->nxe, st.in_nxe);
-#if EPT_VPID
         PUT(t->vpid_load, st.in_vpid_load);
         if (st.in_vpid_load) PUT(t->vpid_value, st.in_vpid_value);
         PUT(t->invvpid___05Fvalid, st.in_invvpid_valid);
         if (st.in_invvpid_valid)
             for (int i = 0; i < INVVPID_WORDS; i++) PUT(t->invvpid___05Fpayload[i], st.in_invvpid_payload[i]);
-#endif
 #endif
         st.in_dirty = 0;
     }
@@ -339,11 +333,9 @@ void edge(Sim* s) {
     f[FLAG_LRESP_VALID] = t->linear_resp___05Fvalid;
     f[FLAG_CR3_VALID] = t->cr3_valid;
     f[FLAG_CR3_ERROR] = t->cr3_error;
-#if EPT_VPID
     f[FLAG_VPID_VALID] = t->vpid_valid;
     f[FLAG_VPID_ERROR] = t->vpid_error;
     f[FLAG_INVVPID_ERROR] = t->invvpid_error;
-#endif
     f[FLAG_GUEST_IDLE] = t->guest_idle;
     f[FLAG_LOST_RACE] = t->lost_race;
     for (int i = 0; i < LRESP_WORDS; i++) s->st.lresp[i] = t->linear_resp___05Fpayload[i];
@@ -538,13 +530,12 @@ void sim_status_layout(uint64_t* out) {
     out[3] = offsetof(Status, laccept_flags);
 }
 
-// Which top the library was built for: 0 PageWalkUnit, 1 NestedWalkUnit,
-// 2 NestedWalkUnit with the VPID ports.
-int sim_top() { return EPT_NESTED + EPT_VPID; }
+// Which top the library was built for: 0 PageWalkUnit, 1 NestedWalkUnit.
+int sim_top() { return EPT_NESTED; }
 
-// The nested top's NestedCounters (zeros without them).
+// The nested top's NestedCounters (zeros in a native build).
 void sim_nested_counters(void* p, uint32_t* out) {
-#if EPT_VPID
+#if EPT_NESTED
     Vpwu* t = ((Sim*)p)->top;
     for (int i = 0; i < NESTED_COUNTER_WORDS; i++) out[i] = t->nested_counters[i];
 #else
@@ -625,9 +616,7 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
             stop = true;
         }
 #if EPT_NESTED
-#if EPT_VPID
         PUT(t->invvpid___05Fvalid, 0);  // an INVVPID is a one-cycle strobe too
-#endif
         if (laccept) {          // as a translate request
             s->st.laccept_pending = 1;
             s->st.laccept_cycle = s->st.cycle - 1;

@@ -248,8 +248,8 @@ class VerilatorHarness(HarnessCore):
         if (kind != 0) != nested:
             raise RuntimeError(f"{self.build.library} is not a build of the {top} top")
         if nested:
-            self.has_vpid = kind == 2
-            self.linear_caches = self.has_vpid and self.caches
+            self.has_vpid = True            # the VPID, INVVPID and nested_counters ports
+            self.linear_caches = self.caches     # as PysimHarness sets it
         c = self._dram.config
         self._h = lib.sim_new(c.read_latency, c.cas_latency, c.row_miss_penalty, c.row_bytes,
                               c.banks, c.max_outstanding)
