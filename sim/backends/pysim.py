@@ -54,7 +54,9 @@ class PysimHarness(HarnessCore):
         unit_params.setdefault("checks", True)
         if nested:
             if wave is not None:
-                raise ValueError("waveforms of the nested unit are not supported yet (drop --wave)")
+                from sim.backends.base import BackendUnavailable
+                raise BackendUnavailable("the rtl backend cannot write waveforms of the nested unit yet "
+                                         "(a scenario with a guest, or guest-os): drop --wave")
             from hw.nested_top import NestedWalkUnit
             self.dut = NestedWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
             self.nested = True

@@ -478,8 +478,11 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
                 progress(f"  [{100 * (n + 1) // opts.accesses:3d}%] {n + 1}/{opts.accesses} accesses, "
                          f"{c.guest_walks} walks, {host.stats.evictions} evictions, "
                          f"{len(mismatches)} mismatches")
+        unit_counters = backend.counters()          # an RTL backend's (the unit's); None on the model
     finally:
         backend.close()
+    failures = len(mismatches) + backend.failures   # with an RTL backend, its scoreboards' verdicts too
+    mismatches.extend(backend.mismatches)
     elapsed = time.monotonic() - started
     s = host.stats
     walks = max(c.guest_walks, 1)
@@ -506,11 +509,14 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
         "guest_kernel_memory": asdict(view.stats),
         "vmm_resident_count": vmm.resident_count,
         "host_resident_pages": len(host.resident),
-        "mismatches": len(mismatches),
+        "mismatches": failures,
         "mismatch_details": mismatches[:20],
         "elapsed_seconds": round(elapsed, 3),
         "options": asdict(opts),
     }
+    if unit_counters is not None:
+        summary["unit_counters"] = unit_counters
+    summary.update(backend.report())
     return summary
 
 
