@@ -99,6 +99,11 @@ def random_session(harness_cls, seed: int, ops: int = 60, dram: DramConfig | Non
             addr = r.choice(entries)
             memory.write(addr, memory.peek(addr) ^ r.choice([PG_A, PG_D, EPT_A | EPT_D, EPT_A, 0b10]),
                          source="host")
+            if r.random() < 0.3:        # and shoots the mapping down, requests waiting or not
+                if r.random() < 0.5:
+                    h.invvpid(r.choice(["single", "address"]), 3, las[0])
+                else:
+                    h.invept("single", w.eptp.tag)
         return cycle + r.randrange(1, 40)
     h.hooks.append(hook)
 

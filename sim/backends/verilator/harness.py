@@ -265,6 +265,7 @@ class VerilatorHarness(HarnessCore):
         self._levels_driven = (False, False, False)     # paging, wp, nxe as driven (held)
         self._gloaded = False           # a GuestLoad last cycle: sample its results now
         self._ivp_taken = False         # this cycle's INVVPID already booked (before a compiled edge)
+        self._lstaged_ticket = None     # (ticket, cycle): a linear request staged from that cycle on
         self._event = False
         self._status = lib.sim_status(self._h).contents
         # views of the shared Status's arrays (they read its memory, no copy)
@@ -315,7 +316,10 @@ class VerilatorHarness(HarnessCore):
         if self._h:
             s = (ctypes.c_uint64 * 4)()
             self._lib.sim_dram_stats(self._h, s)
-            d.row_hits, d.row_misses, d.stall_cycles = s[0], s[1], s[2]
+            # the C++ side counts a stall at the edge; pysim's Dram.drive when it draws it, in
+            # the first half Python has already run for this cycle
+            d.row_hits, d.row_misses = s[0], s[1]
+            d.stall_cycles = s[2] + (self._status.stall if self._started else 0)
             self._sync_reads()
             d.cycle = self.cycle
         return d
@@ -324,6 +328,11 @@ class VerilatorHarness(HarnessCore):
     def _first_half(self) -> None:
         lib, h = self._lib, self._h
         self._ivp_taken = False
+        if self._lstaged_ticket is not None:
+            lt, first = self._lstaged_ticket
+            self._lstaged_ticket = None
+            if self.cycle == first:     # staged for this cycle, not driven yet: pysim offers it now
+                lt.tag = None
         if self._hooks_ran != self.cycle:
             run_hooks(self.hooks, self._hook_wake, self.cycle)
         d = self._dram
@@ -436,8 +445,19 @@ class VerilatorHarness(HarnessCore):
         self.eptp_valid = bool(st.laccept_flags[_F_EPTP_VALID])
         self._accept_linear(self._driven_lreq)
         self._inputs = None             # the loop dropped linear_req.valid itself
-        if self._next_linear() is None:
+        if self._linear_offer() is None:
             self._driven_lreq = None
+
+    def _linear_offer(self) -> LinearTicket | None:
+        """What ``_next_linear`` would offer now, without its side effect: a
+        ticket it tags counts as offered from then on (HarnessCore's rule), and
+        pysim calls it once per first half, so a look ahead must not tag one."""
+        lt = self.linear_pending[0] if self.linear_pending else None
+        tag = lt.tag if lt is not None else None
+        offer = self._next_linear()
+        if lt is not None:
+            lt.tag = tag
+        return offer
 
     def _accept_linear(self, lt: LinearTicket) -> None:
         super()._accept_linear(lt)
@@ -563,7 +583,7 @@ class VerilatorHarness(HarnessCore):
         if not (tk is self._driven_req and self._plain() and not self._eptp_loads
                 and not self._invepts):
             return False
-        return not self.nested or (self._next_linear() is self._driven_lreq and not self._guest_loads
+        return not self.nested or (self._linear_offer() is self._driven_lreq and not self._guest_loads
                                    and not self._invvpids)
 
     def _plain(self) -> bool:
@@ -596,6 +616,9 @@ class VerilatorHarness(HarnessCore):
         if self.nested and self._driven_lreq is None:
             lt = self._next_linear()
             if lt is not None:
+                # tagged now as pysim tags it in that cycle's first half; if Python
+                # runs that first half itself, it is not offered yet (see _first_half)
+                self._lstaged_ticket = (lt, self.cycle + 1)
                 self._lreq_raw = lt.request_raw()
                 self._driven_lreq = lt
                 self._inputs = self._inputs[:7] + (True, self._lreq_raw) + self._inputs[9:]
