@@ -141,10 +141,10 @@ def register_table() -> str:
     rows = ["| offset | register | access | meaning |", "|---|---|---|---|"]
     for r in REGISTERS:
         meaning = r.meaning + (" *(nested top only)*" if r.guest else "")
-        rows.append(f"| `{r.offset:#05x}` | {r.name} | {r.access} | {meaning} |")
-    rows.append(f"| `{COUNTER_BASE:#05x}` + 8i | COUNTER[i]_LO | RO | counter field i, bits 31:0 "
+        rows.append(f"| `0x{r.offset:03X}` | {r.name} | {r.access} | {meaning} |")
+    rows.append(f"| `0x{COUNTER_BASE:03X}` + 8i | COUNTER[i]_LO | RO | counter field i, bits 31:0 "
                 f"(a read snapshots its HI word) |")
-    rows.append(f"| `{COUNTER_BASE + 4:#05x}` + 8i | COUNTER[i]_HI | RO | counter field i, bits 63:32 |")
+    rows.append(f"| `0x{COUNTER_BASE + 4:03X}` + 8i | COUNTER[i]_HI | RO | counter field i, bits 63:32 |")
     return "\n".join(rows)
 
 

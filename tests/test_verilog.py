@@ -53,7 +53,8 @@ def test_verilog_written_with_top_module_and_ports(generated, name):
     assert re.search(rf"^module {TOP_NAME}\(", text, re.M)
     # the ports are the component's signature, flattened: the native linear and translate
     # streams, an AXI4 master for memory and an AXI4-Lite slave for the registers
-    for port in ("linear_req__payload", "linear_resp__valid", "translate_req__payload", "translate_resp__valid", "mem__araddr", "mem__arlock",
+    for port in ("linear_req__payload", "linear_resp__valid", "translate_req__payload",
+                 "translate_resp__valid", "mem__araddr", "mem__arlock",
                  "mem__rdata", "mem__awlock", "mem__bresp", "csr__awaddr", "csr__rdata",
                  "clk", "rst"):
         assert re.search(rf"^\s*(input|output) (\[\d+:0\] )?{port};", text, re.M), port
