@@ -373,3 +373,10 @@ def test_axprot_and_axcache_are_parameters_of_the_axi_top(tmp_path):
     assert "axi_prot=2" in text.splitlines()[0] and "axi_cache=15" in text.splitlines()[0]
     r = run_cli("verilog", "--out", str(out), "--axi-prot", "8")
     assert r.returncode == 2 and "prot" in r.stderr
+
+
+def test_timing_doc_port_table_is_the_default_tops():
+    """docs/timing.md lists the default top's ports as `python -m sim verilog --ports` prints them."""
+    from sim.flows.verilog import port_table
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "timing.md").read_text()
+    assert port_table() in doc
