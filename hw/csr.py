@@ -25,9 +25,10 @@ effect (register, ``eptp_load`` / ``cr3_load`` / ``vpid_load`` /
 same cycle.  ``invept`` and ``invvpid`` are streams: a valid stays up until
 ready, and a second trigger write waits (no B) while the first is not taken.
 With ``guest=True``, a write to a guest-context register (EPTP_HI, CR3_HI,
-GUEST_CTRL, VPID) waits (no B) until ``context_idle`` is high, and
-``context_hold`` is high while it waits, so that the top can hold new linear
-requests back until the walks in flight are done.
+GUEST_CTRL, VPID) raises ``context_hold`` once its AW and W are in, so that the
+top holds new linear requests back, and acts the cycle after ``context_idle``
+is seen high (the walks in flight are done); ``context_hold`` drops the cycle
+after it acts.
 """
 
 from typing import NamedTuple
@@ -191,9 +192,10 @@ class CsrBlock(wiring.Component):
     paging, wp, nxe : Out(1)
         GUEST_CTRL bits 0, 1, 2.
     context_idle : In(1)
-        No guest access in flight: a context write may act.
+        No guest access in flight: a context write may act (the next cycle).
     context_hold : Out(1)
-        A context write waits for ``context_idle``.
+        A context write is in (AW and W) and has not acted: hold new guest
+        accesses back.  Driven by registers only.
     vpid_value : Out(16)
     vpid_load : Out(1)
         Pulses for one cycle when VPID is written.
@@ -205,8 +207,9 @@ class CsrBlock(wiring.Component):
     Timing
     ------
     A read answers the cycle after its AR handshake; a write answers the
-    cycle after both AW and W are taken (and, for a context write, ``context_idle``
-    is high), and acts in that same cycle.
+    cycle after both AW and W are taken (a context write: at the earliest the
+    cycle after ``context_idle`` is seen high with ``context_hold``), and acts
+    in that same cycle.
     """
 
     def __init__(self, counters=None, *, addr_width=12, guest=False, invvpid_layout=None):
@@ -350,9 +353,14 @@ class CsrBlock(wiring.Component):
         w_data = Signal(32)
         w_strb = Signal(4)
         m.d.comb += [bus.awready.eq(~aw_full), bus.wready.eq(~w_full)]
+        aw_context = Signal()        # the address taken is a guest-context register's
         with m.If(bus.awvalid & bus.awready):
             m.d.sync += [aw_full.eq(1), aw_addr.eq(bus.awaddr[2:]),
                          aw_misaligned.eq(bus.awaddr[:2] != 0)]
+            if self.guest:
+                m.d.sync += aw_context.eq((bus.awaddr[:2] == 0) & (
+                    (bus.awaddr[2:] == Reg.EPTP_HI >> 2) | (bus.awaddr[2:] == Reg.CR3_HI >> 2)
+                    | (bus.awaddr[2:] == Reg.GUEST_CTRL >> 2) | (bus.awaddr[2:] == Reg.VPID >> 2)))
         with m.If(bus.wvalid & bus.wready):
             m.d.sync += [w_full.eq(1), w_data.eq(bus.wdata), w_strb.eq(bus.wstrb)]
         with m.If(bus.bvalid & bus.bready):
@@ -369,14 +377,15 @@ class CsrBlock(wiring.Component):
             with m.If(self.invvpid.ready):
                 m.d.sync += self.invvpid.valid.eq(0)
             # a context write waits until no guest access is in flight (the nested unit's rule);
-            # meanwhile the top holds new linear requests back
-            context_write = Signal()
-            m.d.comb += context_write.eq(aw_full & w_full & ~aw_misaligned & (
-                (aw_addr == Reg.EPTP_HI >> 2) | (aw_addr == Reg.CR3_HI >> 2)
-                | (aw_addr == Reg.GUEST_CTRL >> 2) | (aw_addr == Reg.VPID >> 2)))
-            m.d.comb += self.context_hold.eq(context_write)
+            # meanwhile the top holds new linear requests back (``context_hold``, from registers
+            # only).  ``idle_held``: idle in the last cycle, with requests held then, so still
+            # idle now (nothing can have entered): the write needs no path from the walkers'
+            # state into its enables.
+            idle_held = Signal()
+            m.d.comb += self.context_hold.eq(aw_full & w_full & aw_context)
+            m.d.sync += idle_held.eq(self.context_idle & self.context_hold)
             busy = busy | ((aw_addr == Reg.INVVPID_TRIGGER >> 2) & self.invvpid.valid) \
-                | (context_write & ~self.context_idle)
+                | (self.context_hold & ~idle_held)
         with m.If(aw_full & w_full & (~bus.bvalid | bus.bready) & ~busy):
             m.d.sync += [aw_full.eq(0), w_full.eq(0), bus.bvalid.eq(1), bus.bresp.eq(Resp.OKAY)]
             with m.If(aw_misaligned):              # registers are aligned 32-bit words

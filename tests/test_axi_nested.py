@@ -6,18 +6,21 @@ AXI memory with random stalls, and every AXI channel is checked by the protocol
 monitor.  Linear answers are compared with ``model.nested.translate_la`` on an
 identical world, and the whole memory at the end."""
 
+import gc
 import random
 
+import pytest
 from nested_util import World, compare_la
 from test_axi import STALLY, AxiLiteMaster
 
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from hw.axi import Resp
 from hw.axi_top import NestedWalkerAxi
 from hw.csr import CAPS_GUEST, CSR_VERSION, Reg
 from hw.layouts import Access as HAccess
-from hw.layouts import LinearOutcome
+from hw.layouts import NESTED_EVENTS, LinearOutcome
 from model.formats import Access, Level
 from model.nested import translate_la
 from sim.cosim.axi_mem import AxiMemory, AxiMemoryConfig, AxiProtocolMonitor
@@ -355,3 +358,19 @@ def test_a_context_write_waits_for_the_walk_in_flight_and_holds_linear_requests(
     assert ev["req4"] + 200 <= ev["resp4"] < ev["nxe"]        # the write waited for the answer
     assert ev["req5"] >= ev["nxe"]                             # the second request waited for it
     assert ev["req5"] <= ev["nxe"] + 1                         # and no longer
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")  # the refused ones' parts
+def test_nested_top_forwards_params_and_lists_every_counter():
+    top = NestedWalkerAxi(guest_walkers=2, maxphyaddr=40, axi_id_width=6)
+    Fragment.get(top, None)           # elaborated: a wrong connection would raise here
+    assert top.nested.n_guest == 2 and top.nested.unit.maxphyaddr == 40
+    assert top.mem.arid.shape().width == 6
+    names = top.csr_block.counter_names
+    assert names == ["axi_cas_retries", *top.unit_counter_names, *top.nested_counter_names]
+    assert set(top.nested_counter_names) == set(NESTED_EVENTS) and "lookups" in top.unit_counter_names
+    with pytest.raises(ValueError, match="guest_walkers"):
+        NestedWalkerAxi(guest_walkers=9)
+    with pytest.raises(ValueError, match="maxphyaddr"):
+        NestedWalkerAxi(maxphyaddr=60)
+    gc.collect()                      # their unused parts warn now, under this test's filter
