@@ -23,6 +23,11 @@ Promises:
   to the entry's GPA (a violation: qual bits 0, 1, 7, the entry's GPA) and
   the CAS goes to the HPA that answer gives.  A lost CAS restarts the whole
   2D walk (``retries``, ``lost_race``);
+* a walk may start below the PML4E: ``start`` (with the request) names the
+  level and the guest table's GPA and HPA frames that a guest
+  paging-structure cache held, and the permissions above it; that level's
+  entry is then read at its HPA with no EPT translation, and the A/D updates
+  start there (the entries above are not read);
 * CR0.PG = 0: the LA is the GPA, one EPT translation (qual bits 9-11 =
   1, 1, 0), the EPT leaf's page size;
 * a bus error (memory, or EPT's) ends the walk with ``BUS_ERROR``; EPT
@@ -40,15 +45,35 @@ from amaranth.lib.wiring import In, Out
 
 from .guest_entry_check import GuestEntryCheck
 from .layouts import (
-    Access, GuestEptRequest, GuestEptResponse, Level, LinearOutcome, LinearRequest,
+    Access, GuestEptRequest, GuestEptResponse, GuestTableEntry, Level, LinearOutcome, LinearRequest,
     LinearResponse, MemOp, MemRequest, MemResponse, Outcome, PageSize,
     FRAME_BITS, GPA_BITS, LA_BITS, PA_BITS, TAG_BITS, check_maxphyaddr,
 )
 
-__all__ = ["GuestWalker", "GuestWalkerState"]
+__all__ = ["GuestWalker", "GuestWalkerState", "GuestWalkStart", "WalkInfo"]
 
 QUAL_RD, QUAL_WR, QUAL_GLA, QUAL_FINAL = 1 << 0, 1 << 1, 1 << 7, 1 << 8
 PG_A, PG_D = 1 << 5, 1 << 6
+
+
+GuestWalkStart = data.StructLayout({
+    # where a walk starts: from CR3 unless ``cached``; then at ``level``, the level below
+    # a guest paging-structure cache hit, with its table and the permissions so far
+    "cached": 1,
+    "level": Level,
+    "table": GuestTableEntry,
+})
+
+
+WalkInfo = data.StructLayout({
+    # what a finished walk tells the caches (valid with ``resp``)
+    "la": LA_BITS, "access": Access, "user": 1,
+    "ept_size": PageSize,          # the EPT leaf mapping the final GPA
+    "first_level": Level,          # the highest level read (PML4E unless a cache hit)
+    "leaf_level": Level,
+    # per level (PDE, PDPTE, PML4E at 1, 2, 3): the next table, as a cache holds it
+    "tables": data.ArrayLayout(GuestTableEntry, 4),
+})
 
 
 class GuestWalkerState(enum.Enum, shape=4):
@@ -96,6 +121,10 @@ class GuestWalker(wiring.Component):
     mem_req : Out(stream.Signature(MemRequest))
     mem_resp : In(stream.Signature(MemResponse))
         Guest entry reads and A/D CASes at HPAs, one outstanding.
+    start : In(GuestWalkStart)
+        With ``req``: where the walk starts (from CR3 unless ``cached``).
+    info : Out(WalkInfo)
+        Valid with ``resp``: what the caches may keep of an OK walk.
     lost_race : Out(1)
         Strobe: a guest A/D CAS lost; walking again from the top.
     debug : Out(Signature({"state": Out(GuestWalkerState), "level": Out(Level)}))
@@ -120,6 +149,8 @@ class GuestWalker(wiring.Component):
     ept_resp: In(stream.Signature(GuestEptResponse))
     mem_req: Out(stream.Signature(MemRequest))
     mem_resp: In(stream.Signature(MemResponse))
+    start: In(GuestWalkStart)
+    info: Out(WalkInfo)
     lost_race: Out(1)
     debug: Out(wiring.Signature({"state": Out(GuestWalkerState), "level": Out(Level)}))
 
@@ -138,7 +169,8 @@ class GuestWalker(wiring.Component):
             entries=Signal(data.ArrayLayout(64, 4)), egpas=Signal(data.ArrayLayout(PA_BITS, 4)),
             ehpas=Signal(data.ArrayLayout(PA_BITS, 4)), gpa=Signal(PA_BITS),
             gsize=Signal(PageSize), cas_hpa=Signal(PA_BITS), retries=Signal(4),
-            result=Signal(LinearResponse))
+            result=Signal(LinearResponse), first_level=Signal(Level), ept_size=Signal(PageSize),
+            accs=Signal(data.ArrayLayout(3, 4)))
         m.d.comb += [self.debug.state.eq(r.state), self.debug.level.eq(r.level),
                      self.resp.payload.eq(r.result), self.resp.payload.tag.eq(r.tag),
                      chk.entry.eq(self.mem_resp.payload.data), chk.level.eq(r.level),
@@ -159,6 +191,16 @@ class GuestWalker(wiring.Component):
         r.want = Signal(64)
         dirty = (r.ad_level == r.leaf_level) & (r.access == Access.WRITE)
         m.d.comb += r.want.eq(r.old | PG_A | Mux(dirty, PG_D, 0))
+
+        mpa = self.maxphyaddr
+        info = self.info
+        m.d.comb += [info.la.eq(r.la), info.access.eq(r.access), info.user.eq(r.user),
+                     info.ept_size.eq(r.ept_size), info.first_level.eq(r.first_level),
+                     info.leaf_level.eq(r.leaf_level)]
+        for lv in (1, 2, 3):
+            t = info.tables[lv]
+            m.d.comb += [t.gpa.eq(r.entries[lv][12:mpa]), t.hpa.eq(r.ehpas[lv - 1][12:]),
+                         Cat(t.us, t.rw, t.xd).eq(r.accs[lv])]
 
         self._ports(m, r)
         self._fsm(m, r, chk.verdict)
@@ -217,7 +259,7 @@ class GuestWalker(wiring.Component):
                     finish(LinearOutcome.BUS_ERROR)
 
         def top():
-            return [r.level.eq(Level.PML4E), r.table.eq(self.cr3),
+            return [r.level.eq(Level.PML4E), r.table.eq(self.cr3), r.first_level.eq(Level.PML4E),
                     r.us.eq(1), r.rw.eq(1), r.xd.eq(0), res.eq(0)]
 
         def ad_advance():
@@ -234,6 +276,8 @@ class GuestWalker(wiring.Component):
                     m.d.sync += top() + [r.la.eq(p.la), r.access.eq(p.access), r.user.eq(p.user),
                                          r.tag.eq(p.tag), r.retries.eq(0), r.gpa.eq(p.la)]
                     m.d.sync += r.state.eq(Mux(self.paging, S.EPT_WALK, S.EPT_FINAL))
+                    with m.If(self.paging & self.start.cached):
+                        self._start_below(m, r, p.la)
 
             with m.Case(S.EPT_WALK):
                 with m.If(self.ept_req.ready):
@@ -274,8 +318,9 @@ class GuestWalker(wiring.Component):
                         m.d.sync += [res.gpa.eq(r.gpa), res.hpa.eq(eresp.hpa),
                                      res.memtype.eq(eresp.memtype),
                                      res.page_size.eq(Mux(self.paging, r.gsize, eresp.page_size))]
+                        m.d.sync += r.ept_size.eq(eresp.page_size)
                         with m.If(self.paging):
-                            m.d.sync += [r.ad_level.eq(Level.PML4E), r.state.eq(S.AD_NEXT)]
+                            m.d.sync += [r.ad_level.eq(r.first_level), r.state.eq(S.AD_NEXT)]
                         with m.Else():
                             finish(LinearOutcome.OK)
                     with m.Else():
@@ -322,6 +367,23 @@ class GuestWalker(wiring.Component):
                 with m.If(self.resp.ready):
                     m.d.sync += r.state.eq(S.IDLE)
 
+    def _start_below(self, m, r, la):
+        """A guest paging-structure cache hit: read the entry of ``start.level`` at its HPA
+        (the table's HPA, no EPT translation), with the permissions from above."""
+        st = self.start
+        index = Signal(9)
+        with m.Switch(st.level):
+            for lv in (Level.PTE, Level.PDE, Level.PDPTE):
+                with m.Case(lv):
+                    lo = 12 + 9 * lv.value
+                    m.d.comb += index.eq(la[lo:lo + 9])
+        lvl = st.level.as_value()
+        m.d.sync += [r.level.eq(st.level), r.first_level.eq(st.level), r.table.eq(st.table.gpa),
+                     r.egpas[lvl].eq(Cat(C(0, 3), index, st.table.gpa)),
+                     r.ehpas[lvl].eq(Cat(C(0, 3), index, st.table.hpa)),
+                     r.us.eq(st.table.us), r.rw.eq(st.table.rw), r.xd.eq(st.table.xd),
+                     r.state.eq(GuestWalkerState.READ)]
+
     def _entry_read(self, m, r, verdict, finish, page_fault):
         """The guest entry arrived (judged by ``verdict``): fault, descend, or take the leaf."""
         S = GuestWalkerState
@@ -337,7 +399,8 @@ class GuestWalker(wiring.Component):
             page_fault(1, 1)
         with m.Else():
             m.d.sync += [r.us.eq(r.us & verdict.us), r.rw.eq(r.rw & verdict.rw),
-                         r.xd.eq(r.xd | verdict.xd)]
+                         r.xd.eq(r.xd | verdict.xd),
+                         r.accs[lvl].eq(Cat(r.us & verdict.us, r.rw & verdict.rw, r.xd | verdict.xd))]
             with m.If(verdict.leaf):
                 m.d.sync += [r.leaf_level.eq(r.level), r.state.eq(S.CHECK)]
                 with m.Switch(r.level):

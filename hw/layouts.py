@@ -15,7 +15,8 @@ __all__ = [
     "InveptRequest", "check_maxphyaddr", "TAG_BITS", "PerfCounters", "PERF_EVENTS",
     "WalkStart", "pending_layout", "fill_layout",
     "LA_BITS", "LinearOutcome", "GuestEntry", "LinearRequest", "LinearResponse",
-    "GuestEptRequest", "GuestEptResponse",
+    "GuestEptRequest", "GuestEptResponse", "VPID_BITS", "InvvpidKind", "InvvpidRequest",
+    "NESTED_EVENTS", "NestedCounters", "CombinedEntry", "GuestTableEntry",
 ]
 
 GPA_BITS = 48
@@ -234,3 +235,64 @@ GuestEptResponse = data.StructLayout({
     "memtype": 3,
     "qual": 7,          # EPT exit qualification bits 6:0 (violations)
 })
+
+
+# -- the nested unit's caches, INVVPID and counters (hw.nested_top; docs/nested.md) -----
+
+VPID_BITS = 16
+
+
+class InvvpidKind(enum.Enum, shape=2):
+    """INVVPID types (SDM vol. 3C, 31.3).  No global pages are modelled, so
+    SINGLE_KEEP_GLOBAL acts as SINGLE."""
+    ADDRESS = 0
+    SINGLE = 1
+    ALL = 2
+    SINGLE_KEEP_GLOBAL = 3
+
+
+InvvpidRequest = data.StructLayout({
+    "kind": InvvpidKind,
+    "vpid": VPID_BITS,
+    "la": 64,           # ADDRESS only; must be canonical
+})
+
+CombinedEntry = data.StructLayout({
+    # a combined mapping: LA -> HPA at the smaller of the guest and EPT page sizes
+    "size": PageSize,        # the size this entry covers (its key's low bits are ignored above 4K)
+    "gsize": PageSize,       # the guest page size (what a hit reports)
+    "hpa": FRAME_BITS,
+    "gpa": FRAME_BITS,
+    "memtype": 3,
+    # the accesses the filling walk proved allowed: a write fill (guest D and, with
+    # EPTP[6] = 1, EPT D set) allows reads and writes; a CPL-3 fill also allows CPL 0
+    "read": 1, "write": 1, "fetch": 1, "user": 1,
+})
+
+GuestTableEntry = data.StructLayout({
+    # a guest paging-structure cache entry: the next guest table, at its GPA and its HPA
+    "gpa": FRAME_BITS,
+    "hpa": FRAME_BITS,
+    "us": 1, "rw": 1, "xd": 1,   # U/S and R/W ANDed, XD ORed, from the PML4E down to this entry
+})
+
+# The nested unit's counters, 48 bits each, wrapping.  Intel perf event names where one fits.
+NESTED_EVENTS = {
+    "linear_lookups":        "linear requests looked up in the combined TLB (refusals excluded)",
+    "ctlb_hits":             "dtlb_load_misses.stlb_hit (combined-TLB hits)",
+    "ctlb_misses":           "dtlb_load_misses.miss_causes_a_walk (combined-TLB misses, 2D walks)",
+    "guest_walks":           "2D walks started (dtlb_load_misses.walk_pending starts)",
+    "guest_walks_completed": "dtlb_load_misses.walk_completed (2D walks answered OK)",
+    "gpsc_hits_pml4e":       "2D walks that started at the PDPTE (guest PML4E cache hit)",
+    "gpsc_hits_pdpte":       "2D walks that started at the PDE (guest PDPTE cache hit)",
+    "gpsc_hits_pde":         "2D walks that started at the PTE (guest PDE cache hit)",
+    "guest_mem_reads":       "page_walker_loads of guest entries",
+    "guest_mem_cas":         "guest A/D compare-and-swaps issued",
+    "ept_lookups":           "EPT translations asked by the guest walkers",
+    "ept_walks":             "ept.walk_pending starts for the guest walkers' EPT translations",
+    "guest_cas_retries":     "2D walks restarted after a lost guest A/D CAS",
+    "invvpids":              "tlb_flush.stlb_any by INVVPID (taken, refused ones included)",
+    "cr3_loads":             "tlb_flush.dtlb_thread by MOV to CR3",
+}
+
+NestedCounters = data.StructLayout({name: 48 for name in NESTED_EVENTS})

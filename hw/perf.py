@@ -11,27 +11,35 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .layouts import PERF_EVENTS, PerfCounters
+from .layouts import PERF_EVENTS
 
-__all__ = ["PerfCounterBank", "PerfEvents"]
+__all__ = ["PerfCounterBank", "PerfEvents", "events_layout"]
 
-PerfEvents = data.StructLayout({name: 8 for name in PERF_EVENTS})
+
+def events_layout(events):
+    """The per-cycle event counts of an event dict (8 bits each)."""
+    return data.StructLayout({name: 8 for name in events})
+
+
+PerfEvents = events_layout(PERF_EVENTS)
 
 
 class PerfCounterBank(wiring.Component):
-    """One 48-bit wrapping counter per field of :data:`~hw.layouts.PERF_EVENTS`.
+    """One 48-bit wrapping counter per event.
 
     Parameters
     ----------
-    None.
+    events : dict
+        Event name -> description (default :data:`~hw.layouts.PERF_EVENTS`, the
+        EPT unit's; the nested unit passes :data:`~hw.layouts.NESTED_EVENTS`).
 
     Members
     -------
-    events : In(PerfEvents)
+    events : In(events_layout(events))
         Per event, a count to add this cycle (8 bits: several walkers may report).
     clear : In(1)
         Zero every counter at this edge.
-    counters : Out(PerfCounters)
+    counters : Out(StructLayout({name: 48}))
 
     Timing
     ------
@@ -39,15 +47,19 @@ class PerfCounterBank(wiring.Component):
     registered first).  ``clear`` drops the events registered at its cycle.
     """
 
-    events: In(PerfEvents)
-    clear: In(1)
-    counters: Out(PerfCounters)
+    def __init__(self, events=PERF_EVENTS):
+        self.names = tuple(events)
+        super().__init__({
+            "events": In(events_layout(events)),
+            "clear": In(1),
+            "counters": Out(data.StructLayout({name: 48 for name in events})),
+        })
 
     def elaborate(self, platform):
         m = Module()
-        events = Signal(PerfEvents)
+        events = Signal.like(self.events)
         m.d.sync += events.eq(self.events)
-        for name in PERF_EVENTS:
+        for name in self.names:
             counter = self.counters[name]
             event = events[name]
             # The add is split at the event's width so that both adders see operands of one

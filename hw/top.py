@@ -67,7 +67,7 @@ from .contexts import ContextTable
 from .entry_check import EntryCheck, EntryVerdict
 from .eptp import EptpRegister
 from .layouts import (
-    FRAME_BITS, PA_BITS, Access, InveptKind, InveptRequest, Level, MemRequest, MemResponse, Outcome,
+    FRAME_BITS, PA_BITS, TAG_BITS, Access, InveptKind, InveptRequest, Level, MemRequest, MemResponse, Outcome,
     PageSize, PerfCounters, TranslateRequest, TranslateResponse, WalkStart, check_maxphyaddr,
     fill_layout, pending_layout,
 )
@@ -136,6 +136,9 @@ class PageWalkUnit(wiring.Component):
     mem_req : Out(stream.Signature(MemRequest))
     mem_resp : In(stream.Signature(MemResponse))
         The memory port; the memory must answer in request order.
+    walk_start : Out(Signature({"valid": Out(1), "tag": Out(TAG_BITS)}))
+        A walk starts for the request with this tag (at most one per cycle):
+        lets a parent count the walks its own requests cause.
 
     Timing
     ------
@@ -158,6 +161,7 @@ class PageWalkUnit(wiring.Component):
     counters_clear: In(1)
     mem_req: Out(stream.Signature(MemRequest))
     mem_resp: In(stream.Signature(MemResponse))
+    walk_start: Out(wiring.Signature({"valid": Out(1), "tag": Out(TAG_BITS)}))
 
     def __init__(self, *, maxphyaddr=46, execute_only=True, caches=True,
                  tlb_sets=16, tlb_ways=4, tlb_2m_sets=4, tlb_2m_ways=4, tlb_1g_sets=1, tlb_1g_ways=4,
@@ -224,6 +228,8 @@ class PageWalkUnit(wiring.Component):
             wiring.connect(m, dispatch.walk[k], w.req)
             wiring.connect(m, w.resp, responses.walker[k])
             m.d.comb += dispatch.walker_page[k].eq(w.page)
+            with m.If(dispatch.walk[k].valid):
+                m.d.comb += [self.walk_start.valid.eq(1), self.walk_start.tag.eq(dispatch.walk[k].payload.tag)]
         wiring.connect(m, responses.resp, wiring.flipped(self.translate_resp))
         m.d.comb += [dispatch.walker_done.eq(responses.done), dispatch.flush.eq(ctxs.flush)]
 
