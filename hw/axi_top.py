@@ -46,6 +46,7 @@ from .axi import AXI4LiteSignature, AXI4Signature
 from .axi_master import AxiMemoryMaster
 from .csr import CsrBlock
 from .entry_check import EntryCheck
+from .layouts import InvvpidRequest
 from .nested_top import NestedWalkUnit
 from .top import PageWalkUnit, PredecodedPageWalkUnit
 
@@ -220,16 +221,11 @@ class NestedWalkerAxi(wiring.Component):
                                       max_outstanding=axi_max_outstanding, cache=axi_cache,
                                       prot=axi_prot)
         members = self.nested.signature.members
-        groups = [("PageWalkUnit", members["counters"].shape)]
-        if "nested_counters" in members:
-            groups.append(("NestedWalkUnit", members["nested_counters"].shape))
-        layout, names = _counter_layout(groups)
-        self.unit_counter_names = names[0]
-        self.nested_counter_names = names[1] if len(names) > 1 else []
-        invvpid = (members["invvpid"].signature.members["payload"].shape if "invvpid" in members
-                   else data.StructLayout({"kind": 2, "vpid": 16, "la": 64}))   # TEMP until main lands it
+        layout, (self.unit_counter_names, self.nested_counter_names) = _counter_layout(
+            [("PageWalkUnit", members["counters"].shape),
+             ("NestedWalkUnit", members["nested_counters"].shape)])
         self.csr_block = CsrBlock(layout, addr_width=csr_addr_width, guest=True,
-                                  invvpid_layout=invvpid)
+                                  invvpid_layout=InvvpidRequest)
         super().__init__({
             "linear_req": members["linear_req"],
             "linear_resp": members["linear_resp"],
@@ -276,15 +272,14 @@ class NestedWalkerAxi(wiring.Component):
             master.cas_retries_clear.eq(csr.counters_clear),
             nested.counters_clear.eq(csr.counters_clear),
         ]
-        if "vpid_load" in nested.signature.members:
-            wiring.connect(m, csr.invvpid, nested.invvpid)
-            m.d.comb += [
-                nested.vpid_value.eq(csr.vpid_value),
-                nested.vpid_load.eq(csr.vpid_load),
-                csr.vpid_valid.eq(nested.vpid_valid),
-                csr.vpid_error.eq(nested.vpid_error),
-                csr.invvpid_error.eq(nested.invvpid_error),
-            ]
+        wiring.connect(m, csr.invvpid, nested.invvpid)
+        m.d.comb += [
+            nested.vpid_value.eq(csr.vpid_value),
+            nested.vpid_load.eq(csr.vpid_load),
+            csr.vpid_valid.eq(nested.vpid_valid),
+            csr.vpid_error.eq(nested.vpid_error),
+            csr.invvpid_error.eq(nested.invvpid_error),
+        ]
         for name in self.unit_counter_names:
             m.d.comb += csr.counters[name].eq(nested.counters[name])
         for name in self.nested_counter_names:

@@ -149,7 +149,7 @@ def test_every_guest_register_reads_back_and_reaches_the_unit():
         got["bad_cr3_status"] = await read_ok(ctx, csr, Reg.CR3_STATUS)
         got["bad_cr3_unit"] = (ctx.get(nested.cr3_valid), ctx.get(nested.cr3_error))
         # a byte-strobed CR3_LO write changes the strobed bytes only (bits 11:0 stay 0)
-        await write_ok(ctx, csr, Reg.CR3_LO, 0xFFFF_FFFF, strb=0b0010)
+        await write_ok(ctx, csr, Reg.CR3_LO, 0xFFFF_FFFF, strb=0b0100)
         got["cr3_lo_strobed"] = await read_ok(ctx, csr, Reg.CR3_LO)
         # GUEST_CTRL: PG, WP, NXE, each reaching its input
         ctrl = {}
@@ -199,7 +199,7 @@ def test_every_guest_register_reads_back_and_reaches_the_unit():
     assert got["cr3_unit"] == cr3 >> 12
     assert got["cr3_status"] == 0b01
     assert got["bad_cr3_status"] == 0b10 and got["bad_cr3_unit"] == (0, 1)
-    assert got["cr3_lo_strobed"] == (cr3 & 0xFFFF_00FF_F000 & 0xFFFF_F000 | 0x0000_F000) & 0xFFFF_FFFF
+    assert got["cr3_lo_strobed"] == (cr3 & 0xFF00_F000) | 0x00FF_0000      # byte 2 only
     assert got["ctrl"] == {0b001: (1, (1, 0, 0)), 0b010: (2, (0, 1, 0)), 0b100: (4, (0, 0, 1)),
                            0xFF: (7, (1, 1, 1))}
     assert got["idle"] == 1
@@ -208,7 +208,7 @@ def test_every_guest_register_reads_back_and_reaches_the_unit():
     assert got["invvpid_status"] == [0, 1, 1, 0]
     counters, direct = got["counters"]
     assert counters == direct
-    assert counters["invvpids"] == 2 and counters["cr3_loads"] == 2     # the refused ones not counted
+    assert counters["invvpids"] == 4 and counters["cr3_loads"] == 2     # refused ones included
 
 
 # -- end to end ---------------------------------------------------------------------------
@@ -223,7 +223,7 @@ REQUESTS = [
     (LA, Access.WRITE, True),                       # 4K, guest A/D and EPT A/D set by CASes
     (LA + 8, Access.READ, False),                   # the same page again
     (LA + (1 << 39), Access.WRITE, False),          # 2M read-only, WP=1: #PF
-    (LA + (1 << 39) + 0x1000, Access.FETCH, True),  # 2M, fetch
+    (LA + (1 << 39) + 0x1000, Access.FETCH, True),  # 2M, fetch from a page EPT does not map
     (LA + (2 << 39), Access.READ, True),            # 1G supervisor page, user access: #PF
     (LA + (2 << 39), Access.READ, False),           # 1G, OK
     (LA + (3 << 39), Access.READ, False),           # not mapped: #PF
@@ -252,7 +252,8 @@ def test_linear_translations_through_the_axi_top_match_the_model():
     for k, (resp, ref) in enumerate(zip(got["resps"], refs, strict=True)):
         compare_la(resp, ref, tag=k % 8)
     outcomes = [r.outcome for r in got["resps"]]
-    assert outcomes.count(LinearOutcome.OK) >= 4 and LinearOutcome.PAGE_FAULT in outcomes
+    assert outcomes.count(LinearOutcome.OK) >= 3 and LinearOutcome.PAGE_FAULT in outcomes
+    assert LinearOutcome.VIOLATION in outcomes
     # guest and EPT A/D landed where the model put them, through exclusive pairs only
     assert dict(w_rtl.mem.nonzero_words()) == dict(w_ref.mem.nonzero_words())
     axi_mem = out["axi_mem"]

@@ -65,9 +65,8 @@ def test_every_offset_answers_as_the_map_says(guest):
     sim.add_testbench(bench)
     sim.run()
     assert monitor.violations == []
-    for off, (first, w_all, after_all, w_zero, after_zero) in got.items():
-        if not isinstance(off, int):
-            continue
+    for off in range(0, COUNTER_BASE, 4):
+        first, w_all, after_all, w_zero, after_zero = got[off]
         row = rows.get(off)
         if row is None:                           # a hole: SLVERR both ways
             assert first == after_all == (0, Resp.SLVERR) and w_all == w_zero == Resp.SLVERR, hex(off)
