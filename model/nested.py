@@ -196,21 +196,30 @@ def _exit(la, access, user, t: Translation, gpa: int, qual_extra: int, stage: St
 
 def translate_la(memory: PhysicalMemory, eptp: Eptp, regs: GuestRegs, la: int, access: Access,
                  user: bool = False, config: EptConfig = _DEFAULT_CONFIG,
-                 max_retries: int = 1000) -> NestedTranslation:
+                 max_retries: int = 1000, *, ept_memory=None) -> NestedTranslation:
     """Translate one guest access at linear address ``la`` (CPL 3 if ``user``).
 
     EPT A/D (EPTP[6]) are set by each EPT translation that completes, and
     kept even if a later step faults; guest A/D are set only when the whole
     translation succeeded (and each update's own EPT check passed).  A guest
     A/D CAS that finds another value restarts the whole walk.
+
+    ``ept_memory``: where the EPT translations read their entries and set
+    EPT A/D (anything :func:`model.walk.translate` takes: a
+    :class:`PhysicalMemory`, or a read function with a ``cas`` method);
+    ``memory`` (the default) is then used only for the guest entries and
+    their A/D.  A checker uses it to give the two kinds of entry different
+    histories; the walk itself is the same.
     """
     if type(access) is not Access:
         access = Access(access)
     user = bool(user)
+    if ept_memory is None:
+        ept_memory = memory
     if not regs.paging:
         if not 0 <= la < 1 << GPA_BITS:
             raise ValueError(f"linear address {la:#x} is not a {GPA_BITS}-bit GPA (CR0.PG = 0)")
-        t = _ept(memory, eptp, la, access, config)
+        t = _ept(ept_memory, eptp, la, access, config)
         perms = (1, 1, 0)
         if t.outcome is not Outcome.OK:
             return _exit(la, access, user, t, la, QUAL_FINAL | QUAL_GUEST_USER | QUAL_GUEST_RW,
@@ -221,7 +230,7 @@ def translate_la(memory: PhysicalMemory, eptp: Eptp, regs: GuestRegs, la: int, a
         raise ValueError(f"linear address {la:#x} is not canonical")
     retries = 0
     while True:
-        r = _attempt(memory, eptp, regs, la, access, user, config, retries)
+        r = _attempt(memory, ept_memory, eptp, regs, la, access, user, config, retries)
         if r is not None:
             return r
         retries += 1
@@ -229,7 +238,7 @@ def translate_la(memory: PhysicalMemory, eptp: Eptp, regs: GuestRegs, la: int, a
             raise WalkLivelock(f"guest A/D update for LA {la:#x} failed {retries} times")
 
 
-def _attempt(memory, eptp, regs, la, access, user, config, retries) -> NestedTranslation | None:
+def _attempt(memory, ept_memory, eptp, regs, la, access, user, config, retries) -> NestedTranslation | None:
     mpa = config.maxphyaddr
     write = access is Access.WRITE
     fetch = access is Access.FETCH
@@ -247,7 +256,7 @@ def _attempt(memory, eptp, regs, la, access, user, config, retries) -> NestedTra
 
     for level in _LEVELS:
         egpa = table | (la_index(la, level) << 3)
-        t = _ept(memory, eptp, egpa, ps_access, config)
+        t = _ept(ept_memory, eptp, egpa, ps_access, config)
         if t.outcome is not Outcome.OK:
             w.steps.append(GuestStep(level, egpa, t))
             # a paging-structure access: bit 0 always, bit 1 with EPTP[6] = 1, never bit 2 or 8
@@ -279,7 +288,7 @@ def _attempt(memory, eptp, regs, la, access, user, config, retries) -> NestedTra
     if fetch and xd:
         return pf(True, False, "fetch from an execute-disable page")
 
-    final = _ept(memory, eptp, gpa, access, config)
+    final = _ept(ept_memory, eptp, gpa, access, config)
     guest_bits = QUAL_FINAL | (us << 9) | (rw << 10) | (xd << 11)
     if final.outcome is not Outcome.OK:
         return _exit(la, access, user, final, gpa, guest_bits, Stage.FINAL, w, final, perms, retries)
@@ -296,7 +305,7 @@ def _attempt(memory, eptp, regs, la, access, user, config, retries) -> NestedTra
         check = None
         if not eptp.ad_enabled:
             # the CAS is a data write: EPT must allow W on the entry's page (RMW: bits 0 and 1)
-            check = _ept(memory, eptp, s.gpa, Access.WRITE, config)
+            check = _ept(ept_memory, eptp, s.gpa, Access.WRITE, config)
             w.checks.append(check)
             if check.outcome is not Outcome.OK:
                 return _exit(la, access, user, check, s.gpa, QUAL_RD, Stage.AD, w, final, perms, retries)

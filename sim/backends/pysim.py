@@ -26,7 +26,8 @@ from model.physmem import PhysicalMemory
 from sim.backends.checked import ScoreboardBackend
 from sim.cosim.dram import DramConfig, DramRequest
 from sim.cosim.harness import (
-    INVEPT_REQUEST, MEM_REQUEST, MEM_RESPONSE, TRANSLATE_REQUEST, HangError, HarnessCore, run_hooks,
+    INVEPT_REQUEST, INVVPID_REQUEST, MEM_REQUEST, MEM_RESPONSE, TRANSLATE_REQUEST, HangError, HarnessCore,
+    run_hooks,
 )
 from sim.flows.gtkwave import WaveNames, check_wave_path, finish_waveform, normalize_vcd, trace_groups
 
@@ -36,19 +37,39 @@ _UNSET = object()      # "nothing driven yet": forces the next ctx.set
 
 
 class PysimHarness(HarnessCore):
-    """Simulate :class:`~hw.top.PageWalkUnit` against the DRAM model in pysim."""
+    """Simulate :class:`~hw.top.PageWalkUnit` against the DRAM model in pysim.
+
+    With ``nested`` the unit is :class:`~hw.nested_top.NestedWalkUnit` (the
+    guest walkers over the page-walk unit; ``unit_params`` may then include
+    ``guest_walkers``), and the linear port, the guest context and INVVPID
+    are driven too (see :class:`~sim.cosim.harness.HarnessCore`).
+    """
 
     def __init__(self, memory: PhysicalMemory, dram: DramConfig | None = None, *,
                  maxphyaddr: int = 46, execute_only: bool = True,
                  resp_stall_probability: float = 0.0, seed: int = 1,
-                 wave: str | Path | None = None,
+                 wave: str | Path | None = None, nested: bool = False,
                  store_seq: Callable[[], int] | None = None, **unit_params):
-        super().__init__(memory, dram, resp_stall_probability=resp_stall_probability, seed=seed,
-                         store_seq=store_seq)
         # the port protocol Asserts (hw/checks.py) on in every simulation
         unit_params.setdefault("checks", True)
-        self.dut = PageWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
-        self.caches = self.dut.caches
+        if nested:
+            if wave is not None:
+                from sim.backends.base import BackendUnavailable
+                raise BackendUnavailable("the rtl backend cannot write waveforms of the nested unit yet "
+                                         "(a scenario with a guest, or guest-os): drop --wave")
+            from hw.nested_top import NestedWalkUnit
+            self.dut = NestedWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
+            self.nested = True
+            self.has_vpid = hasattr(self.dut, "vpid_load")
+            self.gpa_tags = (1 << 4) - self.dut.n_guest
+            caches = self.dut.unit.caches
+            self.linear_caches = self.has_vpid and caches
+        else:
+            self.dut = PageWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
+            caches = self.dut.caches
+        super().__init__(memory, dram, resp_stall_probability=resp_stall_probability, seed=seed,
+                         store_seq=store_seq)
+        self.caches = caches
         self._stack = ExitStack()
 
         # the unit's reset, driven by reset(): a ResetInserter keeps the design's names
@@ -82,6 +103,21 @@ class PysimHarness(HarnessCore):
         tresp_payload = dut.translate_resp.payload.as_value()
         inv_payload = dut.invept.payload.as_value()
         cas_op = MemOp.CAS.value
+        nested, has_vpid = self.nested, self.has_vpid
+        samples = [dut.mem_req.valid, mreq_payload, dut.mem_resp.ready,
+                   dut.translate_req.ready, dut.translate_resp.valid, tresp_payload,
+                   dut.eptp_valid, dut.eptp_error]
+        last_lreq = _UNSET
+        gstrobes = False        # cr3_load / vpid_load / invvpid.valid high last cycle
+        gloaded = False         # a guest-context load last cycle: sample its result now
+        if nested:
+            lreq_payload = dut.linear_req.payload.as_value()
+            lresp_payload = dut.linear_resp.payload.as_value()
+            samples += [dut.linear_req.ready, dut.linear_resp.valid, lresp_payload, dut.guest_idle,
+                        dut.cr3_valid]
+            if has_vpid:
+                ivp_payload = dut.invvpid.payload.as_value()
+                samples += [dut.vpid_valid, dut.invvpid_error]
         while True:
             run_hooks(self.hooks, self._hook_wake, self.cycle)
             resetting = self._reset_requested
@@ -109,7 +145,36 @@ class PysimHarness(HarnessCore):
                               self.rng.random() < self.resp_stall_probability)
             if resp_ready is not last_resp_ready:
                 ctx.set(dut.translate_resp.ready, resp_ready)
+                if nested:
+                    ctx.set(dut.linear_resp.ready, resp_ready)
                 last_resp_ready = resp_ready
+
+            lt = g = ivp = None
+            if nested:
+                lt = self._next_linear()
+                if lt is not last_lreq:
+                    ctx.set(dut.linear_req.valid, lt is not None)
+                    if lt is not None:
+                        ctx.set(lreq_payload, lt.request_raw())
+                    last_lreq = lt
+                g = self._guest_loads.popleft() if self._guest_loads else None
+                ivp = self._invvpids.popleft() if self._invvpids else None
+                if gstrobes or g is not None or ivp is not None:
+                    ctx.set(dut.cr3_load, g is not None and g.cr3_frame is not None)
+                    if g is not None:
+                        if g.cr3_frame is not None:
+                            ctx.set(dut.cr3_value, g.cr3_frame)
+                        ctx.set(dut.paging, g.paging)
+                        ctx.set(dut.wp, g.wp)
+                        ctx.set(dut.nxe, g.nxe)
+                    if has_vpid:
+                        ctx.set(dut.vpid_load, g is not None and g.vpid is not None)
+                        if g is not None and g.vpid is not None:
+                            ctx.set(dut.vpid_value, g.vpid)
+                        ctx.set(dut.invvpid.valid, ivp is not None)
+                        if ivp is not None:
+                            ctx.set(ivp_payload, INVVPID_REQUEST.pack(kind=ivp[0], vpid=ivp[1], la=ivp[2]))
+                    gstrobes = g is not None or ivp is not None
 
             load = self._eptp_loads.popleft() if self._eptp_loads else None
             inv = self._invepts.popleft() if self._invepts else None
@@ -123,11 +188,9 @@ class PysimHarness(HarnessCore):
                     self.invepts_sent += 1
                 strobes = load is not None or inv is not None
 
-            (_, _, mreq_valid, mreq, mresp_ready, treq_ready, tresp_valid, tresp,
-             eptp_valid, eptp_error) = await ctx.tick().sample(
-                dut.mem_req.valid, mreq_payload, dut.mem_resp.ready,
-                dut.translate_req.ready, dut.translate_resp.valid, tresp_payload,
-                dut.eptp_valid, dut.eptp_error)
+            sampled = await ctx.tick().sample(*samples)
+            (mreq_valid, mreq, mresp_ready, treq_ready, tresp_valid, tresp,
+             eptp_valid, eptp_error) = sampled[2:10]
 
             offered = None
             if mreq_valid:
@@ -138,7 +201,14 @@ class PysimHarness(HarnessCore):
             if resp is not None and resp.error and mresp_ready:
                 for t in self.inflight.values():
                     t.errors_seen += 1
+                for t in self.linear_inflight.values():
+                    t.errors_seen += 1
 
+            if nested:
+                if g is not None:
+                    self._guest_taken(g)
+                if ivp is not None:
+                    self._invvpid_taken(ivp)
             if inv is not None:       # it took effect at this edge
                 self._invept_taken(inv)
             if tk is not None and treq_ready:
@@ -146,8 +216,24 @@ class PysimHarness(HarnessCore):
                 last_req = _UNSET    # re-drive next cycle
             if tresp_valid and resp_ready:
                 self._complete(tresp)
+            if nested:
+                lreq_ready, lresp_valid, lresp, guest_idle, cr3_valid = sampled[10:15]
+                if lt is not None and lreq_ready:
+                    self._accept_linear(lt)
+                    last_lreq = _UNSET
+                if lresp_valid and resp_ready:
+                    self._complete_linear(lresp)
+                self.guest_idle = bool(guest_idle)
+                vpid_valid = True
+                if has_vpid:
+                    vpid_valid, self.invvpid_error = sampled[15], bool(sampled[16])
+                if gloaded:
+                    self._guest_sampled(cr3_valid, vpid_valid)
+                gloaded = g is not None
             if self._want_counters:
                 self._counters_raw = ctx.get(dut.counters.as_value())
+                if has_vpid:
+                    self._nested_counters_raw = ctx.get(dut.nested_counters.as_value())
                 self._want_counters = False
 
             if load is not None:
@@ -165,8 +251,8 @@ class PysimHarness(HarnessCore):
                 self.resets += 1
                 dram.queue.clear()
                 self._drop_requests()
-                loaded = False
-                last_req = last_resp = _UNSET
+                loaded = gloaded = False
+                last_req = last_resp = last_lreq = _UNSET
             self.cycle += 1
 
     def reset(self) -> None:
@@ -206,6 +292,7 @@ class PysimHarness(HarnessCore):
 
 
 class PysimBackend(ScoreboardBackend):
-    """The scoreboard-checked backend on the pysim harness."""
+    """The scoreboard-checked backend on the pysim harness (``nested=True``: the nested unit)."""
     name = "rtl"
+    nested = True
     harness_class = PysimHarness

@@ -98,6 +98,8 @@ class Dram:
         self.stall_cycles = 0
         self.error_log: list[tuple[int, int, str]] = []     # (cycle, addr, op)
         self.corruptions: list[str] = []
+        # the bits a walker's CAS may set: EPT A/D, and guest A/D behind the nested unit
+        self.ad_bits = EPT_A | EPT_D
 
     # -- per cycle ----------------------------------------------------------
     def drive(self) -> tuple[bool, DramRequest | None]:
@@ -161,7 +163,7 @@ class Dram:
                 ok, req.result = self.memory.cas(req.addr, req.compare, req.data, source="walker")
                 if not ok:
                     self.cas_failures += 1
-                elif (req.data ^ req.compare) & ~(EPT_A | EPT_D) or req.compare & ~req.data:
+                elif (req.data ^ req.compare) & ~self.ad_bits or req.compare & ~req.data:
                     self.corruptions.append(
                         f"cycle {self.cycle}: walker CAS at {req.addr:#x} changed "
                         f"{req.compare:#x} -> {req.data:#x} (only A/D may be set)")

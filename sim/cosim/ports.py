@@ -5,7 +5,7 @@ The harnesses move raw integers through the ports; all they need from
 ``TAG_BITS`` and the counter names.  Importing Amaranth to get them costs
 ~0.1 s on every run, so :func:`ports` computes them from ``hw.layouts`` once
 and caches them (JSON) in the per-user cache (:func:`sim.files.cache_dir`),
-keyed by ``hw/layouts.py``'s bytes and Amaranth's version; without a
+keyed by ``hw/layouts.py``'s and this file's bytes and Amaranth's version; without a
 writable cache it just computes them.  ``tests/test_ports.py`` holds the
 cached numbers to a fresh computation.
 """
@@ -22,8 +22,8 @@ __all__ = ["ports", "compute", "LAYOUTS", "ENUMS"]
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUTS = ("MemRequest", "MemResponse", "TranslateRequest", "TranslateResponse", "InveptRequest",
-           "PerfCounters")
-ENUMS = ("Access", "Outcome", "PageSize", "Level", "MemOp", "InveptKind")
+           "PerfCounters", "LinearRequest", "LinearResponse", "InvvpidRequest", "NestedCounters")
+ENUMS = ("Access", "Outcome", "PageSize", "Level", "MemOp", "InveptKind", "LinearOutcome", "InvvpidKind")
 _PORTS: dict | None = None
 
 
@@ -33,14 +33,17 @@ def compute() -> dict:
     return {
         "TAG_BITS": hl.TAG_BITS,
         "PERF_EVENTS": list(hl.PERF_EVENTS),
+        # the nested unit's VPID/INVVPID bundles and counters may be absent (older hw/): left out
+        "NESTED_EVENTS": list(getattr(hl, "NESTED_EVENTS", ())),
         "layouts": {name: {f: [field.offset, field.width] for f, field in getattr(hl, name)}
-                    for name in LAYOUTS},
-        "enums": {name: {m.name: m.value for m in getattr(hl, name)} for name in ENUMS},
+                    for name in LAYOUTS if hasattr(hl, name)},
+        "enums": {name: {m.name: m.value for m in getattr(hl, name)} for name in ENUMS if hasattr(hl, name)},
     }
 
 
 def _key() -> str:
     h = hashlib.sha256((ROOT / "hw" / "layouts.py").read_bytes())
+    h.update(Path(__file__).read_bytes())         # what is computed changes with this file
     h.update(dist_versions("amaranth").encode())
     return h.hexdigest()[:16]
 

@@ -40,7 +40,9 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
     """Execute every op in order, each finished before the next; return the lines.
 
     A scenario with nested ops (translate_la, set_cr3, invvpid) on a backend
-    that cannot walk guest tables is refused before anything runs.
+    that cannot walk guest tables is refused before anything runs.  On an RTL
+    backend a scenario with a guest runs on the nested unit
+    (:class:`hw.nested_top.NestedWalkUnit`), one without on the page-walk unit.
     """
     nested = scenario.nested_ops
     cls = backend_class(backend_name)
@@ -49,6 +51,8 @@ def replay(scenario: Scenario, backend_name: str = "model", out: TextIO = sys.st
     memory = PhysicalMemory(scenario.config.maxphyaddr)
     for addr, value in scenario.memory:
         memory.write(addr, value, source="init")
+    if scenario.guest is not None and cls.nested and cls.timed:
+        backend_kw = dict(backend_kw, nested=True)
     backend = make_backend(backend_name, memory, scenario.config, **backend_kw)
     lines = []
     try:
