@@ -54,6 +54,7 @@ Promises:
   ``vpid_load``) should change only while ``guest_idle`` is high.
 """
 
+import inspect
 from types import SimpleNamespace
 
 from amaranth import *
@@ -116,11 +117,11 @@ class NestedWalkUnit(wiring.Component):
     Parameters
     ----------
     guest_walkers : int
-        Concurrent 2D walks, 1..8 (default 1); each reserves one translate tag.
+        Concurrent 2D walks, 1..8; each reserves one translate tag.
     combined_tlb : int
-        Combined-TLB entries (LA -> HPA), 0..64 (default 16; 0: no combined TLB).
+        Combined-TLB entries (LA -> HPA), 0..64 (0: no combined TLB).
     guest_psc_pml4e, guest_psc_pdpte, guest_psc_pde : int
-        Guest paging-structure cache entries per level, 0..64 (defaults 2, 4, 8).
+        Guest paging-structure cache entries of that level, 0..64.
     **params
         Everything else goes to :class:`~hw.top.PageWalkUnit` untouched
         (``max_outstanding`` also bounds the shared memory port).
@@ -182,6 +183,14 @@ class NestedWalkUnit(wiring.Component):
     """
 
     forwards_params_to = PageWalkUnit      # ``**params`` go to the unit unchanged
+    LINEAR_CACHES = ("combined_tlb", "guest_psc_pml4e", "guest_psc_pdpte", "guest_psc_pde")
+
+    @classmethod
+    def caches_linear(cls, params):
+        """Whether ``NestedWalkUnit(**params)`` keeps any combined mapping (a combined
+        TLB or a guest paging-structure cache with entries)."""
+        defaults = inspect.signature(cls.__init__).parameters
+        return any(params.get(name, defaults[name].default) for name in cls.LINEAR_CACHES)
 
     def __init__(self, *, guest_walkers=1, combined_tlb=16, guest_psc_pml4e=2,
                  guest_psc_pdpte=4, guest_psc_pde=8, **params):
