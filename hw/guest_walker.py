@@ -272,12 +272,15 @@ class GuestWalker(wiring.Component):
             with m.Case(S.IDLE):
                 m.d.comb += self.req.ready.eq(1)
                 p = self.req.payload
+                # the request is captured in every idle cycle, taken or not: only the state
+                # waits for ``valid`` (which comes late, from the caches' compares)
+                m.d.sync += top() + [r.la.eq(p.la), r.access.eq(p.access), r.user.eq(p.user),
+                                     r.tag.eq(p.tag), r.retries.eq(0), r.gpa.eq(p.la)]
+                with m.If(self.paging & self.start.cached):
+                    self._start_below(m, r, p.la)
                 with m.If(self.req.valid):
-                    m.d.sync += top() + [r.la.eq(p.la), r.access.eq(p.access), r.user.eq(p.user),
-                                         r.tag.eq(p.tag), r.retries.eq(0), r.gpa.eq(p.la)]
-                    m.d.sync += r.state.eq(Mux(self.paging, S.EPT_WALK, S.EPT_FINAL))
-                    with m.If(self.paging & self.start.cached):
-                        self._start_below(m, r, p.la)
+                    m.d.sync += r.state.eq(Mux(self.paging,
+                                               Mux(self.start.cached, S.READ, S.EPT_WALK), S.EPT_FINAL))
 
             with m.Case(S.EPT_WALK):
                 with m.If(self.ept_req.ready):
@@ -381,8 +384,7 @@ class GuestWalker(wiring.Component):
         m.d.sync += [r.level.eq(st.level), r.first_level.eq(st.level), r.table.eq(st.table.gpa),
                      r.egpas[lvl].eq(Cat(C(0, 3), index, st.table.gpa)),
                      r.ehpas[lvl].eq(Cat(C(0, 3), index, st.table.hpa)),
-                     r.us.eq(st.table.us), r.rw.eq(st.table.rw), r.xd.eq(st.table.xd),
-                     r.state.eq(GuestWalkerState.READ)]
+                     r.us.eq(st.table.us), r.rw.eq(st.table.rw), r.xd.eq(st.table.xd)]
 
     def _entry_read(self, m, r, verdict, finish, page_fault):
         """The guest entry arrived (judged by ``verdict``): fault, descend, or take the leaf."""

@@ -401,7 +401,8 @@ class NestedWalkUnit(wiring.Component):
         for k, gw in enumerate(gws):
             m.d.comb += [gw.req.payload.eq(p), gw.start.eq(start),
                          gw.req.valid.eq(walk & (free == k))]
-            with m.If(gw.req.valid):
+            # captured in every idle cycle (the walk's own once it is taken)
+            with m.If(~busy[k]):
                 m.d.sync += [w_page[k].eq(page), w_ctx[k].eq(ctx.id), w_stale[k].eq(~ctx.ok)]
             with m.Else():
                 m.d.sync += w_stale[k].eq(w_stale[k] | inval.any | ctx.flush.bit_select(w_ctx[k], 1))
@@ -409,7 +410,11 @@ class NestedWalkUnit(wiring.Component):
         with m.If(local_taken):
             m.d.sync += local_valid.eq(0)
         with m.If(req.valid & req.ready & (refuse | hit)):
-            m.d.sync += [local_valid.eq(1), local.eq(0)]
+            m.d.sync += local_valid.eq(1)
+        # the answer is captured whenever the register is free, taken or not: only
+        # ``local_valid`` waits for the handshake (which comes late, from the compares)
+        with m.If(local_free):
+            m.d.sync += [local.eq(0), local.tag.eq(p.tag)]
             with m.If(refuse):
                 m.d.sync += local.outcome.eq(LinearOutcome.REFUSED)
             with m.Else():
@@ -417,7 +422,6 @@ class NestedWalkUnit(wiring.Component):
                              local.gpa.eq(self._at_offset(e.gpa, p.la, e.size)),
                              local.hpa.eq(self._at_offset(e.hpa, p.la, e.size)),
                              local.page_size.eq(e.gsize), local.memtype.eq(e.memtype)]
-            m.d.sync += local.tag.eq(p.tag)
         with m.If(req.valid & req.ready & ~refuse):
             m.d.comb += [ev.linear_lookups.eq(1), ev.ctlb_hits.eq(hit), ev.ctlb_misses.eq(~hit)]
         with m.If(walk):
