@@ -62,12 +62,23 @@ class FuzzOptions:
     out: Path = Path("build/fuzz")
     unit: dict = field(default_factory=dict)
     watchdog: int = 200_000            # cycles a translation may take before it is a hang
+    nested: bool = False               # guest tables over EPT on the nested unit (sim.verify.fuzz_nested)
+    unsynced: float = 0.3              # nested: share of table stores left without their invalidation
+    shrink: bool = True                # cut a failing case down and write a replay scenario
+    shrink_seconds: float = 240.0      # nested: time to spend cutting one case down
 
     def validate(self) -> None:
         if self.walks < 1:
             raise ValueError(f"--walks must be at least 1, not {self.walks}")
         if self.backend not in ("rtl", "verilator"):
             raise ValueError(f"fuzz runs on the RTL: --backend rtl or verilator, not {self.backend!r}")
+        if not 0 <= self.unsynced <= 1:
+            raise ValueError(f"--unsynced must be in 0..1, not {self.unsynced}")
+        if self.nested:
+            from sim.backends.base import backend_class
+            cls = backend_class(self.backend)
+            if not cls.nested:
+                raise cls.refuse_nested("nested fuzzing", ", or fuzz without --nested")
 
 
 @dataclass
@@ -85,6 +96,14 @@ class FuzzReport:
     hangs: int = 0
     corruptions: int = 0
     mismatches: int = 0
+    # the nested campaign (--nested)
+    guests: int = 0                    # guest contexts loaded (one per case)
+    paging_off: int = 0                # ... with CR0.PG = 0
+    guest_writes: int = 0              # guest-entry stores
+    unsynced_writes: int = 0           # table stores left without their invalidation
+    invvpids: dict = field(default_factory=dict)
+    cr3_loads: int = 0
+    bursts: int = 0                    # translations submitted together (2-4 in flight)
     reports: list = field(default_factory=list)       # first lines of each mismatch
     reproducers: list = field(default_factory=list)
 
@@ -466,7 +485,11 @@ def _dram_flags(d: DramConfig, o: FuzzOptions) -> str:
 
 def run_fuzz(opts: FuzzOptions, progress=None) -> FuzzReport:
     opts.validate()
-    return _Fuzzer(opts, progress).run()
+    fuzzer = _Fuzzer(opts, progress)
+    if opts.nested:
+        from sim.verify.fuzz_nested import run_nested_fuzz
+        return run_nested_fuzz(opts, fuzzer.report, fuzzer._dram, progress)
+    return fuzzer.run()
 
 
 # -- the `fuzz` command ---------------------------------------------------------------
