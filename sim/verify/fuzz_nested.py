@@ -127,7 +127,8 @@ class NestedWorld:
     linear addresses the case accesses (GPAs with paging off)."""
 
     def __init__(self, memory: PhysicalMemory, alloc: _Alloc, rng: random.Random, config: EptConfig, *,
-                 ad: bool, paging: bool = True, wp: bool = True, nxe: bool = True, vpid: int = 1):
+                 ad: bool, paging: bool = True, wp: bool = True, nxe: bool = True, vpid: int = 1,
+                 gt_level: Level | None = None):
         self.memory, self.alloc, self.rng, self.config = memory, alloc, rng, config
         self.fmask = frame_mask(config.maxphyaddr)
         self.words: dict[int, int] = {}
@@ -137,7 +138,7 @@ class NestedWorld:
         self.las: list[int] = []
         self.eptp = Eptp(pml4_pa=alloc.frame(), ad_enabled=ad)
         self._gt_next = 0
-        self._gt_level = _pick(rng, [(0.5, Level.PTE), (0.3, Level.PDE), (0.2, Level.PDPTE)])
+        self._gt_level = gt_level or _pick(rng, [(0.5, Level.PTE), (0.3, Level.PDE), (0.2, Level.PDPTE)])
         self.gt_base = rng.randrange(1, 1 << (config.maxphyaddr - 31)) << 30     # 1G-aligned GPA
         if self._gt_level != Level.PTE:
             hregion = alloc.aligned(self._gt_level.page_size)
@@ -421,6 +422,20 @@ class NestedFuzzer:
         backend = make_backend(o.backend, memory, self.config, dram=dram, seed=rng.getrandbits(16),
                                watchdog=o.watchdog, unit=dict(o.unit), nested=True)
         rep.rounds += 1
+        # every walker store: an A/D CAS on an entry the host wrote, only setting A/D
+        host_words: set[int] = set()
+        bad: list[str] = []
+        ad = PG_A | PG_D | EPT_A | EPT_D
+
+        def on_store(addr, old, new, source):
+            if source != "walker":
+                host_words.add(addr)
+            elif addr not in host_words:
+                bad.append(f"walker stored {new:#x} at {addr:#x}, an entry no table holds")
+            elif (old ^ new) & ~ad or old & ~new:
+                bad.append(f"walker changed {old:#x} -> {new:#x} at {addr:#x} (only A/D may be set)")
+        memory.observe(on_store)
+        self._bad_stores = bad
         alloc = _Alloc(0x100_0000)
         vpids = []
         try:
@@ -436,6 +451,10 @@ class NestedFuzzer:
             backend.close()
             rep.faults_injected += backend.dram.errors
             rep.stall_cycles += backend.dram.stall_cycles
+        if bad:
+            rep.corruptions += len(bad)
+            rep.mismatches += len(bad)
+            rep.reports += bad[:5]
 
     def _case(self, backend, memory, rng, alloc, dram, vpid) -> None:
         o, rep = self.opts, self.report
@@ -501,6 +520,7 @@ class NestedFuzzer:
             self._set_cr3(backend, case, r.choice([w.root, w.alt_root or w.root]))
             return False
         n = 1 if r.random() < 0.8 else r.randrange(2, 5)
+        n = min(n, self.opts.walks - rep.walks)        # exactly the walks asked for, never more
         reqs = []
         for _ in range(n):
             la = r.choice(w.las)
@@ -562,7 +582,7 @@ class NestedFuzzer:
     def _translate(self, backend, case, reqs) -> bool:
         o, rep = self.opts, self.report
         h, sb = backend.harness, backend.la_scoreboard
-        failed, corrupt = sb.failed, len(backend.dram.corruptions)
+        failed, corrupt, stores = sb.failed, len(backend.dram.corruptions), len(self._bad_stores)
         for la, access, user in reqs:
             case.ops.append({"op": "translate_la", "la": hex(la), "access": access.name.lower(), "user": user})
         tickets = [h.submit_la(la, access, user) for la, access, user in reqs]
@@ -580,8 +600,9 @@ class NestedFuzzer:
             name = "refused" if t.refused else "bus_error" if t.bus_error else t.outcome.value
             rep.outcomes[name] = rep.outcomes.get(name, 0) + 1
         rep.bursts += len(tickets) > 1
-        if sb.failed > failed or len(backend.dram.corruptions) > corrupt:
-            msgs = sb.mismatches[failed:] + backend.dram.corruptions[corrupt:]
+        if sb.failed > failed or len(backend.dram.corruptions) > corrupt or len(self._bad_stores) > stores:
+            msgs = sb.mismatches[failed:] + backend.dram.corruptions[corrupt:] + self._bad_stores[stores:]
+            del self._bad_stores[stores:]          # counted here, not again at the round's end
             self._mismatch(case, msgs[0] if msgs else "mismatch")
             return True
         return False
