@@ -642,14 +642,21 @@ class NestedFuzzer:
 
         reproduces = fails(ops, words)
         if reproduces:
-            # single ops, front to back (never the failing translation)
-            i = 0
-            while i < len(ops) - 1 and time.monotonic() < deadline:
-                cand = ops[:i] + ops[i + 1:]
-                if fails(cand, words):
-                    ops = cand
-                else:
-                    i += 1
+            # chunks of the ops before the failing translation, halves first (ddmin)
+            head, tail = ops[:-1], ops[-1:]
+            chunk = max(1, len(head) // 2)
+            while head and time.monotonic() < deadline:
+                i, removed = 0, False
+                while i < len(head) and time.monotonic() < deadline:
+                    cand = head[:i] + head[i + chunk:]
+                    if fails(cand + tail, words):
+                        head, removed = cand, True
+                    else:
+                        i += chunk
+                if chunk == 1 and not removed:
+                    break
+                chunk = max(1, chunk // 2) if not removed or chunk > 1 else 1
+            ops = head + tail
             # memory words the model's walks never read nor the ops wrote
             needed = _words_read(case, ops, words, self.config)
             cand = {a: v for a, v in words.items() if a in needed}
