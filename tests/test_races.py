@@ -1,9 +1,11 @@
 """Host pmap operations racing walks at every cycle offset (sim/verify/races.py):
 clean on both backends, and each check fails when its property is broken."""
 
+import pytest
 from rtl_util import verilator_or_skip
 
 from model.formats import EPT_A
+from model.guest import PG_A
 from model.pmap import PageDB
 from sim.verify.races import OPS, RaceOptions, _World, run_races
 
@@ -62,3 +64,81 @@ def test_a_bit_set_back_by_the_host_is_a_resurrection(monkeypatch):
     rep = run_races(RaceOptions(backend="verilator", ops=("clear_reference",), offsets=range(0, 30, 5),
                                 starts=("warm",)))
     assert any("set again" in f for f in rep.failures)
+
+
+# -- the nested unit: guest and host pmap operations racing 2D walks ----------------------------
+
+from model.formats import Access  # noqa: E402
+from sim.verify import races_nested  # noqa: E402
+from sim.verify.races_nested import NESTED_OPS  # noqa: E402
+
+
+def test_nested_races_every_op_on_pysim():
+    # a write walk sets guest A/D (and EPT A/D): the op lands before the walk, inside it, and after it
+    rep = run_races(RaceOptions(backend="rtl", nested=True, accesses=(Access.WRITE,), starts=("cold",),
+                                offsets=(60, 250)))
+    assert rep.failures == []
+    assert rep.races == len(NESTED_OPS) * 2 and set(rep.by_op) == set(NESTED_OPS)
+    assert rep.overlapped >= len(NESTED_OPS)          # the ops at +60 all landed mid-walk
+
+
+def test_a_missing_invalidation_is_a_stale_nested_translation(monkeypatch):
+    real = races_nested._World.__init__
+
+    def no_invalidations(self, opts):
+        real(self, opts)
+        b = self.backend
+        inv, invept = b.invvpid, b.invept
+        # the races' own flushes before each race stay; the ones the operations need are dropped
+        b.invvpid = lambda kind, la=None: None if kind == "address" else inv(kind, la)
+        b.invept = lambda kind, eptp=None: (None if self.harness.linear_inflight or self.harness.linear_pending
+                                              else invept(kind, eptp))
+    monkeypatch.setattr(races_nested._World, "__init__", no_invalidations)
+    rep = run_races(RaceOptions(backend="rtl", nested=True, ops=("guest_remap", "ept_data_remap"),
+                                accesses=(Access.READ,), starts=("warm",), offsets=(0,)))
+    stale = [f for f in rep.failures if "stale translation after the invalidation" in f]
+    assert {f.split()[0] for f in stale} == {"guest_remap", "ept_data_remap"}, rep.failures
+
+
+def test_a_guest_a_bit_put_back_by_the_host_is_a_resurrection(monkeypatch):
+    """The guest's clear of A is a lost read-modify-write: A comes back with a plain store."""
+    real = races_nested._World.__init__
+
+    def sloppy(self, opts):
+        real(self, opts)
+        b, write = self.backend, self.backend.write
+
+        def lost_rmw(addr, value):
+            old = self.memory.peek(addr)
+            write(addr, value)
+            if self.harness.linear_inflight and old & PG_A and not value & PG_A and old & 1:
+                self.memory.write(addr, value | PG_A, source="host")
+        b.write = lost_rmw
+    monkeypatch.setattr(races_nested._World, "__init__", sloppy)
+    rep = run_races(RaceOptions(backend="rtl", nested=True, ops=("guest_clear_a",), accesses=(Access.READ,),
+                                starts=("cold",), offsets=(20, 120)))
+    assert any("guest A set again" in f for f in rep.failures), rep.failures
+
+
+def test_races_nested_bad_input_is_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    for args, word in ((["--nested", "--step", "600"], "--step"), (["--nested", "--backend", "verilator"], "nested")):
+        if "verilator" in args:
+            from sim.backends.base import backend_class
+            if backend_class("verilator").nested:
+                continue
+        res = subprocess.run([sys.executable, "-m", "sim", "races", *args], capture_output=True, text=True,
+                             cwd=root, timeout=120)
+        assert res.returncode == 2 and res.stdout == ""
+        assert len(res.stderr.strip().splitlines()) == 1 and word in res.stderr, res.stderr
+
+
+@pytest.mark.slow
+def test_nested_races_every_op_access_and_start_on_pysim():
+    rep = run_races(RaceOptions(backend="rtl", nested=True, offsets=range(0, 480, 40)))
+    assert rep.failures == []
+    assert rep.races == len(NESTED_OPS) * 3 * 2 * 12
+    assert rep.overlapped > 200 and rep.cas_lost > 0
