@@ -142,3 +142,16 @@ def test_nested_races_every_op_access_and_start_on_pysim():
     assert rep.failures == []
     assert rep.races == len(NESTED_OPS) * 3 * 2 * 12
     assert rep.overlapped > 200 and rep.cas_lost > 0
+
+
+def test_a_sweep_spec_runs_the_nested_fuzzer_and_races(tmp_path):
+    from sim.verify.sweep_spec import load_spec
+    spec = tmp_path / "s.toml"
+    spec.write_text('[sweep]\nname = "n"\n'
+                    '[[jobs]]\nname = "nf"\ncampaign = "fuzz"\nbackend = "rtl"\nseeds = [2]\nwalks = 40\nnested = true\n'
+                    '[[jobs]]\nname = "nr"\ncampaign = "races"\nbackend = "rtl"\nnested = true\nmax_offset = 300\n'
+                    'step = 50\n')
+    fuzz, races = load_spec(spec).jobs
+    assert fuzz.command() == ["fuzz", "--backend", "rtl", "--seed", "2", "--walks", "40", "--nested"]
+    assert races.command() == ["races", "--backend", "rtl", "--max-offset", "300", "--step", "50", "--nested"]
+    assert races.weight > fuzz.weight > 2
