@@ -188,17 +188,26 @@ def test_rtl_guest_pte_change_then_invvpid():
         assert first.gpa == OLD_GPA
         pte = w.guest_entry_gpa(LA, Level.PTE)
         b.write(w.hpa_of(pte), make_leaf_entry(NEW_GPA, Level.PTE))     # no INVVPID
-        stale, _ = b.translate_la(LA, Access.READ)
-        assert stale.gpa in (OLD_GPA, NEW_GPA)                           # either is legal
+        stale, cycles = b.translate_la(LA, Access.READ)
+        assert stale.gpa == OLD_GPA and cycles == 1                       # a combined-TLB hit, accepted
+        assert b.failures == 0, b.mismatches
         b.invvpid("address", LA)
         fresh, _ = b.translate_la(LA, Access.READ)
         assert fresh.gpa == NEW_GPA
         assert b.failures == 0, b.mismatches
+        # the same request answered with the old mapping after the INVVPID: a mismatch
+        from dataclasses import replace
+        last = b.harness.completed[-1]
+        assert last.gpa == NEW_GPA
+        sb = b.la_scoreboard
+        assert not sb.check(replace(last, gpa=OLD_GPA, hpa=w.hpa_of(OLD_GPA)))
+        assert f"got ok gpa={OLD_GPA:#x}" in sb.mismatches[-1]
+        sb.failed, sb.mismatches = 0, []
         # a GPA translation alongside, on the GPA port
         t, cycles = b.translate(NEW_GPA, Access.WRITE)
         assert t.hpa == w.hpa_of(NEW_GPA) and cycles >= 1
         c = b.counters()
-        assert c["lookups"] > 0
+        assert c["lookups"] > 0 and c["ctlb_hits"] == 1 and c["invvpids"] == 1 and c["linear_lookups"] == 3
     finally:
         b.close()
 
@@ -379,3 +388,17 @@ def test_rtl_with_the_host_racing_guest_and_ept_entries():
         assert b.la_scoreboard.alternatives_used > 0          # answers of older states were needed
     finally:
         b.close()
+
+
+def test_harness_numbers_of_the_nested_ports_are_the_layouts():
+    from hw import layouts
+    from sim.cosim import harness
+    for fields, layout in ((harness.LINEAR_REQUEST, layouts.LinearRequest),
+                           (harness.LINEAR_RESPONSE, layouts.LinearResponse),
+                           (harness.INVVPID_REQUEST, layouts.InvvpidRequest),
+                           (harness.NESTED_COUNTERS, layouts.NestedCounters)):
+        for name, f in layout:
+            assert fields.field(name) == (f.offset, (1 << f.width) - 1), name
+    assert harness.NESTED_EVENTS == list(layouts.NESTED_EVENTS)
+    assert harness.INVVPID_KINDS == {k.name.lower(): k.value for k in layouts.InvvpidKind}
+    assert not set(harness.NESTED_EVENTS) & set(harness.PERF_EVENTS)       # one flat counters() dict

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from model.formats import Access, Eptp, Outcome
@@ -198,7 +198,7 @@ class LinearTicket:
     seq_end: int = 0
     seq_cache: int = 0                # EPT entries' window opens here
     seq_guest: int = 0                # guest entries' window opens here
-    inv_addr: dict = None             # page size -> seq of the last covering INVVPID address
+    inv_addr: dict = field(default_factory=dict)   # page size -> seq of the last covering INVVPID address
     tag: int | None = None
     outcome: LaOutcome | None = None
     bus_error: bool = False
@@ -347,12 +347,16 @@ class HarnessCore:
     # -- the nested unit's edges -------------------------------------------------------
     def _next_linear(self) -> LinearTicket | None:
         """The linear request to offer this cycle (its tag assigned), or None.
-        None while a guest-context or INVVPID strobe is queued or an INVEPT is
-        (so no linear request is taken at the edge an invalidation is)."""
-        if not self.linear_pending or not self.linear_free_tags or self._guest_loads \
-                or self._invvpids or self._invepts:
+        No new request is offered while a guest-context or INVVPID strobe is
+        queued or an INVEPT is (so none is taken at the edge an invalidation
+        is); one offered and not yet taken stays offered (a stream's valid is
+        held until ready), and if an invalidation is then taken at the same
+        edge, the request counts as taken after it."""
+        if not self.linear_pending or not self.linear_free_tags:
             return None
         lt = self.linear_pending[0]
+        if lt.tag is None and (self._guest_loads or self._invvpids or self._invepts):
+            return None
         lt.tag = self.linear_free_tags[0]
         return lt
 

@@ -80,7 +80,7 @@ def _got(t: LinearTicket) -> str:
 class _View:
     """One kind of entry (guest or EPT) as a candidate state shows it.
 
-    A read returns the value chosen for its key (the first of the window's
+    A read returns the value chosen for its key (the newest of the window's
     values until the search fixes another); a CAS always succeeds (it
     compares with the value the walk read from this view) and is absorbed:
     it sets only A/D, which no later verdict depends on, and a later EPT
@@ -128,7 +128,9 @@ class _Search:
         if v is _MISSING:
             values = self.h.values_in(addr, self.lo[key[0]], self.hi)
             if len(values) > 1:
-                values = _verdict_values(values, GUEST_AD if key[0] == "g" else EPT_AD)
+                # newest first: the state at the response is the likeliest answer (the
+                # windows may open long before, at the last covering invalidation)
+                values = _verdict_values(values[::-1], GUEST_AD if key[0] == "g" else EPT_AD)
                 if len(values) > 1:
                     self.branches.append((key, values, dict(self.fixed)))
             v = self.fixed[key] = values[0]
@@ -234,7 +236,7 @@ class NestedScoreboard:
     # -- candidates ------------------------------------------------------------------
     def iter_candidates(self, t: LinearTicket):
         """(result, the values chosen by key) for every state of the windows,
-        the oldest values first, the entry met last varying fastest."""
+        the newest values first, the entry met last varying fastest."""
         lo_g, lo_e, hi = t.seq_guest, t.seq_cache, t.seq_end
         found = 0
         pml4_page = t.eptp.pml4_pa >> 12

@@ -370,7 +370,7 @@ def main_guest_os(args) -> int:
     cls = backend_class(args.backend)
     if not cls.nested:
         raise cls.refuse_nested("the guest-os workload", ", or --workload stress")
-    rtl_kwargs(args)            # the model takes no RTL options (--wave is refused here)
+    kw = rtl_kwargs(args)       # the model takes no RTL options; rtl: DRAM, port and unit options
     stress = [o for o, v in STRESS_ONLY.items() if getattr(args, v) is not None]
     if stress:
         raise UsageError(f"{stress[0]} is an option of the stress workload, not of guest-os")
@@ -381,7 +381,8 @@ def main_guest_os(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     output_path("--summary", args.summary)
-    summary = provenance(SUMMARY_SCHEMA) | run_guest_os(opts, args.backend, progress=progress_printer(args.quiet))
+    summary = provenance(SUMMARY_SCHEMA) | run_guest_os(opts, args.backend, progress=progress_printer(args.quiet),
+                                                        **kw)
     summary.setdefault("passed", summary["mismatches"] == 0)
     write_summary(summary, args.summary)
     print(format_guest_os_summary(summary))
