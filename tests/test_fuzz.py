@@ -375,7 +375,9 @@ def test_invvpid_address_drops_every_piece_of_a_large_guest_page():
 @pytest.mark.parametrize("seed,faults", [(3, False), (4, False), (5, False), (6, True), (7, True),
                                          (8, True), (9, False), (10, False), (11, False), (12, False)])
 def test_nested_fuzz_more_seeds(seed, faults, tmp_path):
-    rep = run_fuzz(FuzzOptions(walks=250, seed=seed, nested=True, faults=faults, out=tmp_path))
+    from test_races import _nested_backend
+    rep = run_fuzz(FuzzOptions(walks=250, seed=seed, nested=True, faults=faults, out=tmp_path,
+                               backend=_nested_backend()))
     assert rep.mismatches == 0, rep.reports
     assert rep.hangs == 0 and rep.corruptions == 0
     if faults:

@@ -39,7 +39,7 @@ from sim.options import (positive, add_unit_options, unit_kwargs, output_path, p
 __all__ = ["RaceOptions", "RaceReport", "run_races", "OPS"]
 
 OPS = ("clear_reference", "clear_modify", "protect", "remove", "enter")
-NESTED_MAX_OFFSET = 480       # past a cold 2D walk (about 390 cycles) and its guest A/D CASes
+NESTED_MAX_OFFSET = 320       # past a cold 2D walk of the races' world (160-250 cycles) and its A/D CASes
 NESTED_STEP = 8
 
 
