@@ -490,7 +490,7 @@ def run_fuzz(opts: FuzzOptions, progress=None) -> FuzzReport:
     fuzzer = _Fuzzer(opts, progress)
     if opts.nested:
         from sim.verify.fuzz_nested import run_nested_fuzz
-        return run_nested_fuzz(opts, fuzzer.report, fuzzer._dram, progress)
+        return run_nested_fuzz(opts, fuzzer.report, fuzzer._dram, _dram_flags, progress)
     return fuzzer.run()
 
 

@@ -394,10 +394,11 @@ class _Case:
 class NestedFuzzer:
     """The nested campaign for :func:`sim.verify.fuzz.run_fuzz` (``opts.nested``)."""
 
-    def __init__(self, opts, report, dram_for, progress=None):
+    def __init__(self, opts, report, dram_for, dram_flags, progress=None):
         self.opts = opts
         self.report = report
         self.dram_for = dram_for          # (rng, round_no) -> DramConfig
+        self.dram_flags = dram_flags      # (DramConfig, opts) -> the replay options that rebuild it
         self.progress = progress or (lambda line: None)
         self.config = EptConfig()
         self.sweep = guest_sweep_cases(self.config.maxphyaddr)
@@ -664,8 +665,7 @@ class NestedFuzzer:
                 words = cand
         path = Path(self.opts.out) / f"repro-nested-seed{self.opts.seed}-case{case.index}.json"
         write_json(path, self._scenario(case, ops, words), indent=1)
-        from sim.verify.fuzz import _dram_flags
-        flags = _dram_flags(case.dram, self.opts)
+        flags = self.dram_flags(case.dram, self.opts)
         return {"scenario": str(path), "reproduces": reproduces, "ops": len(ops), "words": len(words),
                 "replays": tries, "command": f"python -m sim replay {path} --backend {self.opts.backend}{flags}"}
 
@@ -724,5 +724,6 @@ def _replay_fails(scenario: dict, backend: str, kw: dict) -> bool:
     return bool(result.mismatches)
 
 
-def run_nested_fuzz(opts, report, dram_for, progress=None):
-    return NestedFuzzer(opts, report, dram_for, progress).run()
+def run_nested_fuzz(opts, report, dram_for, dram_flags, progress=None):
+    """Run the nested campaign of ``opts`` (a :class:`sim.verify.fuzz.FuzzOptions`) into ``report``."""
+    return NestedFuzzer(opts, report, dram_for, dram_flags, progress).run()
