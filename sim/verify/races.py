@@ -249,8 +249,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     max_offset = args.max_offset or (NESTED_MAX_OFFSET if args.nested else 72)
-    step = args.step or (NESTED_STEP if args.nested else 1)
-    if step >= max_offset:
+    step = args.step or (NESTED_STEP if args.nested and NESTED_STEP < max_offset else 1)
+    if step >= max_offset and max_offset > 1:
         raise UsageError(f"--step {step} leaves only offset 0 of --max-offset {max_offset}: "
                          f"make it smaller than {max_offset}")
     opts = RaceOptions(backend=args.backend, offsets=range(0, max_offset, step), ad=not args.no_ad,
