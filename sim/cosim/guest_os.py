@@ -277,6 +277,10 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
         backend.close()
         raise backend.refuse_nested("the guest-os workload")
     rng = random.Random(opts.seed)
+    # An RTL backend caches combined mappings itself (its combined TLB and guest
+    # paging-structure caches): every access goes to it, and the guest's INVLPG is an
+    # INVVPID of that address.  The model has no caches: the workload's TLB stands in.
+    hw_tlb = backend.timed
     dtlb, itlb = ComboTlb(opts.dtlb_entries), ComboTlb(opts.itlb_entries)
 
     def flush_all():
@@ -304,6 +308,8 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
 
     def invlpg(proc: Process, la: int):
         if proc is current["proc"]:
+            if hw_tlb:
+                backend.invvpid("address", la)
             dtlb.invlpg(la)
             itlb.invlpg(la)
     kernel = GuestKernel(view, opts.guest_ram_pages, invlpg=invlpg)
@@ -372,18 +378,29 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
                     c.ept_d += 1
                     c.ept_d_on_guest_tables += addr in table_leaves
 
+    def count_ad(old: int, new: int) -> None:
+        """An A/D CAS of the RTL, told apart by its bits: a guest entry's A/D are bits
+        5-6 (EPT memory type and IPAT there, which no walker changes), an EPT
+        entry's bits 8-9 (guest G and an ignored bit)."""
+        set_ = new & ~old
+        c.guest_a += bool(set_ & 0x20)
+        c.guest_d += bool(set_ & 0x40)
+        c.ept_a += bool(set_ & EPT_A)
+        c.ept_d += bool(set_ & EPT_D)
+
     def translate(proc: Process, la: int, access: Access) -> int | None:
         tlb = itlb if access is Access.FETCH else dtlb
         write = access is Access.WRITE
-        hpa = tlb.lookup(la, write)
+        hpa = None if hw_tlb else tlb.lookup(la, write)
         if hpa is not None:
             c.tlb_hits += 1
             return hpa
         for _attempt in range(24):
             t, _cycles = backend.translate_la(la, access, True)
-            count_walk(t)
+            if not hw_tlb:          # the RTL's own counters say what it walked
+                count_walk(t)
             if t.outcome is LaOutcome.OK:
-                c.walks_ok += 1
+                c.walks_ok += not hw_tlb
                 tlb.fill(la, t.hpa, write)
                 return t.hpa
             if t.outcome is LaOutcome.PAGE_FAULT:
@@ -432,6 +449,9 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
             mismatches.append(f"I/O buffer GPA {g:#x}: guest kernel read {got:#x}, VMM wrote "
                               f"{io_expected[g]:#x}")
 
+    if hw_tlb:
+        memory.observe(lambda addr, old, new, source: source == "walker" and count_ad(old, new))
+
     started = time.monotonic()
     step = max(opts.accesses // 10, 1)
     order = list(procs)
@@ -479,6 +499,15 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
                          f"{c.guest_walks} walks, {host.stats.evictions} evictions, "
                          f"{len(mismatches)} mismatches")
         unit_counters = backend.counters()          # an RTL backend's (the unit's); None on the model
+        if hw_tlb:
+            u = unit_counters
+            c.tlb_hits = u["ctlb_hits"]
+            c.guest_walks = u["guest_walks"]
+            c.walks_ok = u["guest_walks_completed"]
+            c.ept_walks = u["ept_lookups"]
+            c.guest_refs = u["guest_mem_reads"] + u["guest_mem_cas"]
+            c.ept_refs = u["mem_reads"] + u["mem_cas"]
+            c.walk_retries = u["guest_cas_retries"]
     finally:
         backend.close()
     failures = len(mismatches) + backend.failures   # with an RTL backend, its scoreboards' verdicts too
@@ -524,28 +553,35 @@ def format_guest_os_summary(s: dict) -> str:
     c = s["counters"]
     t = s["tlb"]
     h = s["host"]
+    u = s.get("unit_counters")      # an RTL backend: its own combined TLB and counters
     pct = lambda a, b: f"{100 * a / max(b, 1):.1f} %"     # noqa: E731
     rows = [
         ("backend", s["backend"]),
         ("guest accesses (4 processes, CPL 3)", s["accesses"]),
         ("  processes (guest #PFs)", ", ".join(f"{k} ({v['guest_page_faults']})"
                                              for k, v in s["processes"].items())),
-        ("TLB hits (dTLB / iTLB)", f"{c['tlb_hits']} = {pct(c['tlb_hits'], s['accesses'])} "
-                                   f"({t['dtlb_hits']} / {t['itlb_hits']})"),
-        ("TLB flushes (MOV CR3 + INVEPT)", t["flushes"]),
+        *((("combined-TLB hits (the unit's)", f"{c['tlb_hits']} = {pct(c['tlb_hits'], s['accesses'])}"),
+           ("INVVPIDs / MOV CR3 / INVEPTs", f"{u['invvpids']} / {u['cr3_loads']} / {u['invepts']}"),
+           ("guest PSC hits (PML4E / PDPTE / PDE)",
+            f"{u['gpsc_hits_pml4e']} / {u['gpsc_hits_pdpte']} / {u['gpsc_hits_pde']}"),
+           ("EPT TLB misses that walked (of EPT lookups)", f"{u['ept_walks']} (of {u['ept_lookups']})"))
+          if u else
+          (("TLB hits (dTLB / iTLB)", f"{c['tlb_hits']} = {pct(c['tlb_hits'], s['accesses'])} "
+                                      f"({t['dtlb_hits']} / {t['itlb_hits']})"),
+           ("TLB flushes (MOV CR3 + INVEPT)", t["flushes"]))),
         ("guest walks (2D)", f"{c['guest_walks']} = {pct(c['guest_walks'], s['accesses'])} of accesses "
                              f"({c['walks_ok']} ok)"),
         ("EPT walks per guest walk", s["ept_walks_per_guest_walk"]),
         ("memory refs per walk (guest + EPT)",
          f"{s['refs_per_walk']} ({s['guest_refs_per_walk']} + {s['ept_refs_per_walk']}; 24 for a full 4K walk)"),
-        ("EPT refs of guest A/D write checks", c["ad_check_refs"]),
+        *(() if u else (("EPT refs of guest A/D write checks", c["ad_check_refs"]),)),
         ("guest page faults", c["guest_page_faults"]),
         ("EPT violations: paging structure / A/D update / final",
          f"{c['violations_walk']} / {c['violations_ad']} / {c['violations_final']}"),
         ("EPT misconfigurations", c["misconfigs"]),
         ("guest A / D set by the walker", f"{c['guest_a']} / {c['guest_d']}"),
-        ("EPT A / D set by 2D walks", f"{c['ept_a']} / {c['ept_d']} "
-                                      f"({c['ept_d_on_guest_tables']} D on guest-table leaves)"),
+        ("EPT A / D set by 2D walks", f"{c['ept_a']} / {c['ept_d']}" + ("" if u else
+                                      f" ({c['ept_d_on_guest_tables']} D on guest-table leaves)")),
         ("context switches (MOV CR3)", c["context_switches"]),
         ("guest frames in use / host frames", f"{s['guest_frames_touched']} / {s['host_frames']}"),
         ("host EPT faults (pmap_enter)", h["faults"]),
