@@ -270,11 +270,11 @@ def test_guest_sweep_breaks_every_guest_reserved_bit_and_only_that():
 
 
 def test_nested_fuzz_on_pysim_runs_clean(tmp_path):
-    res = run_cli("fuzz", "--nested", "--walks", "50", "--seed", "3", "--quiet", "--out", str(tmp_path),
+    res = run_cli("fuzz", "--nested", "--walks", "120", "--seed", "3", "--quiet", "--out", str(tmp_path),
                   "--no-reliability")
     assert res.returncode == 0, res.stderr
     last = res.stdout.strip().splitlines()[-1]
-    assert last == "50 walks, 0 mismatches"
+    assert last == "120 walks, 0 mismatches"
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["options"]["nested"] and report["mismatches"] == 0 and report["corruptions"] == 0
     assert report["guests"] >= 4 and report["sweep_cases"] > 0

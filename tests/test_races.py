@@ -76,10 +76,10 @@ from sim.verify.races_nested import NESTED_OPS  # noqa: E402
 def test_nested_races_every_op_on_pysim():
     # a write walk sets guest A/D (and EPT A/D): the op lands before the walk, inside it, and after it
     rep = run_races(RaceOptions(backend="rtl", nested=True, accesses=(Access.WRITE,), starts=("cold",),
-                                offsets=(60,)))
+                                offsets=(60, 300)))
     assert rep.failures == []
-    assert rep.races == len(NESTED_OPS) and set(rep.by_op) == set(NESTED_OPS)
-    assert rep.overlapped == len(NESTED_OPS)          # at +60 every op lands mid-walk
+    assert rep.races == 2 * len(NESTED_OPS) and set(rep.by_op) == set(NESTED_OPS)
+    assert rep.overlapped == len(NESTED_OPS)          # at +60 every op lands mid-walk, at +300 after it
 
 
 def test_a_missing_invalidation_is_a_stale_nested_translation(monkeypatch):
