@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from model.formats import PAGE_SIZE, Access, EptConfig
@@ -194,12 +193,3 @@ def test_cli_default_on_model_is_guest_os(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "guest-os summary" in res.stdout and "EPT walks per guest walk" in res.stdout
     assert json.loads(out.read_text())["workload"] == "guest-os"
-
-
-@pytest.mark.parametrize("backend", ["verilator"])        # rtl runs it: tests/test_nested_cosim.py
-def test_guest_os_on_rtl_is_refused_in_one_line(backend):
-    res = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", backend, "--workload", "guest-os"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert res.returncode == 2 and res.stdout == ""
-    err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and backend in err[0] and "guest-os" in err[0]

@@ -210,16 +210,6 @@ def test_error_classes_cli(tmp_path, name, content, needle):
     assert len(err) == 1 and needle in err[0] and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("backend", ["verilator"])
-def test_rtl_backends_refuse_nested_ops_in_one_line(tmp_path, backend):
-    p = tmp_path / "s.json"
-    p.write_text(json.dumps(EXACT))
-    res = run_cli("replay", str(p), "--backend", backend)
-    assert res.returncode == 2 and res.stdout == ""
-    err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and backend in err[0] and "translate_la" in err[0], res.stderr
-
-
 def test_a_guest_without_nested_ops_still_runs_everywhere():
     data = dict(EXACT, ops=[{"op": "read", "addr": "0x413000"}])
     assert parse_scenario(data).nested_ops == []

