@@ -382,3 +382,15 @@ def test_nested_fuzz_more_seeds(seed, faults, tmp_path):
     assert rep.hangs == 0 and rep.corruptions == 0
     if faults:
         assert rep.faults_injected > 0 and rep.outcomes.get("bus_error", 0) > 0
+
+
+def test_nested_fuzz_on_verilator_runs_clean(tmp_path):
+    verilator_or_skip()
+    from sim.backends.base import backend_class
+    if not backend_class("verilator").nested:
+        pytest.skip("the verilator backend does not run the nested unit")
+    rep = run_fuzz(FuzzOptions(walks=3000, seed=101, backend="verilator", nested=True, out=tmp_path))
+    assert rep.mismatches == 0, rep.reports
+    assert rep.walks == 3000 and rep.cases > 100 and rep.unsynced_writes > 50
+    for outcome in ("ok", "page_fault", "violation", "misconfig"):
+        assert rep.outcomes.get(outcome, 0) > 100, outcome
