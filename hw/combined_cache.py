@@ -152,14 +152,17 @@ class CombinedCache(wiring.Component):
         for i in reversed(range(n)):
             with m.If(same[i]):
                 m.d.comb += where.eq(i)
+        # A fill writes its slot even in the cycle of an invalidation or a flush of its
+        # context, and then leaves it invalid: the invalidations (from the guest-context
+        # inputs) reach only the valid bits, not the slots' write enables.
         written = Signal(n)
-        fills = (fill.valid & (inv.scope == InvScope.NONE)
-                 & ~self.flush_ctx.bit_select(fill.ctx, 1))
-        with m.If(fills):
+        killed = Signal()
+        m.d.comb += killed.eq((inv.scope != InvScope.NONE) | self.flush_ctx.bit_select(fill.ctx, 1))
+        with m.If(fill.valid):
             m.d.comb += written.eq((1 << where)[:n])
             m.d.sync += [slots[where].key.eq(fill.key), slots[where].vpid.eq(fill.vpid),
                          slots[where].ctx.eq(fill.ctx), slots[where].data.eq(fill.data)]
             with m.If(~same.any() & valid.all()):
                 m.d.sync += next_slot.eq(Mux(next_slot == n - 1, 0, next_slot + 1))
-        m.d.sync += valid.eq((valid & ~dropped & ~flushed) | written)
+        m.d.sync += valid.eq((valid & ~dropped & ~flushed & ~written) | Mux(killed, 0, written))
         return m

@@ -82,10 +82,9 @@ class GuestWalkerState(enum.Enum, shape=4):
     EPT_WALK_WAIT = 2
     READ = 3             # the guest entry's read offered to memory
     READ_WAIT = 4
-    CHECK = 5            # the guest permission check after the leaf
     EPT_FINAL = 6        # the final GPA offered to EPT
     EPT_FINAL_WAIT = 7
-    AD_NEXT = 8          # does the entry at ``ad_level`` need A/D?
+    AD_NEXT = 8          # the entry at ``ad_level`` needs A/D (the others are skipped)
     AD_EPT = 9           # EPTP[6] = 0: the EPT write check of its GPA
     AD_EPT_WAIT = 10
     AD_CAS = 11
@@ -262,22 +261,48 @@ class GuestWalker(wiring.Component):
             return [r.level.eq(Level.PML4E), r.table.eq(self.cr3), r.first_level.eq(Level.PML4E),
                     r.us.eq(1), r.rw.eq(1), r.xd.eq(0), res.eq(0)]
 
-        def ad_advance():
-            with m.If(r.ad_level == r.leaf_level):
-                finish(LinearOutcome.OK)
+        # the levels whose entry needs A (or D, the leaf of a write), from the first level
+        # read down to the leaf: the A/D phase visits only those
+        need = Signal(4)
+        for lv in range(4):
+            e = r.entries[lv]
+            # (only the comparisons that are not constant: lint wants none)
+            in_range = C(1, 1)
+            if lv < 3:
+                in_range &= r.leaf_level.as_value() <= lv
+            if lv > 0:
+                in_range &= r.first_level.as_value() >= lv
+            m.d.comb += need[lv].eq(in_range & (~e[5] | ((r.leaf_level.as_value() == lv) & write & ~e[6])))
+
+        def ad_from(mask):
+            """To the highest level of ``mask`` that needs an update, or done."""
+            target = Signal(Level, name=None)
+            for lv in range(4):
+                with m.If(mask[lv]):
+                    m.d.comb += target.eq(lv)
+            with m.If(mask.any()):
+                m.d.sync += [r.ad_level.eq(target), r.state.eq(S.AD_NEXT)]
             with m.Else():
-                m.d.sync += [r.ad_level.eq(ad_lvl - 1), r.state.eq(S.AD_NEXT)]
+                finish(LinearOutcome.OK)
+
+        def ad_advance():
+            below = Signal(4, name=None)
+            m.d.comb += below.eq(Cat(need[lv] & (ad_lvl > lv) for lv in range(3)))
+            ad_from(below)
 
         with m.Switch(r.state):
             with m.Case(S.IDLE):
                 m.d.comb += self.req.ready.eq(1)
                 p = self.req.payload
+                # the request is captured in every idle cycle, taken or not: only the state
+                # waits for ``valid`` (which comes late, from the caches' compares)
+                m.d.sync += top() + [r.la.eq(p.la), r.access.eq(p.access), r.user.eq(p.user),
+                                     r.tag.eq(p.tag), r.retries.eq(0), r.gpa.eq(p.la)]
+                with m.If(self.paging & self.start.cached):
+                    self._start_below(m, r, p.la)
                 with m.If(self.req.valid):
-                    m.d.sync += top() + [r.la.eq(p.la), r.access.eq(p.access), r.user.eq(p.user),
-                                         r.tag.eq(p.tag), r.retries.eq(0), r.gpa.eq(p.la)]
-                    m.d.sync += r.state.eq(Mux(self.paging, S.EPT_WALK, S.EPT_FINAL))
-                    with m.If(self.paging & self.start.cached):
-                        self._start_below(m, r, p.la)
+                    m.d.sync += r.state.eq(Mux(self.paging,
+                                               Mux(self.start.cached, S.READ, S.EPT_WALK), S.EPT_FINAL))
 
             with m.Case(S.EPT_WALK):
                 with m.If(self.ept_req.ready):
@@ -298,16 +323,6 @@ class GuestWalker(wiring.Component):
                 with m.If(self.mem_resp.valid):
                     self._entry_read(m, r, verdict, finish, page_fault)
 
-            with m.Case(S.CHECK):
-                with m.If(r.user & ~r.us):
-                    page_fault(1, 0)
-                with m.Elif(write & ~r.rw & (r.user | self.wp)):
-                    page_fault(1, 0)
-                with m.Elif(fetch & r.xd):
-                    page_fault(1, 0)
-                with m.Else():
-                    m.d.sync += r.state.eq(S.EPT_FINAL)
-
             with m.Case(S.EPT_FINAL):
                 with m.If(self.ept_req.ready):
                     m.d.sync += r.state.eq(S.EPT_FINAL_WAIT)
@@ -320,7 +335,7 @@ class GuestWalker(wiring.Component):
                                      res.page_size.eq(Mux(self.paging, r.gsize, eresp.page_size))]
                         m.d.sync += r.ept_size.eq(eresp.page_size)
                         with m.If(self.paging):
-                            m.d.sync += [r.ad_level.eq(r.first_level), r.state.eq(S.AD_NEXT)]
+                            ad_from(need)
                         with m.Else():
                             finish(LinearOutcome.OK)
                     with m.Else():
@@ -381,8 +396,7 @@ class GuestWalker(wiring.Component):
         m.d.sync += [r.level.eq(st.level), r.first_level.eq(st.level), r.table.eq(st.table.gpa),
                      r.egpas[lvl].eq(Cat(C(0, 3), index, st.table.gpa)),
                      r.ehpas[lvl].eq(Cat(C(0, 3), index, st.table.hpa)),
-                     r.us.eq(st.table.us), r.rw.eq(st.table.rw), r.xd.eq(st.table.xd),
-                     r.state.eq(GuestWalkerState.READ)]
+                     r.us.eq(st.table.us), r.rw.eq(st.table.rw), r.xd.eq(st.table.xd)]
 
     def _entry_read(self, m, r, verdict, finish, page_fault):
         """The guest entry arrived (judged by ``verdict``): fault, descend, or take the leaf."""
@@ -402,7 +416,14 @@ class GuestWalker(wiring.Component):
                          r.xd.eq(r.xd | verdict.xd),
                          r.accs[lvl].eq(Cat(r.us & verdict.us, r.rw & verdict.rw, r.xd | verdict.xd))]
             with m.If(verdict.leaf):
-                m.d.sync += [r.leaf_level.eq(r.level), r.state.eq(S.CHECK)]
+                # the guest permission check, with the leaf's bits
+                us, rw, xd = r.us & verdict.us, r.rw & verdict.rw, r.xd | verdict.xd
+                write, fetch = r.access == Access.WRITE, r.access == Access.FETCH
+                m.d.sync += r.leaf_level.eq(r.level)
+                with m.If((r.user & ~us) | (write & ~rw & (r.user | self.wp)) | (fetch & xd)):
+                    page_fault(1, 0)
+                with m.Else():
+                    m.d.sync += r.state.eq(S.EPT_FINAL)
                 with m.Switch(r.level):
                     with m.Case(Level.PTE):
                         m.d.sync += [r.gpa.eq(Cat(r.la[:12], data_[12:mpa])),

@@ -54,6 +54,7 @@ Promises:
   ``vpid_load``) should change only while ``guest_idle`` is high.
 """
 
+import inspect
 from types import SimpleNamespace
 
 from amaranth import *
@@ -116,11 +117,11 @@ class NestedWalkUnit(wiring.Component):
     Parameters
     ----------
     guest_walkers : int
-        Concurrent 2D walks, 1..8 (default 1); each reserves one translate tag.
+        Concurrent 2D walks, 1..8; each reserves one translate tag.
     combined_tlb : int
-        Combined-TLB entries (LA -> HPA), 0..64 (default 16; 0: no combined TLB).
+        Combined-TLB entries (LA -> HPA), 0..64 (0: no combined TLB).
     guest_psc_pml4e, guest_psc_pdpte, guest_psc_pde : int
-        Guest paging-structure cache entries per level, 0..64 (defaults 2, 4, 8).
+        Guest paging-structure cache entries of that level, 0..64.
     **params
         Everything else goes to :class:`~hw.top.PageWalkUnit` untouched
         (``max_outstanding`` also bounds the shared memory port).
@@ -182,6 +183,14 @@ class NestedWalkUnit(wiring.Component):
     """
 
     forwards_params_to = PageWalkUnit      # ``**params`` go to the unit unchanged
+    LINEAR_CACHES = ("combined_tlb", "guest_psc_pml4e", "guest_psc_pdpte", "guest_psc_pde")
+
+    @classmethod
+    def caches_linear(cls, params):
+        """Whether ``NestedWalkUnit(**params)`` keeps any combined mapping (a combined
+        TLB or a guest paging-structure cache with entries)."""
+        defaults = inspect.signature(cls.__init__).parameters
+        return any(params.get(name, defaults[name].default) for name in cls.LINEAR_CACHES)
 
     def __init__(self, *, guest_walkers=1, combined_tlb=16, guest_psc_pml4e=2,
                  guest_psc_pdpte=4, guest_psc_pde=8, **params):
@@ -392,7 +401,8 @@ class NestedWalkUnit(wiring.Component):
         for k, gw in enumerate(gws):
             m.d.comb += [gw.req.payload.eq(p), gw.start.eq(start),
                          gw.req.valid.eq(walk & (free == k))]
-            with m.If(gw.req.valid):
+            # captured in every idle cycle (the walk's own once it is taken)
+            with m.If(~busy[k]):
                 m.d.sync += [w_page[k].eq(page), w_ctx[k].eq(ctx.id), w_stale[k].eq(~ctx.ok)]
             with m.Else():
                 m.d.sync += w_stale[k].eq(w_stale[k] | inval.any | ctx.flush.bit_select(w_ctx[k], 1))
@@ -400,7 +410,11 @@ class NestedWalkUnit(wiring.Component):
         with m.If(local_taken):
             m.d.sync += local_valid.eq(0)
         with m.If(req.valid & req.ready & (refuse | hit)):
-            m.d.sync += [local_valid.eq(1), local.eq(0)]
+            m.d.sync += local_valid.eq(1)
+        # the answer is captured whenever the register is free, taken or not: only
+        # ``local_valid`` waits for the handshake (which comes late, from the compares)
+        with m.If(local_free):
+            m.d.sync += [local.eq(0), local.tag.eq(p.tag)]
             with m.If(refuse):
                 m.d.sync += local.outcome.eq(LinearOutcome.REFUSED)
             with m.Else():
@@ -408,7 +422,6 @@ class NestedWalkUnit(wiring.Component):
                              local.gpa.eq(self._at_offset(e.gpa, p.la, e.size)),
                              local.hpa.eq(self._at_offset(e.hpa, p.la, e.size)),
                              local.page_size.eq(e.gsize), local.memtype.eq(e.memtype)]
-            m.d.sync += local.tag.eq(p.tag)
         with m.If(req.valid & req.ready & ~refuse):
             m.d.comb += [ev.linear_lookups.eq(1), ev.ctlb_hits.eq(hit), ev.ctlb_misses.eq(~hit)]
         with m.If(walk):

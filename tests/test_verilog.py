@@ -24,6 +24,7 @@ PARAMETER_SETS = [
     ("walkers1", ["--walkers", "1"]),           # one walker: 0-bit walker selects
     ("no_caches", ["--no-caches"]),             # no TLB, empty paging-structure caches
     ("tlb_sets64", ["--tlb-sets", "64"]),       # a 4K array of 64 sets (6-bit index)
+    ("guest_walkers2", ["--guest-walkers", "2"]),   # two guest walkers: a 2-way linear dispatch
 ]
 
 
@@ -50,9 +51,10 @@ def test_verilog_written_with_top_module_and_ports(generated, name):
     text = path.read_text()
     assert f"wrote {path}" in r.stdout
     assert re.search(rf"^module {TOP_NAME}\(", text, re.M)
-    # the ports are the component's signature, flattened: the native translate streams,
-    # an AXI4 master for memory and an AXI4-Lite slave for the registers
-    for port in ("translate_req__payload", "translate_resp__valid", "mem__araddr", "mem__arlock",
+    # the ports are the component's signature, flattened: the native linear and translate
+    # streams, an AXI4 master for memory and an AXI4-Lite slave for the registers
+    for port in ("linear_req__payload", "linear_resp__valid", "translate_req__payload",
+                 "translate_resp__valid", "mem__araddr", "mem__arlock",
                  "mem__rdata", "mem__awlock", "mem__bresp", "csr__awaddr", "csr__rdata",
                  "clk", "rst"):
         assert re.search(rf"^\s*(input|output) (\[\d+:0\] )?{port};", text, re.M), port
@@ -63,6 +65,9 @@ def test_verilog_written_with_top_module_and_ports(generated, name):
 def test_parameters_reach_the_verilog(generated):
     texts = {name: generated[name][0].read_text() for name, _ in PARAMETER_SETS}
     assert "maxphyaddr=46 execute_only=True" in texts["default"].splitlines()[0]
+    assert "NestedWalkerAxi" in texts["default"].splitlines()[0]
+    assert "guest_walkers=1" in texts["default"].splitlines()[0]
+    assert "guest_walkers=2" in texts["guest_walkers2"].splitlines()[0]
     assert "maxphyaddr=39" in texts["maxphyaddr39"].splitlines()[0]
     assert "execute_only=False" in texts["no_execute_only"].splitlines()[0]
     # different parameters, different logic (the reserved-bit masks differ)
@@ -277,6 +282,8 @@ def test_synth_places_each_default_target_at_its_speed_grade(tmp_path, monkeypat
     monkeypatch.setattr(synth, "_tool", lambda name: name)
     monkeypatch.setattr(synth, "_run", fake_run)
     report = synth.synthesize(workdir=tmp_path)
+    assert report["top"] == "hw.axi_top.NestedWalkerAxi"        # the default: with the guest walker
+    assert report["parameters"]["guest_walkers"] == 1
     assert list(report["targets"]) == synth.DEFAULT_TARGETS == ["ecp5-85f-8", "ecp5-85f-6"]
     pnr = [c for c in calls if "--report" in c]
     assert [c[c.index("--speed") + 1] for c in pnr] == ["8", "6"]
@@ -311,12 +318,14 @@ def test_ports_clock_reset_then_interface_by_interface(generated):
     groups = [p.split("__")[0] for p in ports[2:]]
     # each interface's ports together, in the signature's order
     assert groups == sorted(groups, key=groups.index)
-    assert list(dict.fromkeys(groups))[:3] == ["translate_req", "translate_resp", "mem"]
+    assert list(dict.fromkeys(groups)) == ["linear_req", "linear_resp", "translate_req",
+                                           "translate_resp", "mem", "csr"]
 
 
 def test_src_none_and_native_top_and_vivado_names_are_lint_clean(tmp_path):
     for name, opts in [("native", ["--top", "native", "--src", "none"]),
-                       ("vivado", ["--port-names", "vivado"])]:
+                       ("vivado", ["--port-names", "vivado"]),
+                       ("ept-axi", ["--top", "ept-axi", "--port-names", "vivado"])]:
         out = tmp_path / name / f"{TOP_NAME}.v"
         out.parent.mkdir()
         r = run_cli("verilog", "--out", str(out), *opts)
@@ -326,6 +335,9 @@ def test_src_none_and_native_top_and_vivado_names_are_lint_clean(tmp_path):
         if name == "native":
             assert "(* src" not in text and "mem_req__valid" in top and "mem__araddr" not in top
         else:
+            # the EPT-only AXI top by name: no linear port, the same AXI ports
+            assert ("linear_req__valid" in top) == (name == "vivado")
+            assert ("EptWalkerAxi" in text.splitlines()[0]) == (name == "ept-axi")
             assert re.search(r"^\s*output \[51:0\] m_axi_araddr;", top, re.M)
             assert re.search(r"^\s*input \[11:0\] s_axi_awaddr;", top, re.M)
             assert "ASSOCIATED_BUSIF m_axi:s_axi" in top and not re.search(r"\bmem__araddr\b", top)
@@ -338,6 +350,8 @@ def test_src_none_and_native_top_and_vivado_names_are_lint_clean(tmp_path):
     (["--top", "native", "--port-names", "vivado"], "--port-names"),
     (["--top", "nested", "--port-names", "vivado"], "--port-names"),
     (["--top", "nested", "--axi-id-width", "6"], "--axi-id-width"),
+    (["--top", "native", "--guest-walkers", "2"], "--guest-walkers"),
+    (["--top", "ept-axi", "--guest-walkers", "2"], "--guest-walkers"),
     (["--no-caches", "--tlb-sets", "64"], "--tlb-sets"),
 ])
 def test_options_that_mean_nothing_for_the_top_are_refused(tmp_path, opts, needle):
@@ -359,3 +373,10 @@ def test_axprot_and_axcache_are_parameters_of_the_axi_top(tmp_path):
     assert "axi_prot=2" in text.splitlines()[0] and "axi_cache=15" in text.splitlines()[0]
     r = run_cli("verilog", "--out", str(out), "--axi-prot", "8")
     assert r.returncode == 2 and "prot" in r.stderr
+
+
+def test_timing_doc_port_table_is_the_default_tops():
+    """docs/timing.md lists the default top's ports as `python -m sim verilog --ports` prints them."""
+    from sim.flows.verilog import port_table
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "timing.md").read_text()
+    assert port_table() in doc

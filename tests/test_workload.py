@@ -84,9 +84,8 @@ def test_page_daemon_uses_hardware_accessed_bits():
 @pytest.mark.parametrize("backend,accesses", [("model", 3000), ("rtl", 400)])
 def test_make_sim_style_cli_writes_summary(tmp_path, backend, accesses):
     out = tmp_path / "summary.json"
-    # the stress workload: the default on rtl, asked for by name on the model (whose default is guest-os)
-    extra = ["--workload", "stress"] if backend == "model" else []
-    res = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", backend, *extra,
+    # the stress workload, asked for by name (the default is guest-os)
+    res = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", backend, "--workload", "stress",
                           "--accesses", str(accesses), "--quiet", "--summary", str(out)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -99,6 +98,31 @@ def test_make_sim_style_cli_writes_summary(tmp_path, backend, accesses):
         assert s["cycles"] > 0 and s["scoreboard_checked"] == s["translations"]
     assert "PASS" in res.stdout and "stress summary (pageable guest" in res.stdout
     assert s["workload"] == "stress"
+
+
+def test_the_default_workload_is_the_guest_os_on_every_backend(tmp_path):
+    out = tmp_path / "summary.json"
+    res = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", "rtl", "--accesses", "120",
+                          "--quiet", "--summary", str(out)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    s = json.loads(out.read_text())
+    assert s["workload"] == "guest-os" and s["backend"] == "rtl" and s["mismatches"] == 0
+    assert "guest-os summary" in res.stdout and "combined-TLB hits (the unit's)" in res.stdout
+    assert s["unit_counters"]["linear_lookups"] >= 120
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--combined-tlb", "4", "--workload", "stress"], "--combined-tlb is a parameter of the nested unit"),
+    (["--combined-tlb", "65"], "combined_tlb must be an integer in 0..64"),
+    (["--backend", "model", "--guest-psc-pde", "2"], "--guest-psc-pde is for the rtl and verilator"),
+])
+def test_nested_unit_options_are_refused_where_they_mean_nothing(args, words):
+    res = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", "rtl", *args, "--accesses", "20"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
 
 
 def test_wave_needs_an_rtl_backend(tmp_path):

@@ -60,10 +60,10 @@ class PysimHarness(HarnessCore):
             from hw.nested_top import NestedWalkUnit
             self.dut = NestedWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
             self.nested = True
-            self.has_vpid = hasattr(self.dut, "vpid_load")
+            self.has_vpid = True            # the VPID, INVVPID and nested_counters ports
             self.gpa_tags = (1 << 4) - self.dut.n_guest
             caches = self.dut.unit.caches
-            self.linear_caches = self.has_vpid and caches
+            self.linear_caches = NestedWalkUnit.caches_linear(unit_params)
         else:
             self.dut = PageWalkUnit(maxphyaddr=maxphyaddr, execute_only=execute_only, **unit_params)
             caches = self.dut.caches

@@ -495,8 +495,9 @@ def run_guest_os(opts: GuestOsOptions, backend_name: str = "model", progress=Non
                                       f"stored {stored.get(key, 0):#x}")
                 pat.loaded(la, got)
             if progress and (n + 1) % step == 0 and n + 1 < opts.accesses:
+                walks = backend.counters()["guest_walks"] if hw_tlb else c.guest_walks
                 progress(f"  [{100 * (n + 1) // opts.accesses:3d}%] {n + 1}/{opts.accesses} accesses, "
-                         f"{c.guest_walks} walks, {host.stats.evictions} evictions, "
+                         f"{walks} walks, {host.stats.evictions} evictions, "
                          f"{len(mismatches)} mismatches")
         unit_counters = backend.counters()          # an RTL backend's (the unit's); None on the model
         if hw_tlb:

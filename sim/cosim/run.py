@@ -19,7 +19,9 @@ from sim.cosim.guest_os import GuestOsOptions, format_guest_os_summary, run_gues
 from sim.cosim.tabulate import format_rows
 from sim.cosim.workload import Guest, GuestLayout, Host, HostAgent, WorkloadOptions
 from sim.files import provenance, write_json
-from sim.options import UsageError, add_rtl_options, fraction, output_path, positive, progress_printer, rtl_kwargs
+from sim.options import (
+    UsageError, add_rtl_options, add_unit_options, fraction, output_path, positive, progress_printer, rtl_kwargs,
+)
 
 __all__ = ["run_workload", "format_summary", "write_summary"]
 
@@ -294,8 +296,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "by the file's suffix), verilator (the cosimulation compiled with Verilator), "
                         "rtl (the same in pysim: the debugging backend) or model (golden model alone)")
     p.add_argument("--workload", choices=WORKLOADS, default=None,
-                   help="guest-os (default with --backend model; model only for now) or stress "
-                        "(default on rtl and verilator)")
+                   help="guest-os (the default: a paging guest OS, 2D walks through the unit's "
+                        "combined TLB and guest caches) or stress (the pageable guest with a racing "
+                        "host agent, EPT translations only)")
     p.add_argument("--accesses", type=positive, default=None,
                    help="guest accesses (default 40000 for guest-os, 4000 for stress)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -318,6 +321,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write the JSON summary (default build/sim/summary.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_rtl_options(p)
+    add_unit_options(p, NESTED_PARAMS, exclude=(),
+                     title="the nested unit's own parameters (NestedWalkUnit: guest-os on rtl and verilator)")
+
+
+# the nested unit's own constructor parameters (the rest go to PageWalkUnit)
+NESTED_PARAMS = tuple(q for q in unit_params.parameters("nested_top", "NestedWalkUnit")
+                      if q.owner == "NestedWalkUnit")
+
+
+def _nested_given(args) -> dict:
+    """The nested unit's own parameters given, taken out of what the EPT unit's checks see."""
+    given = getattr(args, "given", {})
+    out = {}
+    for q in NESTED_PARAMS:
+        dest = f"unit_{q.name}"
+        if dest in given:
+            out[q.name] = (getattr(args, dest), given.pop(dest))
+    return out
 
 
 STRESS_ONLY = {"--guest-pages": "guest_pages", "--mix": "mix", "--locality": "locality",
@@ -334,10 +355,14 @@ def main(args) -> int:
     auto = args.backend == "auto" and not args.wave
     if args.backend == "auto":
         args.backend = "verilator" if args.wave and Path(args.wave).suffix == ".fst" else "rtl"
-    # guest-os is the default on the model only (an RTL backend runs stress unless asked)
-    workload = args.workload or ("stress" if backend_class(args.backend).timed else "guest-os")
+    workload = args.workload or "guest-os"
+    nested = _nested_given(args)
     if workload == "guest-os":
-        return main_guest_os(args)
+        return main_guest_os(args, auto, nested)
+    if nested:
+        option = next(iter(nested.values()))[1]
+        raise UsageError(f"{option} is a parameter of the nested unit, which the stress workload "
+                         f"does not use (it runs the EPT unit alone)")
     d = WorkloadOptions()
     opts = WorkloadOptions(accesses=args.accesses or d.accesses, seed=args.seed,
                            guest_pages=_given(args.guest_pages, d.guest_pages),
@@ -366,11 +391,22 @@ def main(args) -> int:
     return 1 if summary["mismatches"] else 0
 
 
-def main_guest_os(args) -> int:
+def main_guest_os(args, auto: bool = False, nested: dict | None = None) -> int:
     cls = backend_class(args.backend)
     if not cls.nested:
         raise cls.refuse_nested("the guest-os workload", ", or --workload stress")
+    nested = nested or {}
+    if nested and not cls.timed:
+        option = next(iter(nested.values()))[1]
+        raise UsageError(f"{option} is for the rtl and verilator backends: the model backend has no unit")
     kw = rtl_kwargs(args)       # the model takes no RTL options; rtl: DRAM, port and unit options
+    if nested:
+        params = {name: value for name, (value, _) in nested.items()}
+        try:
+            unit_params.check({**kw["unit"], **params}, "nested_top", "NestedWalkUnit")
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{', '.join(o for _, o in nested.values())}: {e}") from None
+        kw["unit"] = {**kw["unit"], **params}
     stress = [o for o, v in STRESS_ONLY.items() if getattr(args, v) is not None]
     if stress:
         raise UsageError(f"{stress[0]} is an option of the stress workload, not of guest-os")
@@ -381,6 +417,8 @@ def main_guest_os(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     output_path("--summary", args.summary)
+    if auto:        # the fastest RTL backend that builds the nested unit here
+        args.backend = auto_backend(kw["unit"], PhysicalMemory().maxphyaddr, top="nested")
     summary = provenance(SUMMARY_SCHEMA) | run_guest_os(opts, args.backend, progress=progress_printer(args.quiet),
                                                         **kw)
     summary.setdefault("passed", summary["mismatches"] == 0)

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from sim.flows.verilog import add_top_options
+from sim.flows.verilog import DEFAULT_TOP, add_top_options
 from sim.options import UsageError, positive, output_path
 
 __all__ = ["TARGETS", "DEFAULT_TARGETS", "DEFAULT_REPORT", "Target", "SynthError", "synthesize", "write_report",
@@ -140,7 +140,7 @@ def parse_nextpnr_report(report: dict) -> dict:
 
 
 def synthesize(params: dict | None = None, *, targets=None, freq_mhz: int = 100, seed: int = 1,
-               workdir: str | os.PathLike = "build/synth", progress=None, top: str = "axi") -> dict:
+               workdir: str | os.PathLike = "build/synth", progress=None, top: str = DEFAULT_TOP) -> dict:
     """Synthesize once, place and route for each target; returns the report dict."""
     from amaranth.back import rtlil
     from sim.flows.verilog import TOP_NAME, build_top, parameters, top_class

@@ -1,9 +1,12 @@
 """Verilog generation for the page-walk unit (``python -m sim verilog``).
 
-The top is the AXI one (:class:`hw.axi_top.EptWalkerAxi`: the unit with an
-AXI4 master for memory and an AXI4-Lite slave for its registers) or, with
-``--top native``, the unit itself (:class:`hw.top.PageWalkUnit`, its native
-memory port).  The parameter options are not written out here: they are the
+The top (``--top``) is by default the nested AXI one (``axi``:
+:class:`hw.axi_top.NestedWalkerAxi`: the guest walker over the EPT unit, with
+an AXI4 master for memory and an AXI4-Lite slave for its registers); ``ept-axi``
+is the EPT unit alone behind the same AXI ports (:class:`hw.axi_top.EptWalkerAxi`),
+``native`` the EPT unit itself (:class:`hw.top.PageWalkUnit`, its native
+memory port) and ``nested`` the nested unit itself
+(:class:`hw.nested_top.NestedWalkUnit`).  The parameter options are not written out here: they are the
 constructors' keyword parameters (:mod:`sim.unit_params`), so a parameter
 added to the unit is an option at once, and the constructor stays the one
 place that checks them (its ``ValueError`` becomes a one-line error).
@@ -29,7 +32,7 @@ from sim.options import UsageError, add_unit_options, output_path
 from sim.unit_params import Param
 
 __all__ = [
-    "TOP_NAME", "DEFAULT_OUT", "TOPS", "ParamError", "Param", "top_class", "parameters",
+    "TOP_NAME", "DEFAULT_OUT", "TOPS", "DEFAULT_TOP", "ParamError", "Param", "top_class", "parameters",
     "build_top", "generate", "port_table", "tidy",
 ]
 
@@ -37,8 +40,13 @@ TOP_NAME = "ept_walker"
 DEFAULT_OUT = "build/ept_walker.v"
 ROOT = Path(__file__).resolve().parents[2]
 # --top NAME -> (module in hw/, class)
-TOPS = {"axi": unit_params.AXI_TOP, "native": unit_params.NATIVE_TOP,
-        "nested": ("nested_top", "NestedWalkUnit")}
+NESTED_AXI_TOP = ("axi_top", "NestedWalkerAxi")
+NESTED_TOP = ("nested_top", "NestedWalkUnit")
+TOPS = {"axi": NESTED_AXI_TOP, "ept-axi": unit_params.AXI_TOP, "native": unit_params.NATIVE_TOP,
+        "nested": NESTED_TOP}
+DEFAULT_TOP = "axi"
+AXI_TOPS = ("axi", "ept-axi")          # the tops with AXI ports (and the AXI top's own parameters)
+NESTED_TOPS = ("axi", "nested")        # the tops with the nested unit (and its own parameters)
 # Vivado's interface inference: an AXI master's ports as m_axi_*, a slave's as s_axi_*
 VIVADO_PREFIXES = {"mem__": "m_axi_", "csr__": "s_axi_"}
 
@@ -47,19 +55,19 @@ class ParamError(Exception):
     """A parameter the top class refused: reported in one line, exit 2."""
 
 
-def top_class(top: str = "axi"):
+def top_class(top: str = DEFAULT_TOP):
     """The class whose instance is the ``ept_walker`` module (imports Amaranth)."""
     import importlib
     module, cls = TOPS[top]
     return getattr(importlib.import_module(f"hw.{module}"), cls)
 
 
-def parameters(top: str = "axi") -> tuple[Param, ...]:
+def parameters(top: str = DEFAULT_TOP) -> tuple[Param, ...]:
     """The top's parameters, its own first, then those it passes on to the unit."""
     return unit_params.parameters(*TOPS[top])
 
 
-def build_top(params: dict | None = None, top: str = "axi", *, elaborate=True, cls=None):
+def build_top(params: dict | None = None, top: str = DEFAULT_TOP, *, elaborate=True, cls=None):
     """An instance of the top; a refused parameter raises :class:`ParamError`.
 
     ``elaborate=False``: the instance is only checked or inspected, so Amaranth
@@ -124,7 +132,7 @@ def tidy(text: str, ports: list[str], *, src: str = "relative", port_names: str 
     return text
 
 
-def generate(params: dict | None = None, top: str = "axi", *, src: str = "relative",
+def generate(params: dict | None = None, top: str = DEFAULT_TOP, *, src: str = "relative",
              port_names: str = "amaranth", cls=None) -> str:
     """The Verilog text of the top with ``params``, top module :data:`TOP_NAME`."""
     from amaranth.back import verilog
@@ -143,7 +151,7 @@ def generate(params: dict | None = None, top: str = "axi", *, src: str = "relati
     return header + tidy(text, ports, src=src, port_names=port_names)
 
 
-def port_table(params: dict | None = None, top: str = "axi") -> str:
+def port_table(params: dict | None = None, top: str = DEFAULT_TOP) -> str:
     """A Markdown table of the Verilog ports: name, direction, width, payload fields.
 
     The README's port list is made by this (``python -m sim verilog --ports``),
@@ -173,27 +181,36 @@ def port_table(params: dict | None = None, top: str = "axi") -> str:
 
 
 # -- options shared with `synth` ------------------------------------------------------
+def _own(top: str) -> list[Param]:
+    """The parameters a top class declares itself (not those it forwards)."""
+    module, cls = TOPS[top]
+    return [q for q in unit_params.parameters(module, cls) if q.owner == cls]
+
+
 def add_top_options(p: argparse.ArgumentParser) -> None:
-    """--top, and every parameter of either top (the unit's, then the AXI top's own)."""
-    p.add_argument("--top", choices=sorted(TOPS), default="axi",
-                   help="axi: the unit with an AXI4 master and AXI4-Lite registers (default); "
-                        "native: the unit with its own memory port; "
-                        "nested: a guest walker over the native unit (linear and GPA ports)")
-    axi, unit = TOPS["axi"], TOPS["native"]
-    add_unit_options(p, unit_params.parameters(*unit), exclude=(),
+    """--top, and every parameter of any top (the unit's, the nested unit's, the AXI tops')."""
+    p.add_argument("--top", choices=list(TOPS), default=DEFAULT_TOP,
+                   help="axi: the nested unit (guest walker over the EPT unit) with an AXI4 master "
+                        "and AXI4-Lite registers (default); ept-axi: the EPT unit alone with the "
+                        "same AXI ports; native: the EPT unit with its own memory port; "
+                        "nested: the nested unit with its own ports")
+    add_unit_options(p, unit_params.parameters(*TOPS["native"]), exclude=(),
                      title="the unit's parameters (PageWalkUnit; checked by its constructor)")
-    own = [q for q in unit_params.parameters(*axi) if q.owner == axi[1]]
-    add_unit_options(p, own, exclude=(), title="the AXI top's parameters (EptWalkerAxi; --top axi only)")
+    add_unit_options(p, _own("nested"), exclude=(),
+                     title="the nested unit's parameters (NestedWalkUnit; --top axi or nested only)")
+    add_unit_options(p, _own("axi"), exclude=(),
+                     title="the AXI tops' parameters (--top axi or ept-axi only)")
 
 
 def top_parameters(args) -> dict:
-    """The parameters given for the chosen top; the AXI top's own refused with --top native."""
-    axi_own = {q.name for q in unit_params.parameters(*TOPS["axi"]) if q.owner == TOPS["axi"][1]}
+    """The parameters given for the chosen top; another top's own are refused."""
     given = {d[len("unit_"):]: getattr(args, d) for d in args.given if d.startswith("unit_")}
-    if args.top in ("native", "nested"):
-        extra = [args.given[f"unit_{n}"] for n in given if n in axi_own]
-        if extra:
-            raise UsageError(f"{extra[0]} is a parameter of the AXI top: it means nothing with --top {args.top}")
+    for owner_tops, own in ((AXI_TOPS, _own("axi")), (NESTED_TOPS, _own("nested"))):
+        names = {q.name for q in own}
+        extra = [args.given[f"unit_{n}"] for n in given if n in names]
+        if extra and args.top not in owner_tops:
+            raise UsageError(f"{extra[0]} is a parameter of the {' and '.join(owner_tops)} tops: "
+                             f"it means nothing with --top {args.top}")
     if given.get("caches") is False:
         sized = [args.given[f"unit_{n}"] for n in given if unit_params.CACHE_GEOMETRY(n)]
         if sized:
@@ -203,12 +220,13 @@ def top_parameters(args) -> dict:
 
 # -- the `verilog` command ---------------------------------------------------------------
 ABOUT = dict(help="write the unit as Verilog (top module ept_walker)",
-             description="Convert the unit (with its AXI4 master and AXI4-Lite registers, or with "
-                         "--top native its own memory port) to Verilog with the given parameters; "
-                         "the parameter options are its constructors'.",
+             description="Convert the unit (by default the nested unit with its AXI4 master and "
+                         "AXI4-Lite registers; --top chooses another) to Verilog with the given "
+                         "parameters; the parameter options are its constructors'.",
              epilog=("examples:\n"
                      "  python -m sim verilog\n"
                      "  python -m sim verilog --out build/ept39.v --maxphyaddr 39 --walkers 4\n"
+                     "  python -m sim verilog --top ept-axi --out build/ept_only.v\n"
                      "  python -m sim verilog --top native --src none --out build/pwu.v\n"
                      "  python -m sim verilog --port-names vivado --axi-id-width 6\n"
                      "  python -m sim verilog --ports\n"))
@@ -230,7 +248,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     params = top_parameters(args)
-    if args.port_names == "vivado" and args.top != "axi":
+    if args.port_names == "vivado" and args.top not in AXI_TOPS:
         raise UsageError(f"--port-names vivado names AXI ports: the {args.top} top has none")
     try:
         if args.ports:

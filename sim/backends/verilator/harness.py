@@ -249,7 +249,8 @@ class VerilatorHarness(HarnessCore):
             raise RuntimeError(f"{self.build.library} is not a build of the {top} top")
         if nested:
             self.has_vpid = True            # the VPID, INVVPID and nested_counters ports
-            self.linear_caches = self.caches     # as PysimHarness sets it
+            from hw.nested_top import NestedWalkUnit
+            self.linear_caches = NestedWalkUnit.caches_linear(params)
         c = self._dram.config
         self._h = lib.sim_new(c.read_latency, c.cas_latency, c.row_miss_penalty, c.row_bytes,
                               c.banks, c.max_outstanding)
