@@ -47,7 +47,7 @@ from sim.cosim.harness import HangError
 from sim.files import write_json
 from sim.cosim.tables import TableBuilder, TableSet
 from sim.options import (output_dir, positive, add_unit_options, unit_kwargs, progress_printer,
-                         add_reliability_option)
+                         add_reliability_option, fraction, UsageError)
 
 __all__ = ["FuzzOptions", "FuzzReport", "run_fuzz", "sweep_cases"]
 
@@ -62,12 +62,25 @@ class FuzzOptions:
     out: Path = Path("build/fuzz")
     unit: dict = field(default_factory=dict)
     watchdog: int = 200_000            # cycles a translation may take before it is a hang
+    nested: bool = False               # guest tables over EPT on the nested unit (sim.verify.fuzz_nested)
+    unsynced: float = 0.3              # nested: share of table stores left without their invalidation
+    shrink: bool = True                # cut a failing case down and write a replay scenario
+    shrink_seconds: float = 240.0      # nested: time to spend cutting one case down
 
     def validate(self) -> None:
         if self.walks < 1:
             raise ValueError(f"--walks must be at least 1, not {self.walks}")
         if self.backend not in ("rtl", "verilator"):
             raise ValueError(f"fuzz runs on the RTL: --backend rtl or verilator, not {self.backend!r}")
+        if not 0 <= self.unsynced <= 1:
+            raise ValueError(f"--unsynced must be in 0..1, not {self.unsynced}")
+        if self.nested:
+            from sim.backends.base import backend_class
+            cls = backend_class(self.backend)
+            if not cls.nested:
+                from sim.backends.base import BackendUnavailable
+                raise BackendUnavailable(f"the {self.backend} backend cannot run the nested unit yet: "
+                                         f"use --backend rtl, or fuzz without --nested")
 
 
 @dataclass
@@ -85,6 +98,14 @@ class FuzzReport:
     hangs: int = 0
     corruptions: int = 0
     mismatches: int = 0
+    # the nested campaign (--nested)
+    guests: int = 0                    # guest contexts loaded (one per case)
+    paging_off: int = 0                # ... with CR0.PG = 0
+    guest_writes: int = 0              # guest-entry stores
+    unsynced_writes: int = 0           # table stores left without their invalidation
+    invvpids: dict = field(default_factory=dict)
+    cr3_loads: int = 0
+    bursts: int = 0                    # translations submitted together (2-4 in flight)
     reports: list = field(default_factory=list)       # first lines of each mismatch
     reproducers: list = field(default_factory=list)
 
@@ -466,7 +487,11 @@ def _dram_flags(d: DramConfig, o: FuzzOptions) -> str:
 
 def run_fuzz(opts: FuzzOptions, progress=None) -> FuzzReport:
     opts.validate()
-    return _Fuzzer(opts, progress).run()
+    fuzzer = _Fuzzer(opts, progress)
+    if opts.nested:
+        from sim.verify.fuzz_nested import run_nested_fuzz
+        return run_nested_fuzz(opts, fuzzer.report, fuzzer._dram, _dram_flags, progress)
+    return fuzzer.run()
 
 
 # -- the `fuzz` command ---------------------------------------------------------------
@@ -476,10 +501,14 @@ ABOUT = dict(help="differential fuzzing: hostile tables on the RTL vs the golden
                                     "and access streams with host stores and INVEPTs, run on the RTL "
                                     "and checked against the golden model. The last line is "
                                     "'N walks, M mismatches'; a mismatch exits 1 and leaves a replay "
-                                    "scenario that reproduces it.",
+                                    "scenario that reproduces it. --nested fuzzes the nested unit "
+                                    "instead: random guest tables over random EPT tables, MOV CR3, "
+                                    "INVVPID, INVEPT and table stores, with or without their "
+                                    "invalidations, checked by the nested scoreboard.",
              epilog=("examples:\n"
                      "  python -m sim fuzz --backend verilator --faults --walks 20000\n"
-                     "  python -m sim fuzz --walks 200 --seed 3 --walkers 1\n"))
+                     "  python -m sim fuzz --walks 200 --seed 3 --walkers 1\n"
+                     "  python -m sim fuzz --nested --walks 300 --unsynced 0.5\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -495,6 +524,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="table sets per unit instance (default 12)")
     p.add_argument("--out", default="build/fuzz", metavar="DIR",
                     help="where reproducers and report.json go (default build/fuzz)")
+    p.add_argument("--nested", action="store_true",
+                    help="the nested unit: random guest page tables (4K/2M/1G, every flag, reserved bits, "
+                         "CR0.PG/WP, EFER.NXE) over random EPT tables, with MOV CR3, INVVPID, INVEPT and "
+                         "guest and EPT table stores (sim/verify/fuzz_nested.py)")
+    p.add_argument("--unsynced", type=fraction, default=None, metavar="P",
+                    help="with --nested: the share of table stores left without the invalidation they "
+                         "need, so old and new are both legal until the next one (default 0.3)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_reliability_option(p)
     add_unit_options(p)
@@ -502,21 +538,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from dataclasses import asdict
+    if args.unsynced is not None and not args.nested:
+        raise UsageError("--unsynced is for --nested (the EPT fuzzer's INVEPTs follow its stores at random)")
     opts = FuzzOptions(walks=args.walks, seed=args.seed, backend=args.backend, faults=args.faults,
                        cases_per_round=args.cases_per_round, out=Path(args.out),
-                       unit=unit_kwargs(args))
+                       unit=unit_kwargs(args), nested=args.nested,
+                       unsynced=0.3 if args.unsynced is None else args.unsynced)
+    try:
+        opts.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     report_path = Path(args.out) / "report.json"
     output_dir("--out", args.out)
     progress = progress_printer(args.quiet)
     rep = run_fuzz(opts, progress)
     data = asdict(rep) | {"options": {"walks": args.walks, "seed": args.seed, "backend": args.backend,
                                       "faults": args.faults, "unit": opts.unit}}
+    if args.nested:
+        data["options"].update(nested=True, unsynced=opts.unsynced)
+    else:
+        for k in ("guests", "paging_off", "guest_writes", "unsynced_writes", "invvpids", "cr3_loads", "bursts"):
+            del data[k]
     write_json(report_path, data, indent=1)
     if not args.no_reliability:
         from sim.verify.reliability import update_report
-        update_report("fuzz", {k: v for k, v in data.items() if k != "reports"})
-    print(f"{rep.cases} table sets ({rep.sweep_cases} reserved-bit sweep, {rep.invalid_eptps} invalid "
-          f"EPTPs) in {rep.rounds} rounds; {rep.host_writes} host stores, {rep.invepts} INVEPTs")
+        update_report("fuzz_nested" if args.nested else "fuzz", {k: v for k, v in data.items() if k != "reports"})
+    if args.nested:
+        inv = ", ".join(f"{k} {v}" for k, v in sorted(rep.invvpids.items())) or "none"
+        print(f"{rep.cases} guests over EPT ({rep.sweep_cases} guest reserved-bit sweep, {rep.paging_off} "
+              f"with paging off) in {rep.rounds} rounds; {rep.guest_writes} guest-entry and {rep.host_writes} "
+              f"EPT-entry stores ({rep.unsynced_writes} left unsynced), {rep.invepts} INVEPTs, INVVPIDs "
+              f"({inv}), {rep.cr3_loads} MOV CR3, {rep.bursts} bursts of 2-4 requests")
+    else:
+        print(f"{rep.cases} table sets ({rep.sweep_cases} reserved-bit sweep, {rep.invalid_eptps} invalid "
+              f"EPTPs) in {rep.rounds} rounds; {rep.host_writes} host stores, {rep.invepts} INVEPTs")
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.outcomes.items())))
     if args.faults:
         print(f"faults: {rep.faults_injected} bus errors injected, {rep.stall_cycles} DRAM stall cycles, "

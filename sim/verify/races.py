@@ -34,11 +34,13 @@ from sim.cosim.workload import GuestLayout, Host, WorkloadOptions
 from pathlib import Path
 from sim.files import write_json
 from sim.options import (positive, add_unit_options, unit_kwargs, output_path, progress_printer,
-                         add_reliability_option)
+                         add_reliability_option, UsageError)
 
 __all__ = ["RaceOptions", "RaceReport", "run_races", "OPS"]
 
 OPS = ("clear_reference", "clear_modify", "protect", "remove", "enter")
+NESTED_MAX_OFFSET = 320       # past a cold 2D walk of the races' world (160-250 cycles) and its A/D CASes
+NESTED_STEP = 8
 
 
 @dataclass
@@ -51,6 +53,27 @@ class RaceOptions:
     ad: bool = True
     unit: dict = field(default_factory=dict)
     watchdog: int = 20_000
+    nested: bool = False          # the nested unit's races (sim.verify.races_nested); ops are then its own
+
+    def __post_init__(self):
+        if self.nested and self.ops == OPS:
+            from sim.verify.races_nested import NESTED_OPS
+            self.ops = NESTED_OPS
+
+    def validate(self) -> None:
+        if self.nested:
+            from sim.backends.base import backend_class
+            cls = backend_class(self.backend)
+            if not cls.nested:
+                from sim.backends.base import BackendUnavailable
+                raise BackendUnavailable(f"the {self.backend} backend cannot run the nested unit yet: "
+                                         f"use --backend rtl, or races without --nested")
+            from sim.verify.races_nested import NESTED_OPS
+            bad = [op for op in self.ops if op not in NESTED_OPS]
+        else:
+            bad = [op for op in self.ops if op not in OPS]
+        if bad:
+            raise ValueError(f"unknown race operation {bad[0]!r}")
 
 
 @dataclass
@@ -86,6 +109,10 @@ class _World:
 
 
 def run_races(opts: RaceOptions, progress=None) -> RaceReport:
+    opts.validate()
+    if opts.nested:
+        from sim.verify.races_nested import run_nested_races
+        return run_nested_races(opts, progress)
     w = _World(opts)
     rep = RaceReport()
     n = 0
@@ -191,17 +218,27 @@ ABOUT = dict(help="host pmap operations racing walks at every cycle offset",
                                     "new-frame, run at every cycle offset of a cold and a warm "
                                     "translation of each access kind; checks: scoreboard, one answer "
                                     "per request, no A/D resurrection, no stale translation after "
-                                    "INVEPT. The last line is 'N races, M failures'.",
+                                    "INVEPT. With --nested: guest PTE/PDE changes and EPT leaves of "
+                                    "the guest page-table page and data page, racing 2D walks on the "
+                                    "nested unit (no stale translation after the INVVPID or INVEPT "
+                                    "they need). The last line is 'N races, M failures'.",
              epilog=("examples:\n"
                      "  python -m sim races --backend verilator\n"
-                     "  python -m sim races --max-offset 16 --no-ad\n"))
+                     "  python -m sim races --max-offset 16 --no-ad\n"
+                     "  python -m sim races --nested --max-offset 400 --step 20\n"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="rtl", choices=["rtl", "verilator"],
                     help="rtl (pysim, default) or verilator")
-    p.add_argument("--max-offset", type=positive, default=72, metavar="CYCLES",
-                    help="offsets 0..CYCLES-1 from the request (default 72: past a cold walk and its CASes)")
+    p.add_argument("--max-offset", type=positive, default=None, metavar="CYCLES",
+                    help="offsets 0..CYCLES-1 from the request (default 72: past a cold walk and its CASes; "
+                         f"with --nested {NESTED_MAX_OFFSET}: past a cold 2D walk and its guest A/D CASes)")
+    p.add_argument("--step", type=positive, default=None, metavar="CYCLES",
+                    help=f"every CYCLES-th offset (default 1; with --nested {NESTED_STEP})")
+    p.add_argument("--nested", action="store_true",
+                    help="the nested unit: guest and host pmap operations (guest PTE/PDE, the EPT leaves "
+                         "of the guest page-table page and of the data page) racing 2D walks")
     p.add_argument("--no-ad", action="store_true", help="EPTP A/D flags disabled")
     p.add_argument("--out", default="build/reliability/races.json", metavar="FILE.json",
                     help="where to write the JSON report (default build/reliability/races.json)")
@@ -211,8 +248,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    opts = RaceOptions(backend=args.backend, offsets=range(args.max_offset), ad=not args.no_ad,
-                       unit=unit_kwargs(args))
+    max_offset = args.max_offset or (NESTED_MAX_OFFSET if args.nested else 72)
+    step = args.step or (NESTED_STEP if args.nested and NESTED_STEP < max_offset else 1)
+    if step >= max_offset and max_offset > 1:
+        raise UsageError(f"--step {step} leaves only offset 0 of --max-offset {max_offset}: "
+                         f"make it smaller than {max_offset}")
+    opts = RaceOptions(backend=args.backend, offsets=range(0, max_offset, step), ad=not args.no_ad,
+                       unit=unit_kwargs(args), nested=args.nested)
+    if args.nested:
+        from sim.verify.races_nested import NESTED_OPS
+        opts.ops = NESTED_OPS
+    try:
+        opts.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     output_path("--out", args.out)
     progress = progress_printer(args.quiet)
     rep = run_races(opts, progress)
@@ -220,15 +269,18 @@ def main(args) -> int:
     data = {"races": rep.races, "translations": rep.translations, "by_op": rep.by_op,
             "overlapped_walks": rep.overlapped, "cas_retries": rep.cas_lost,
             "failures": rep.failures[:50],
-            "options": {"backend": args.backend, "max_offset": args.max_offset,
-                        "ad": not args.no_ad, "unit": opts.unit}}
+            "options": {"backend": args.backend, "max_offset": max_offset, "step": step,
+                        "ad": not args.no_ad, "nested": args.nested, "unit": opts.unit}}
+    if args.nested:
+        data["alternative_states"] = rep.alternatives
     write_json(Path(args.out), data, indent=1)
     if not args.no_reliability:
-        update_report("races", data)
+        update_report("races_nested" if args.nested else "races", data)
     for f in rep.failures[:20]:
         print(f"FAIL: {f}", file=sys.stderr)
+    who = "the guest or the host" if args.nested else "the host"
     print(f"{rep.translations} translations; {rep.overlapped} races landed while the walk was in "
-          f"flight; {rep.cas_lost} A/D CASes lost to the host and retried")
+          f"flight; {rep.cas_lost} A/D CASes lost to {who} and retried")
     print(f"report written to {args.out}")
     print(f"{rep.races} races, {rep.failed} failures")
     return 1 if rep.failed else 0

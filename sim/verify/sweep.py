@@ -669,25 +669,16 @@ def update_reliability(report: dict, path: Path) -> None:
     src = {"source": f"python -m sim sweep {report['spec']}", "regress_report": report["written"]["report"]
            if "written" in report else None}
     rows = [r for r in report["jobs"] if r.get("figures")]
-    fuzz = [r for r in rows if r["campaign"] == "fuzz"]
-    if fuzz:
-        agg: dict = {"jobs": len(fuzz), "seeds": sorted({r["seed"] for r in fuzz}),
-                     "backends": sorted({r["backend"] for r in fuzz}),
-                     "faults": all(r["options"]["faults"] for r in fuzz), "outcomes": {}}
-        for k in ("walks", "cases", "rounds", "sweep_cases", "invalid_eptps", "host_writes", "invepts",
-                  "faults_injected", "stall_cycles", "hangs", "corruptions", "mismatches"):
-            agg[k] = sum(r["figures"].get(k, 0) for r in fuzz)
-        for r in fuzz:
-            for k, v in r["figures"].get("outcomes", {}).items():
-                agg["outcomes"][k] = agg["outcomes"].get(k, 0) + v
-        agg["reproducers"] = [x["command"] for r in fuzz for x in r.get("reproducers", [])]
-        agg["busy_seconds"] = round(sum(r.get("wall_seconds") or 0 for r in fuzz), 1)
-        update_report("fuzz", agg | src, path)
-    races = [r for r in rows if r["campaign"] == "races"]
-    if races:
-        sec = {r["backend"] + ("" if not r["params"] else f" {r['params']}"): r["figures"] for r in races}
-        update_report("races", {"by_backend": sec, "races": sum(r["figures"]["races"] for r in races),
-                                "failures": sum(r["mismatches"] for r in races)} | src, path)
+    for nested in (False, True):
+        _fuzz_section([r for r in rows if r["campaign"] == "fuzz" and bool(r["options"].get("nested")) == nested],
+                      "fuzz_nested" if nested else "fuzz", src, path)
+    for nested in (False, True):
+        races = [r for r in rows if r["campaign"] == "races" and bool(r["options"].get("nested")) == nested]
+        if races:
+            sec = {r["backend"] + ("" if not r["params"] else f" {r['params']}"): r["figures"] for r in races}
+            update_report("races_nested" if nested else "races",
+                          {"by_backend": sec, "races": sum(r["figures"]["races"] for r in races),
+                           "failures": sum(r["mismatches"] for r in races)} | src, path)
     soak = [r for r in rows if r["campaign"] == "soak"]
     if soak:
         r = max(soak, key=lambda r: r["walks"])
@@ -697,6 +688,28 @@ def update_reliability(report: dict, path: Path) -> None:
                               "passed": t["passed"], "walks": t["walks"], "mismatches": t["mismatches"],
                               "wall_seconds": t["wall_seconds"], "walks_per_second": t["walks_per_second"],
                               "walks_per_second_per_worker": t["walks_per_second_per_worker"]} | src, path)
+
+
+def _fuzz_section(fuzz: list, section: str, src: dict, path: Path) -> None:
+    """One fuzz section of the reliability report (the EPT fuzzer's, or the nested one's)."""
+    from sim.verify.reliability import update_report
+    if fuzz:
+        agg: dict = {"jobs": len(fuzz), "seeds": sorted({r["seed"] for r in fuzz}),
+                     "backends": sorted({r["backend"] for r in fuzz}),
+                     "faults": all(r["options"]["faults"] for r in fuzz), "outcomes": {}}
+        for k in ("walks", "cases", "rounds", "sweep_cases", "invalid_eptps", "host_writes", "invepts",
+                  "faults_injected", "stall_cycles", "hangs", "corruptions", "mismatches", "guests",
+                  "paging_off", "guest_writes", "unsynced_writes", "cr3_loads", "bursts"):
+            agg[k] = sum(r["figures"].get(k, 0) for r in fuzz)
+        if section == "fuzz":
+            for k in ("guests", "paging_off", "guest_writes", "unsynced_writes", "cr3_loads", "bursts"):
+                del agg[k]
+        for r in fuzz:
+            for k, v in r["figures"].get("outcomes", {}).items():
+                agg["outcomes"][k] = agg["outcomes"].get(k, 0) + v
+        agg["reproducers"] = [x["command"] for r in fuzz for x in r.get("reproducers", [])]
+        agg["busy_seconds"] = round(sum(r.get("wall_seconds") or 0 for r in fuzz), 1)
+        update_report(section, agg | src, path)
 
 
 # -- the HTML summary -----------------------------------------------------------------------

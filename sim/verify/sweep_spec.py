@@ -58,10 +58,13 @@ CAMPAIGNS: dict[str, tuple[tuple[str, ...], bool, dict]] = {
         "walks": (_POS, 1000, "--walks"),
         "faults": (_BOOL, False, "--faults"),
         "cases_per_round": (_POS, 12, "--cases-per-round"),
+        "nested": (_BOOL, False, "--nested"),
     }),
     "races": (("rtl", "verilator"), False, {
         "max_offset": (_POS, 72, "--max-offset"),
+        "step": (_POS, 1, "--step"),
         "ad": (_BOOL, True, "--no-ad"),
+        "nested": (_BOOL, False, "--nested"),
     }),
     "soak": (("rtl", "verilator"), True, {
         "translations": (_POS, 1_000_000, "--translations"),
@@ -86,6 +89,7 @@ CAMPAIGNS: dict[str, tuple[tuple[str, ...], bool, dict]] = {
 # what a job is expected to cost, in seconds on one core (measured, for ordering and the ETA)
 _RATE = {("fuzz", "verilator"): 1100, ("fuzz", "rtl"): 40, ("soak", "verilator"): 8000,
          ("soak", "rtl"): 60, ("run", "verilator"): 6000, ("run", "rtl"): 60, ("run", "model"): 3000}
+_NESTED_RATE = {("fuzz", "rtl"): 8}        # fuzz --nested: walks per second on the nested unit
 _SWEEP_KEYS = {"name", "timeout", "description"}
 _ENTRY_KEYS = {"name", "campaign", "backend", "backends", "seeds", "params", "timeout"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -110,10 +114,15 @@ class Job:
         o = self.options
         n = {"fuzz": o.get("walks"), "soak": o.get("translations"),
              "run": o.get("accesses")}.get(self.campaign)
+        if n is not None and o.get("nested"):
+            return 2.0 + n / _NESTED_RATE.get((self.campaign, self.backend), 100)
         if n is not None:
             return 2.0 + n / _RATE.get((self.campaign, self.backend), 1000)
+        if self.campaign == "races" and o.get("nested"):
+            # 10 operations x 3 accesses x cold/warm, about half a second a race on pysim
+            return 2.0 + 60 * 0.5 * len(range(0, o["max_offset"], o["step"]))
         if self.campaign == "races":
-            return (2.0 if self.backend == "verilator" else 100.0) * o["max_offset"] / 72
+            return (2.0 if self.backend == "verilator" else 100.0) * o["max_offset"] / 72 / o["step"]
         return 3.0
 
     @property
@@ -151,7 +160,8 @@ class Job:
             elif kind == _STR:
                 if flag and value is not None:
                     args += [flag, value]
-            elif value != default:
+            elif value != default or (c == "races" and o.get("nested") and name in ("max_offset", "step")):
+                # (races --nested has its own defaults for these: the job's are always passed)
                 args += [flag, str(value)]
         return args + self.unit_flags()
 
