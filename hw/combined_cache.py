@@ -17,7 +17,7 @@ LA[47:lo] of a PML4E, PDPTE or PDE, entries
   the first free one, else the next in round-robin order.  A fill whose
   context is being flushed, or in the cycle of an invalidation, is dropped.
 * **Invalidate**: ``inv`` drops, at the next edge, the slots of one key (at
-  its size) and VPID (``ADDRESS``), of one VPID (``VPID``), or all (``ALL``);
+  the size ``inv_size_field`` names) and VPID (``ADDRESS``), of one VPID (``VPID``), or all (``ALL``);
   ``flush_ctx`` drops the slots of the contexts it names.
 """
 
@@ -55,6 +55,10 @@ class CombinedCache(wiring.Component):
         Lookup ports (the guest walkers share a guest paging-structure cache).
     sized : bool
         Slots cover 4K, 2M or 1G of a LA[47:12] key.
+    inv_size_field : str
+        With ``sized``: the field of ``data`` whose page size an ``ADDRESS``
+        invalidation matches at (``gsize`` for the combined TLB: every piece
+        of the guest page goes).
     name : str
         For errors only (``entries`` is validated under this name).
 
@@ -72,12 +76,14 @@ class CombinedCache(wiring.Component):
     next edge (a lookup in the fill's cycle does not see it).
     """
 
-    def __init__(self, *, entries, key_bits, data, contexts, ports=1, sized=False, name="cache"):
+    def __init__(self, *, entries, key_bits, data, contexts, ports=1, sized=False, inv_size_field="size",
+                 name="cache"):
         self.entries = check_int(name, entries, 0, 64)
         self.ports = check_int("ports", ports, 1, 16)
         self.key_bits = key_bits
         self.data_layout = data
         self.sized = sized
+        self.inv_size_field = inv_size_field
         self.contexts = contexts
         ctx_bits = max(1, (contexts - 1).bit_length())
         self.ctx_bits = ctx_bits
@@ -101,11 +107,11 @@ class CombinedCache(wiring.Component):
         slots = Array(Signal(slot_layout, name=f"slot{i}") for i in range(n))
         next_slot = Signal(range(n))
 
-        def key_match(slot, key):
+        def key_match(slot, key, size_field="size"):
             if not self.sized:
                 return slot.key == key
             with_size = Signal(name=None)
-            with m.Switch(slot.data.size):
+            with m.Switch(getattr(slot.data, size_field)):
                 with m.Case(PageSize.SIZE_1G):
                     m.d.comb += with_size.eq(slot.key[18:] == key[18:])
                 with m.Case(PageSize.SIZE_2M):
@@ -135,8 +141,10 @@ class CombinedCache(wiring.Component):
         dropped = Signal(n)
         with m.Switch(inv.scope):
             with m.Case(InvScope.ADDRESS):
-                m.d.comb += dropped.eq(Cat(key_match(slots[i], inv.key) & (slots[i].vpid == inv.vpid)
-                                           for i in range(n)))
+                # every entry of the address's *guest* page: a 2M guest page over 4K EPT
+                # pages is cached as 4K pieces, and INVLPG drops all of them (SDM 4.10.4.1)
+                m.d.comb += dropped.eq(Cat(key_match(slots[i], inv.key, self.inv_size_field)
+                                           & (slots[i].vpid == inv.vpid) for i in range(n)))
             with m.Case(InvScope.VPID):
                 m.d.comb += dropped.eq(Cat(slots[i].vpid == inv.vpid for i in range(n)))
             with m.Case(InvScope.ALL):

@@ -203,7 +203,8 @@ class NestedWalkUnit(wiring.Component):
         self.mem_arbiter = MemArbiter(ports=1 + self.n_guest,
                                       max_outstanding=self.unit.arbiter.max_outstanding)
         self.ctlb = CombinedCache(entries=combined_tlb, key_bits=LA_BITS - 12, data=CombinedEntry,
-                                  contexts=contexts, sized=True, name="combined_tlb")
+                                  contexts=contexts, sized=True, inv_size_field="gsize",
+                                  name="combined_tlb")
         sizes = {Level.PML4E: guest_psc_pml4e, Level.PDPTE: guest_psc_pdpte, Level.PDE: guest_psc_pde}
         self.gpscs = {level: CombinedCache(entries=n, key_bits=LA_BITS - 12 - 9 * level.value,
                                            data=GuestTableEntry, contexts=contexts,

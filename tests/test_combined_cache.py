@@ -181,3 +181,18 @@ def test_zero_entries_never_hit_and_sizes_are_checked():
     sim.run()
     with pytest.raises(ValueError, match="combined_tlb"):
         _tlb(entries=65)
+
+
+def test_address_invalidation_at_the_guest_page_size_drops_every_piece():
+    """The combined TLB's form: 4K pieces of a 2M guest page (over 4K EPT pages) all go
+    with an INVVPID of any address in the guest page; another 2M page stays."""
+    dut = CombinedCache(entries=4, key_bits=KEY_BITS, data=CombinedEntry, contexts=1, sized=True,
+                        inv_size_field="gsize")
+    base = 0x5 << 9
+
+    async def tb(ctx):
+        for key in (base + 1, base + 300, base + 512):
+            await fill(ctx, dut, key, gsize=PageSize.SIZE_2M)
+        await invalidate(ctx, dut, InvScope.ADDRESS, key=base + 7, vpid=1)
+        assert [look(ctx, dut, k)[0] for k in (base + 1, base + 300, base + 512)] == [0, 0, 1]
+    run(dut, tb)
