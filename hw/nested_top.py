@@ -32,7 +32,9 @@ Promises:
   levels above).  Each EPT translation goes through the unit's translate
   port (its TLB, paging-structure caches, walkers);
 * an OK answer of a walk that no invalidation met fills the combined TLB
-  and the guest PSCs of the levels it read (their A is set by then);
+  and the guest PSCs of the levels it read (their A is set by then), an
+  edge after the answer; a combined-TLB fill answers lookups in that cycle
+  already;
 * **invalidation** (docs/nested.md, caching): INVVPID address drops the
   combined entries covering the LA in that VPID and all of that VPID's
   guest PSC entries; single drops the VPID's; all drops everything; MOV to
@@ -362,11 +364,19 @@ class NestedWalkUnit(wiring.Component):
         # the combined TLB and the guest paging-structure caches, looked up in the request's cycle
         lk = self.ctlb.lookup[0]
         m.d.comb += [lk.key.eq(page), lk.vpid.eq(ctx.vpid), lk.ctx.eq(ctx.id)]
-        e = lk.data
+        # the fill registered this cycle answers as if installed (it lands at the edge)
+        fills = self._fill_registers(m)
+        pf = SimpleNamespace(**fills[self.ctlb])
+        span = Mux(pf.data.size == PageSize.SIZE_1G, 18, Mux(pf.data.size == PageSize.SIZE_2M, 9, 0))
+        pending = Signal()
+        m.d.comb += pending.eq(pf.valid & ((pf.key ^ page) >> span == 0) & (pf.vpid == ctx.vpid)
+                               & (pf.ctx == ctx.id) & ~ctx.flush.bit_select(pf.ctx, 1))
+        e = Signal(CombinedEntry)
+        m.d.comb += e.eq(Mux(pending, pf.data, lk.data))
         allowed = Mux(p.access == Access.WRITE, e.write,
                       Mux(p.access == Access.FETCH, e.fetch, e.read)) & (e.user | ~p.user)
         hit = Signal()
-        m.d.comb += hit.eq(lk.hit & allowed & ctx.ok)
+        m.d.comb += hit.eq((lk.hit | pending) & allowed & ctx.ok)
         start = Signal.like(gws[0].start)
         for level in (Level.PML4E, Level.PDPTE, Level.PDE):        # the deepest hit wins
             c = self.gpscs[level].lookup[0]
@@ -387,6 +397,7 @@ class NestedWalkUnit(wiring.Component):
         w_page = [Signal(LA_BITS - 12, name=f"guest{k}_page") for k in range(len(gws))]
         w_ctx = [Signal.like(ctx.id, name=f"guest{k}_ctx") for k in range(len(gws))]
         w_stale = [Signal(name=f"guest{k}_stale") for k in range(len(gws))]
+        # a miss to a page being walked waits for it
         same_page = Cat(busy[k] & (w_page[k] == page) for k in range(len(gws))).any()
         free = Signal(range(max(len(gws), 2)))
         for k in reversed(range(len(gws))):
@@ -436,7 +447,7 @@ class NestedWalkUnit(wiring.Component):
         sources = [(gw.resp.valid, gw.resp.payload, gw.resp.ready) for gw in gws]
         sources.append((local_valid, local, local_taken))
         _priority(m, "linear", sources, self.linear_resp)
-        self._fills(m, ctx, inval, w_ctx, w_stale)
+        self._fills(m, ctx, inval, w_ctx, w_stale, fills)
 
     @staticmethod
     def _at_offset(frame, la, size):
@@ -444,12 +455,28 @@ class NestedWalkUnit(wiring.Component):
         return Cat(la[:12], Mux(size == PageSize.SIZE_1G, Cat(la[12:30], frame[18:]),
                                 Mux(size == PageSize.SIZE_2M, Cat(la[12:21], frame[9:]), frame)))
 
-    def _fills(self, m, ctx, inval, w_ctx, w_stale):
-        """An OK answer of a walk not invalidated since it started fills the combined TLB
-        and the guest paging-structure caches of the levels it read."""
+    def _fill_registers(self, m):
+        """Per cache, a register for each member of its ``fill`` port, driving it: a fill is
+        installed an edge after the answer it comes from, so the answer's handshake (the
+        response port's ready, an input) does not reach the slots' write enables."""
+        regs = {}
+        for name, cache in [("ctlb", self.ctlb)] + [(f"gpsc_{lv.name.lower()}", c)
+                                                    for lv, c in self.gpscs.items()]:
+            r = {}
+            for member in ("valid", "key", "vpid", "ctx", "data"):
+                port = getattr(cache.fill, member)
+                r[member] = Signal.like(port, name=f"{name}_fill_{member}")
+                m.d.comb += port.eq(r[member])
+            m.d.sync += r["valid"].eq(0)
+            regs[cache] = r
+        return regs
+
+    def _fills(self, m, ctx, inval, w_ctx, w_stale, fills):
+        """An OK answer of a walk not invalidated since it started fills (an edge later) the
+        combined TLB and the guest paging-structure caches of the levels it read."""
         gws = self.guest_walker_units
         ev = self.perf.events
-        f = self.ctlb.fill
+        f = SimpleNamespace(**fills[self.ctlb])
         for k, gw in enumerate(gws):
             res, info = gw.resp.payload, gw.info
             go = Signal(name=f"guest{k}_done")
@@ -460,7 +487,7 @@ class NestedWalkUnit(wiring.Component):
                 size = Mux(res.page_size.as_value() < info.ept_size.as_value(),
                            res.page_size, info.ept_size)
                 write = info.access == Access.WRITE
-                m.d.comb += [f.valid.eq(1), f.key.eq(info.la[12:LA_BITS]), f.vpid.eq(ctx.vpid),
+                m.d.sync += [f.valid.eq(1), f.key.eq(info.la[12:LA_BITS]), f.vpid.eq(ctx.vpid),
                              f.ctx.eq(w_ctx[k]),
                              f.data.size.eq(size), f.data.gsize.eq(res.page_size),
                              f.data.hpa.eq(res.hpa[12:]), f.data.gpa.eq(res.gpa[12:]),
@@ -471,11 +498,11 @@ class NestedWalkUnit(wiring.Component):
                 with m.If(self.paging):
                     for level, c in self.gpscs.items():
                         lv = level.value
+                        g = fills[c]
                         with m.If((info.leaf_level.as_value() < lv) & (info.first_level.as_value() >= lv)):
-                            m.d.comb += [c.fill.valid.eq(1),
-                                         c.fill.key.eq(info.la[12 + 9 * lv:LA_BITS]),
-                                         c.fill.vpid.eq(ctx.vpid), c.fill.ctx.eq(w_ctx[k]),
-                                         c.fill.data.eq(info.tables[lv])]
+                            m.d.sync += [g["valid"].eq(1), g["key"].eq(info.la[12 + 9 * lv:LA_BITS]),
+                                         g["vpid"].eq(ctx.vpid), g["ctx"].eq(w_ctx[k]),
+                                         g["data"].eq(info.tables[lv])]
 
     def _walker_events(self, m):
         ev, gws = self.perf.events, self.guest_walker_units
