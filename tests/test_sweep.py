@@ -135,13 +135,17 @@ def test_spec_expands_to_the_jobs_it_names(tmp_path):
 
 def test_the_default_spec_is_the_million_walk_regression():
     spec = load_spec(ROOT / "regress" / "default.toml")
-    fuzz = [j for j in spec.jobs if j.campaign == "fuzz"]
+    fuzz = [j for j in spec.jobs if j.campaign == "fuzz" and not j.options.get("nested")]
     # a million on the default unit alone, every job its own seed, every one with faults
     assert sum(j.options["walks"] for j in fuzz if not j.params) >= 1_000_000
     assert all(j.options["faults"] for j in fuzz)
     assert len({(j.seed, json.dumps(j.params)) for j in fuzz}) == len(fuzz)
-    races = [j for j in spec.jobs if j.campaign == "races"]
+    races = [j for j in spec.jobs if j.campaign == "races" and not j.options.get("nested")]
     assert {j.backend for j in races} == {"rtl", "verilator"} and all(j.options["max_offset"] == 72 for j in races)
+    # and the nested unit's: fuzz --nested over 10 seeds, races --nested
+    nested = [j for j in spec.jobs if j.options.get("nested")]
+    assert {j.campaign for j in nested} == {"fuzz", "races"}
+    assert len({j.seed for j in nested if j.campaign == "fuzz"}) == 10
     assert [j for j in spec.jobs if j.campaign == "soak"]
 
 

@@ -25,7 +25,8 @@ def test_a_new_dump_removes_the_old_run_of_either_format(tmp_path):
 
 def test_ctrl_c_during_a_waveform_run_removes_the_partial_dump(tmp_path):
     wave = tmp_path / "run.vcd"
-    proc = subprocess.Popen([sys.executable, "-m", "sim", "run", "--backend", "rtl", "--accesses", "100000",
+    proc = subprocess.Popen([sys.executable, "-m", "sim", "run", "--backend", "rtl", "--workload", "stress",
+                             "--accesses", "100000",
                              "--quiet", "--wave", str(wave), "--summary", str(tmp_path / "s.json")],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

@@ -116,6 +116,7 @@ def test_the_default_workload_is_the_guest_os_on_every_backend(tmp_path):
     (["--combined-tlb", "4", "--workload", "stress"], "--combined-tlb is a parameter of the nested unit"),
     (["--combined-tlb", "65"], "combined_tlb must be an integer in 0..64"),
     (["--backend", "model", "--guest-psc-pde", "2"], "--guest-psc-pde is for the rtl and verilator"),
+    (["--backend", "verilator", "--wave", "/tmp/never-written.fst"], "waveforms of the nested unit"),
 ])
 def test_nested_unit_options_are_refused_where_they_mean_nothing(args, words):
     res = subprocess.run([sys.executable, "-m", "sim", "run", "--backend", "rtl", *args, "--accesses", "20"],

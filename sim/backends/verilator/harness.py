@@ -225,7 +225,9 @@ class VerilatorHarness(HarnessCore):
                  build_dir: Path | None = None, **unit_params):
         if wave is not None:
             if nested:
-                raise ValueError("waveforms of the nested unit are not supported yet (drop --wave)")
+                from sim.backends.base import BackendUnavailable
+                raise BackendUnavailable("the verilator backend cannot write waveforms of the nested unit "
+                                         "yet (a scenario with a guest, or guest-os): drop --wave")
             from sim.flows.gtkwave import check_wave_path      # Amaranth: only for a waveform
             wave = check_wave_path(wave, ".fst")
         self.wave = wave
