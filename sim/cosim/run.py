@@ -396,13 +396,13 @@ def main_guest_os(args, auto: bool = False, nested: dict | None = None) -> int:
     if not cls.nested:
         raise cls.refuse_nested("the guest-os workload", ", or --workload stress")
     nested = nested or {}
-    if args.wave:
-        raise UsageError(f"--wave {args.wave}: waveforms of the nested unit (the guest-os workload) are "
-                         f"not supported yet: add --workload stress, or drop --wave")
     if nested and not cls.timed:
         option = next(iter(nested.values()))[1]
         raise UsageError(f"{option} is for the rtl and verilator backends: the model backend has no unit")
     kw = rtl_kwargs(args)       # the model takes no RTL options; rtl: DRAM, port and unit options
+    if args.wave:
+        raise UsageError(f"--wave {args.wave}: waveforms of the nested unit (the guest-os workload) are "
+                         f"not supported yet: add --workload stress, or drop --wave")
     if nested:
         params = {name: value for name, (value, _) in nested.items()}
         try:
