@@ -132,8 +132,20 @@ class HangError(RuntimeError):
     """The unit did not answer within the bound."""
 
 
+class _Answered:
+    """What a ticket of either port says of its timing (``accepted``/``answered`` cycles)."""
+
+    @property
+    def done(self) -> bool:
+        return self.answered is not None
+
+    @property
+    def cycles(self) -> int:
+        return self.answered - self.accepted
+
+
 @dataclass(eq=False)
-class Ticket:
+class Ticket(_Answered):
     """One translation through the port: request, timing and response."""
     gpa: int
     access: Access
@@ -155,20 +167,13 @@ class Ticket:
     retries: int = 0
     errors_seen: int = 0              # DRAM bus errors injected while it was in flight
 
-    @property
-    def done(self) -> bool:
-        return self.answered is not None
-
-    @property
-    def cycles(self) -> int:
-        return self.answered - self.accepted
 
     def architectural(self) -> tuple:
         return (self.outcome, self.hpa, self.page_size, self.memtype, self.qual)
 
 
 @dataclass(eq=False)
-class LinearTicket:
+class LinearTicket(_Answered):
     """One guest linear access through the nested unit's ``linear_req``/``linear_resp``.
 
     ``outcome`` is a :class:`model.nested.LaOutcome`, or None for a bus error
@@ -212,13 +217,6 @@ class LinearTicket:
     retries: int = 0
     errors_seen: int = 0
 
-    @property
-    def done(self) -> bool:
-        return self.answered is not None
-
-    @property
-    def cycles(self) -> int:
-        return self.answered - self.accepted
 
     def request_raw(self) -> int:
         """The LinearRequest payload (tag assigned)."""
